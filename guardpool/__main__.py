@@ -1,0 +1,5 @@
+"""``python -m guardpool`` is the ``guardpool`` command."""
+
+from guardpool.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""The ``guardpool`` command.
+
+Each subcommand lives in its own module under ``guardpool.commands`` and is
+imported only when it runs, so ``guardpool check`` never pays for the HTTP
+stack and ``guardpool --help`` imports nothing heavy.
+
+A command module provides::
+
+    def add_arguments(parser: argparse.ArgumentParser) -> None: ...
+    def main(args: argparse.Namespace) -> int: ...
+
+Exit codes: 0 ok / allowed, 1 denied or something found, 2 bad input.
+User errors (``UsageError``, ``PolicyError``) print one clear line, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+EXIT_OK = 0
+EXIT_DENIED = 1
+EXIT_BAD_INPUT = 2
+
+# name -> (module, one-line help). Order is the order shown in --help.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("guardpool.commands.demo", "scripted agent loop showing guards, budgets and audit"),
+    "check": ("guardpool.commands.check", "check one operation against a policy"),
+    "serve": ("guardpool.commands.serve", "run the HTTP sidecar"),
+    "lint": ("guardpool.commands.lint", "compile a policy and flag dangerous guards/settings"),
+    "fuzz": ("guardpool.commands.fuzz", "attack every guard with adversarial inputs"),
+    "bench": ("guardpool.commands.bench", "measure guards and recommend limits"),
+    "audit": ("guardpool.commands.audit", "show, summarise and verify the audit ledger"),
+    "hook": ("guardpool.commands.hook", "adapters for coding-agent hooks (claude-code)"),
+    "doctor": ("guardpool.commands.doctor", "report which sandbox measures are active here"),
+}
+
+
+class UsageError(Exception):
+    """A user mistake on the command line: printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="guardpool",
+        description="Keeps LLM agents inside their limits.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, description=help_text, add_help=False)
+    return parser
+
+
+def _version() -> str:
+    from guardpool import __version__
+
+    return f"guardpool {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = build_parser()
+    if not argv or argv[0] not in COMMANDS:
+        if argv and not argv[0].startswith("-"):
+            top.print_usage(sys.stderr)
+            print(f"guardpool: error: unknown command {argv[0]!r}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        top.parse_args(argv)  # handles --help / --version / errors (exit 2)
+        top.print_help()
+        return EXIT_OK
+    name, rest = argv[0], argv[1:]
+    module_name, help_text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"guardpool {name}", description=help_text)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    from guardpool.policy.errors import PolicyError
+
+    try:
+        result: int = module.main(args)
+    except (UsageError, PolicyError) as exc:
+        print(f"guardpool {name}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"guardpool {name}: interrupted", file=sys.stderr)
+        return 130
+    return result

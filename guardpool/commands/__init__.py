@@ -1,0 +1,1 @@
+"""One module per ``guardpool`` subcommand; see ``guardpool.cli``."""

@@ -1,0 +1,1 @@
+"""The parent side: the worker pool manager and the enforcer."""

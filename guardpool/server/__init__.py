@@ -1,0 +1,1 @@
+"""The HTTP sidecar for non-Python hosts."""

@@ -1,0 +1,1 @@
+"""Budget counters: one protocol, several backends (memory, sqlite, redis)."""
