@@ -1,0 +1,421 @@
+"""The audit ledger: append-only, hash-chained events in a SQLite file.
+
+Every event gets the next ``seq`` and ``hash = sha256(prev_hash || canonical)``
+where ``canonical`` is the sorted-key JSON of ``{"event", "seq", "ts"}`` (the
+event's own canonical JSON embedded byte for byte). The read of the last hash
+and the inserts of a batch happen in one ``BEGIN IMMEDIATE`` transaction, so
+several threads or processes appending to one file extend a single chain and
+never fork it.
+
+The file may be shared with the budget store: every table here is ``audit_``.
+UPDATE/DELETE triggers stop accidents; ``verify`` is the real check, because
+anyone with write access to the file can drop a trigger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Literal
+
+import msgspec
+
+from guardpool.audit.events import (
+    GENESIS_HASH,
+    KINDS,
+    AuditEvent,
+    StoredEvent,
+    Summary,
+    VerifyReport,
+)
+
+FORMAT: Final[str] = "guardpool-audit/1"
+
+_SCHEMA: Final[tuple[str, ...]] = (
+    "CREATE TABLE IF NOT EXISTS audit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # kind and run_id duplicate the payload so that `events(run_id=...)` is an
+    # index lookup; verify checks they agree with the hashed payload.
+    """CREATE TABLE IF NOT EXISTS audit_events (
+        seq INTEGER PRIMARY KEY,
+        ts INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS audit_events_run ON audit_events (run_id, seq)",
+    """CREATE TRIGGER IF NOT EXISTS audit_events_no_update BEFORE UPDATE ON audit_events
+       BEGIN SELECT RAISE(ABORT, 'the guardpool audit ledger is append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS audit_events_no_delete BEFORE DELETE ON audit_events
+       BEGIN SELECT RAISE(ABORT, 'the guardpool audit ledger is append-only'); END""",
+    "INSERT OR IGNORE INTO audit_meta (key, value) VALUES ('format', 'guardpool-audit/1')",
+)
+
+_COLUMNS: Final[str] = "seq, ts, kind, run_id, payload, prev_hash, hash"
+
+_encoder = msgspec.json.Encoder(order="sorted")
+_decoder = msgspec.json.Decoder(AuditEvent)
+
+Synchronous = Literal["NORMAL", "FULL"]
+
+
+class LedgerError(Exception):
+    """The ledger could not be opened or read (missing file, not a ledger, corrupt row)."""
+
+
+class LedgerWriteError(LedgerError):
+    """Events could not be recorded. The enforcer denies on it unless told otherwise."""
+
+
+def canonical_bytes(seq: int, ts: int, payload: bytes) -> bytes:
+    """The bytes the chain hashes for one event (``payload`` is its canonical JSON)."""
+    return _encoder.encode({"event": msgspec.Raw(payload), "seq": seq, "ts": ts})
+
+
+def chain_hash(prev_hash: str, seq: int, ts: int, payload: bytes) -> str:
+    """``sha256(prev_hash || canonical_bytes(seq, ts, payload))`` as hex."""
+    h = hashlib.sha256(prev_hash.encode("ascii"))
+    h.update(canonical_bytes(seq, ts, payload))
+    return h.hexdigest()
+
+
+def input_digest(input: object, *, capture: bool) -> dict[str, Any]:
+    """sha256 and length of an input's bytes, plus its text when ``capture``.
+
+    Bytes are those a regex guard sees: UTF-8 for ``str``, bytes as they are,
+    canonical JSON for anything else (``repr`` if it is not JSON-encodable, so
+    recording never fails on an odd input).
+    """
+    data: bytes
+    if isinstance(input, str):
+        # surrogatepass: a lone surrogate must not make the check fail here.
+        data = input.encode("utf-8", "surrogatepass")
+    elif isinstance(input, bytes | bytearray | memoryview):
+        data = bytes(input)
+    else:
+        try:
+            data = _encoder.encode(input)
+        except (TypeError, msgspec.EncodeError):
+            data = repr(input).encode("utf-8", "surrogatepass")
+    fields: dict[str, Any] = {
+        "input_sha256": hashlib.sha256(data).hexdigest(),
+        "input_len": len(data),
+    }
+    if capture:
+        fields["input"] = data.decode("utf-8", "backslashreplace")
+    return fields
+
+
+class Ledger:
+    """An append-only, hash-chained event log in a SQLite file.
+
+    ``create=True`` (the enforcer's mode) creates the file and tables and raises
+    ``LedgerWriteError`` when that is impossible; ``create=False`` (the CLI's
+    mode) opens an existing ledger and raises ``LedgerError`` for a missing file
+    or a file that is not a guardpool ledger, without changing it.
+
+    Thread-safe: appends share one connection under a lock (SQLite serialises
+    writers anyway); reads use a second connection so a long ``verify`` sees a
+    WAL snapshot and does not hold up appends.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        capture_input: bool = False,
+        create: bool = True,
+        synchronous: Synchronous = "NORMAL",
+        busy_timeout_ms: int = 5000,
+    ) -> None:
+        self.path = Path(path)
+        self.capture_input = capture_input
+        self._create = create
+        self._synchronous = synchronous
+        self._busy_timeout_ms = busy_timeout_ms
+        self._wlock = threading.Lock()
+        self._rlock = threading.Lock()
+        self._reader: sqlite3.Connection | None = None
+        self._closed = False
+        if create:
+            try:
+                self._writer = self._connect()
+                self._writer.execute("PRAGMA journal_mode=WAL")
+                self._writer.execute("BEGIN IMMEDIATE")
+                for stmt in _SCHEMA:
+                    self._writer.execute(stmt)
+                self._writer.execute("COMMIT")
+                self._check_format(self._writer)
+            except (sqlite3.Error, LedgerError) as exc:
+                raise LedgerWriteError(f"cannot open audit ledger {self.path}: {exc}") from exc
+        else:
+            if not self.path.is_file():
+                raise LedgerError(f"{self.path}: no such file")
+            try:
+                self._writer = self._connect()
+                self._check_format(self._writer)
+            except sqlite3.Error as exc:
+                raise LedgerError(f"{self.path}: not a guardpool audit ledger ({exc})") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._create:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        else:
+            # mode=rw: never create a file (or tables) when asked to open one.
+            uri = self.path.resolve().as_uri() + "?mode=rw"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return conn
+
+    def _check_format(self, conn: sqlite3.Connection) -> None:
+        try:
+            row = conn.execute("SELECT value FROM audit_meta WHERE key = 'format'").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                raise LedgerError(f"{self.path}: not a guardpool audit ledger") from exc
+            raise
+        if row is None or row[0] != FORMAT:
+            found = "none" if row is None else repr(row[0])
+            raise LedgerError(
+                f"{self.path}: unsupported audit ledger format {found} (expected {FORMAT!r})"
+            )
+
+    # -- writing ---------------------------------------------------------------
+
+    def input_fields(self, input: object) -> dict[str, Any]:
+        """``AuditEvent`` fields identifying an input: hash and length, text if captured."""
+        return input_digest(input, capture=self.capture_input)
+
+    def append(self, events: Sequence[AuditEvent]) -> None:
+        """Append a batch in one transaction, or nothing at all.
+
+        Raises ``ValueError`` for an unknown kind (a programming error) and
+        ``LedgerWriteError`` when the events cannot be encoded or written.
+        """
+        if not events:
+            return
+        for ev in events:
+            if ev.kind not in KINDS:
+                raise ValueError(f"unknown audit event kind {ev.kind!r}")
+        try:
+            payloads = [_encoder.encode(ev) for ev in events]
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise LedgerWriteError(f"audit event cannot be encoded: {exc}") from exc
+        with self._wlock:
+            if self._closed:
+                raise LedgerWriteError(f"audit ledger {self.path} is closed")
+            conn = self._writer
+            try:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    # Inside the IMMEDIATE transaction: no other writer can append
+                    # between this read and our inserts, so the chain cannot fork.
+                    last = conn.execute(
+                        "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
+                    ).fetchone()
+                    seq, prev = (0, GENESIS_HASH) if last is None else (last[0], last[1])
+                    ts = time.time_ns() // 1_000_000
+                    rows = []
+                    for ev, payload in zip(events, payloads, strict=True):
+                        seq += 1
+                        digest = chain_hash(prev, seq, ts, payload)
+                        rows.append((seq, ts, ev.kind, ev.run_id, payload.decode(), prev, digest))
+                        prev = digest
+                    conn.executemany(
+                        f"INSERT INTO audit_events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        rows,
+                    )
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise LedgerWriteError(f"audit ledger {self.path}: {exc}") from exc
+
+    # -- reading ---------------------------------------------------------------
+
+    def _rows(
+        self, sql: str, params: Sequence[object] = ()
+    ) -> Generator[tuple[Any, ...], None, None]:
+        """Rows of a query on the reader connection (one snapshot for the whole walk)."""
+        with self._rlock:
+            if self._closed:
+                raise LedgerError(f"audit ledger {self.path} is closed")
+            try:
+                if self._reader is None:
+                    self._reader = self._connect()
+                cur = self._reader.execute("BEGIN")
+                try:
+                    cur = self._reader.execute(sql, params)
+                    while batch := cur.fetchmany(1024):
+                        yield from batch
+                finally:
+                    self._reader.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise LedgerError(f"audit ledger {self.path}: {exc}") from exc
+
+    def events(
+        self,
+        run_id: str | None = None,
+        kinds: Iterable[str] | None = None,
+        limit: int | None = None,
+    ) -> list[StoredEvent]:
+        """Stored events in chain order, optionally of one run and some kinds (first ``limit``)."""
+        return list(self._iter_events(run_id, kinds, limit))
+
+    def _iter_events(
+        self,
+        run_id: str | None = None,
+        kinds: Iterable[str] | None = None,
+        limit: int | None = None,
+    ) -> Iterator[StoredEvent]:
+        where: list[str] = []
+        params: list[object] = []
+        if run_id is not None:
+            where.append("run_id = ?")
+            params.append(run_id)
+        if kinds is not None:
+            kind_list = list(kinds)
+            where.append(f"kind IN ({', '.join('?' * len(kind_list))})" if kind_list else "0")
+            params.extend(kind_list)
+        sql = f"SELECT {_COLUMNS} FROM audit_events"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        for seq, ts, _kind, _run, payload, prev_hash, digest in self._rows(sql, params):
+            try:
+                event = _decoder.decode(payload)
+            except msgspec.DecodeError as exc:
+                raise LedgerError(
+                    f"audit ledger {self.path}: event {seq} is unreadable ({exc}); "
+                    "run `guardpool audit verify`"
+                ) from exc
+            yield StoredEvent(seq=seq, ts=ts, event=event, prev_hash=prev_hash, hash=digest)
+
+    def verify(self, expect_head: str | None = None) -> VerifyReport:
+        """Walk the whole chain and report the first event that does not hold.
+
+        Detects an edited event, time or position, a deleted or inserted row, a
+        broken ``prev_hash`` link and index columns that disagree with the
+        event. ``expect_head`` is a hash pinned earlier: the report fails unless
+        the chain still contains it (catches a rewrite or truncation behind it).
+        """
+        expected_seq = 1
+        prev = GENESIS_HASH
+        checked = 0
+        pinned = expect_head is None
+
+        def bad(seq: int | None, reason: str) -> VerifyReport:
+            return VerifyReport(
+                ok=False,
+                checked=checked,
+                first_bad_seq=seq,
+                reason=reason,
+                head_seq=expected_seq - 1,
+                head_hash=prev,
+            )
+
+        sql = f"SELECT {_COLUMNS} FROM audit_events ORDER BY seq"
+        # closing(): an early return must end the read transaction and free the lock now.
+        with contextlib.closing(self._rows(sql)) as rows:
+            for seq, ts, kind, run_id, payload, prev_hash, digest in rows:
+                if seq != expected_seq:
+                    missing = f"event {expected_seq} is missing (next stored is {seq})"
+                    return bad(expected_seq, missing)
+                if prev_hash != prev:
+                    return bad(seq, f"prev_hash does not match the hash of event {seq - 1}")
+                raw = payload if isinstance(payload, bytes) else str(payload).encode()
+                if not isinstance(ts, int) or chain_hash(prev, seq, ts, raw) != digest:
+                    return bad(seq, "hash mismatch: the event, its time or its position changed")
+                try:
+                    event = _decoder.decode(raw)
+                except msgspec.DecodeError as exc:
+                    return bad(seq, f"event does not decode: {exc}")
+                if event.kind != kind or event.run_id != run_id:
+                    return bad(seq, "kind/run_id columns disagree with the hashed event")
+                if digest == expect_head:
+                    pinned = True
+                prev = digest
+                expected_seq += 1
+                checked += 1
+        if not pinned:
+            return bad(None, f"pinned head {expect_head} is not in the chain (rewritten or cut)")
+        return VerifyReport(ok=True, checked=checked, head_seq=expected_seq - 1, head_hash=prev)
+
+    def summary(self, run_id: str | None = None) -> Summary:
+        """Counts over the ledger, or over one run."""
+        s = Summary()
+        by_kind: Counter[str] = Counter()
+        denials: Counter[str] = Counter()
+        usage: Counter[str] = Counter()
+        runs: set[str] = set()
+        for stored in self._iter_events(run_id):  # consumed fully: no closing() needed
+            ev = stored.event
+            s.events += 1
+            s.first_ts = stored.ts if s.first_ts is None else min(s.first_ts, stored.ts)
+            s.last_ts = stored.ts if s.last_ts is None else max(s.last_ts, stored.ts)
+            by_kind[ev.kind] += 1
+            if ev.run_id:
+                runs.add(ev.run_id)
+            if ev.kind == "decision":
+                if ev.outcome == "deny":
+                    s.decisions_denied += 1
+                    denials[ev.reason] += 1
+                else:
+                    # warn lets the operation run: it counts as allowed too.
+                    s.decisions_allowed += 1
+                    if ev.outcome == "warn":
+                        s.decisions_warned += 1
+            elif ev.guard and ev.kind in ("verdict", "timeout", "crash"):
+                outcomes = s.guard_outcomes.setdefault(ev.guard, {})
+                outcomes[ev.outcome] = outcomes.get(ev.outcome, 0) + 1
+            if ev.kind in ("settle", "expire") and ev.usage:
+                usage.update(ev.usage)
+        s.by_kind = dict(sorted(by_kind.items()))
+        s.denials_by_reason = dict(denials.most_common())
+        s.usage = dict(sorted(usage.items()))
+        s.timeouts = by_kind["timeout"]
+        s.crashes = by_kind["crash"]
+        s.runs = len(runs)
+        return s
+
+    # -- lifetime --------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close both connections; later appends raise ``LedgerWriteError``."""
+        with self._wlock, self._rlock:
+            if self._closed:
+                return
+            self._closed = True
+            self._writer.close()
+            if self._reader is not None:
+                self._reader.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
