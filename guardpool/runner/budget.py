@@ -1,0 +1,192 @@
+"""Budget strategy: what an operation counts against, and how much.
+
+The store does atomic arithmetic on named counters; this module decides which
+counters an operation touches and by how much (the ``limits`` library's split
+of strategy from storage):
+
+    labels ──► policy.limits_for ──► one counter key per (limit, scope value)
+    estimate ─┐                         │
+    [estimates] ─► amounts per dimension ┴─► ReserveItem(key, dim, limit, amount, headroom, ...)
+    [prices] ─┘
+
+Estimate source order (design §5): the operation's own estimate, then the most
+specific ``[estimates]`` entry, then ``[prices]`` applied to estimated tokens.
+A dimension with no estimate reserves nothing and instead demands headroom:
+``margin × limit`` must remain free. That is an approximation (the pre-flight
+fail-fast issue's safety margin), documented in docs/spec/limits.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from guardpool.policy.model import LimitStatus, Usage
+from guardpool.policy.money import to_micros
+from guardpool.store.base import CounterState, ReserveItem
+
+if TYPE_CHECKING:
+    from guardpool.policy.loader import CompiledLimit, CompiledPrice, Policy
+
+# Every operation is one call; the host never has to say so.
+CALLS = "calls"
+
+
+class PlannedItem:
+    """A ReserveItem plus the limit it came from (for reporting and hooks)."""
+
+    __slots__ = ("item", "limit")
+
+    def __init__(self, item: ReserveItem, limit: CompiledLimit) -> None:
+        self.item = item
+        self.limit = limit
+
+
+def scope_key(limit: CompiledLimit, run_id: str, principal: str) -> str:
+    if limit.scope == "run":
+        return f"{limit.pattern}|run:{run_id}"
+    if limit.scope == "principal":
+        return f"{limit.pattern}|principal:{principal}"
+    return f"{limit.pattern}|global"
+
+
+def usage_amounts(usage: Usage | None, price: CompiledPrice | None) -> dict[str, int]:
+    """The dimensions a Usage states, in store units (cost in micro-units).
+
+    Dimensions the usage does not state are absent, so that the caller can tell
+    "zero" from "unknown".
+    """
+    amounts: dict[str, int] = {CALLS: 1}
+    if usage is None:
+        return amounts
+    if usage.tokens is not None:
+        amounts["tokens"] = usage.tokens
+    if usage.cost is not None:
+        amounts["cost"] = to_micros(usage.cost)
+    elif price is not None:
+        priced = price.cost_micros(usage)
+        if priced is not None:
+            amounts["cost"] = priced
+    if usage.wall_ms is not None:
+        amounts["wall_ms"] = usage.wall_ms
+    amounts.update(usage.extra)
+    return amounts
+
+
+def merge_estimate(own: Usage | None, configured: Usage | None) -> Usage | None:
+    """The operation's own estimate, completed field by field from ``[estimates]``."""
+    if own is None:
+        return configured
+    if configured is None:
+        return own
+    return Usage(
+        tokens=own.tokens if own.tokens is not None else configured.tokens,
+        input_tokens=own.input_tokens if own.input_tokens is not None else configured.input_tokens,
+        output_tokens=(
+            own.output_tokens if own.output_tokens is not None else configured.output_tokens
+        ),
+        cost=own.cost if own.cost is not None else configured.cost,
+        wall_ms=own.wall_ms if own.wall_ms is not None else configured.wall_ms,
+        extra={**configured.extra, **own.extra},
+    )
+
+
+def plan_reservation(
+    policy: Policy,
+    labels: Sequence[str],
+    estimate: Usage | None,
+    run_id: str,
+    principal: str,
+) -> list[PlannedItem]:
+    """One ReserveItem per matching limit and dimension."""
+    limits = policy.limits_for(labels)
+    if not limits:
+        return []
+    full_estimate = merge_estimate(estimate, policy.estimate_for(labels))
+    amounts = usage_amounts(full_estimate, policy.price_for(labels))
+    planned: list[PlannedItem] = []
+    for limit in limits:
+        key = scope_key(limit, run_id, principal)
+        for dimension, value in limit.dimensions.items():
+            amount = amounts.get(dimension)
+            if limit.enforcement == "post-hoc":
+                # Checked at settle: reserve nothing now, but refuse once the
+                # counter already stands at or over its limit.
+                amount, headroom = 0, 0
+            elif amount is None:
+                amount, headroom = 0, math.ceil(value * limit.margin)
+            else:
+                headroom = 0
+            planned.append(
+                PlannedItem(
+                    ReserveItem(
+                        key=key,
+                        dimension=dimension,
+                        limit=value,
+                        amount=amount,
+                        headroom=headroom,
+                        window_ms=limit.window_ms,
+                        check=limit.on_exceed == "deny",
+                    ),
+                    limit,
+                )
+            )
+    return planned
+
+
+def limit_status(planned: PlannedItem, state: CounterState, *, exceeded: bool) -> LimitStatus:
+    return LimitStatus(
+        pattern=planned.limit.pattern,
+        dimension=state.dimension,
+        used=state.used,
+        reserved=state.reserved,
+        limit=state.limit,
+        estimate=planned.item.amount,
+        scope=planned.limit.scope,
+        window=planned.limit.window,
+        exceeded=exceeded,
+    )
+
+
+def would_refuse(item: ReserveItem, state: CounterState) -> bool:
+    """The store's grant rule for one item, evaluated on a state *before* reserving."""
+    total = state.used + state.reserved
+    return total >= item.limit or total + item.amount + item.headroom > item.limit
+
+
+def crossed_warning(item: ReserveItem, state: CounterState, warn_at: float | None) -> bool:
+    """True when this reservation moved the counter across ``warn_at × limit``."""
+    if warn_at is None or item.limit <= 0:
+        return False
+    threshold = warn_at * item.limit
+    after = state.used + state.reserved
+    return after >= threshold > after - item.amount
+
+
+def describe_refusal(planned: PlannedItem, state: CounterState) -> str:
+    item = planned.item
+    unit = _format(item.dimension, state.used + state.reserved)
+    cap = _format(item.dimension, item.limit)
+    if state.used + state.reserved >= item.limit:
+        return (
+            f"limit {planned.limit.pattern} {item.dimension}: {unit} of {cap} already used "
+            f"or reserved ({planned.limit.window} window, {planned.limit.scope} scope)"
+        )
+    if item.headroom and not item.amount:
+        return (
+            f"limit {planned.limit.pattern} {item.dimension}: {unit} of {cap} used, within the "
+            f"{planned.limit.margin:.0%} safety margin (no estimate for this operation)"
+        )
+    return (
+        f"limit {planned.limit.pattern} {item.dimension}: estimate "
+        f"{_format(item.dimension, item.amount)} would exceed {cap} ({unit} used or reserved)"
+    )
+
+
+def _format(dimension: str, value: int) -> str:
+    if dimension == "cost":
+        from guardpool.policy.money import format_micros
+
+        return format_micros(value)
+    return str(value)
