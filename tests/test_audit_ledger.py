@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import signal
 import sqlite3
@@ -85,7 +86,7 @@ def test_chain_verifies_after_many_appends(ledger: Ledger) -> None:
     stored = ledger.events()
     assert [s.seq for s in stored] == list(range(1, 1001))
     assert stored[0].prev_hash == GENESIS_HASH
-    assert all(b.prev_hash == a.hash for a, b in zip(stored, stored[1:], strict=False))
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(stored))
     assert (report.head_seq, report.head_hash) == (1000, stored[-1].hash)
 
 
