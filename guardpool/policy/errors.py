@@ -22,5 +22,9 @@ class PolicyError(ValueError):
 
     def located(self, *, key_prefix: str = "", file: str = "") -> PolicyError:
         """The same error, with an outer key path and/or the file filled in."""
-        key = ".".join(p for p in (key_prefix, self.key) if p)
+        if key_prefix and self.key:
+            sep = "" if self.key.startswith("[") else "."
+            key = f"{key_prefix}{sep}{self.key}"
+        else:
+            key = key_prefix or self.key
         return PolicyError(self.reason, key=key, file=file or self.file)

@@ -35,19 +35,13 @@ class Usage(msgspec.Struct, kw_only=True, omit_defaults=True):
     extra: dict[str, int] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.cost is not None and not isinstance(self.cost, Decimal):
-            self.cost = parse_money(self.cost)
-        elif isinstance(self.cost, Decimal):
+        if self.cost is not None:
             self.cost = parse_money(self.cost)
         for name in ("tokens", "input_tokens", "output_tokens", "wall_ms"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
                 raise ValueError(f"Usage.{name} must be an integer >= 0, not {v!r}")
-        if (
-            self.tokens is None
-            and self.input_tokens is not None
-            and self.output_tokens is not None
-        ):
+        if self.tokens is None and self.input_tokens is not None and self.output_tokens is not None:
             self.tokens = self.input_tokens + self.output_tokens
         for k, v in self.extra.items():
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:

@@ -21,9 +21,9 @@ def parse_money(value: object) -> Decimal:
 
     Raises ValueError with a message fit for a PolicyError.
     """
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, (bool, float)):
         raise ValueError(
-            f"money must be a string like \"$5.00\" or an integer, not {type(value).__name__} "
+            f'money must be a string like "$5.00" or an integer, not {type(value).__name__} '
             f"{value!r} (floats lose cents)"
         )
     if isinstance(value, Decimal):
@@ -33,13 +33,13 @@ def parse_money(value: object) -> Decimal:
     elif isinstance(value, str):
         m = _MONEY.match(value)
         if m is None:
-            raise ValueError(f"bad money {value!r}: expected \"$5.00\" or \"5.00\"")
+            raise ValueError(f'bad money {value!r}: expected "$5.00" or "5.00"')
         try:
             amount = Decimal(m.group("num"))
         except InvalidOperation as exc:  # pragma: no cover - the regex admits digits only
             raise ValueError(f"bad money {value!r}") from exc
     else:
-        raise ValueError(f"bad money {value!r}: expected \"$5.00\" or \"5.00\"")
+        raise ValueError(f'bad money {value!r}: expected "$5.00" or "5.00"')
     if not amount.is_finite() or amount < 0:
         raise ValueError(f"bad money {value!r}: must be a finite amount >= 0")
     return amount
@@ -72,5 +72,5 @@ def parse_duration_ms(value: object) -> int:
                 return ms
     raise ValueError(
         f"bad duration {value!r}: expected a positive number with a unit, "
-        "like \"250ms\", \"60s\", \"5m\", \"1h\" or \"24h\""
+        'like "250ms", "60s", "5m", "1h" or "24h"'
     )

@@ -1,0 +1,1 @@
+"""Example policy and guards used by the docs, the tests and ``guardpool lint/fuzz``."""

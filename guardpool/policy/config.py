@@ -1,0 +1,108 @@
+"""The policy file's schema, decoded strictly with msgspec.
+
+These Structs mirror the file one to one (TOML by default, JSON accepted). They
+hold raw values: money stays a string here and is parsed into integer
+micro-units by the loader, which also performs every cross-field check, so that
+each error can name the key path it came from.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+FailMode = Literal["deny", "allow"]
+
+
+class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class PoolConfig(_Section):
+    workers: int | None = None
+    job_timeout_ms: int = 1000
+    job_cpu_ms: int = 1000
+    memory_mb: int = 256
+    max_rss_mb: int | None = None
+    max_jobs_per_worker: int = 10_000
+    max_input_bytes: int = 1_048_576
+    preload: list[str] = msgspec.field(default_factory=list)
+    hardening: Literal["standard", "strict"] = "standard"
+
+
+class GuardDefaults(_Section):
+    timeout_ms: int = 1000
+    on_timeout: FailMode = "deny"
+    on_error: FailMode = "deny"
+    regex_max_mem: int = 8 << 20
+
+
+class GuardSpec(_Section):
+    name: str
+    phase: Literal["before", "after"] = "before"
+    ops: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    deny_regex: list[str] = msgspec.field(default_factory=list)
+    require_regex: list[str] = msgspec.field(default_factory=list)
+    call: str | None = None
+    reason: str = ""
+    timeout_ms: int | None = None
+    on_timeout: FailMode | None = None
+    on_error: FailMode | None = None
+    privileged: bool = False
+
+
+class LimitSpec(_Section):
+    calls: int | None = None
+    tokens: int | None = None
+    cost: str | int | None = None
+    wall_ms: int | None = None
+    dimensions: dict[str, int] = msgspec.field(default_factory=dict)
+    window: str = "run"
+    scope: Literal["run", "principal", "global"] = "run"
+    enforcement: Literal["fail-fast", "post-hoc"] = "fail-fast"
+    on_exceed: Literal["deny", "warn"] = "deny"
+    warn_at: float | None = 0.8
+    margin: float = 0.05
+
+
+class PriceSpec(_Section):
+    input_per_mtok: str | int | None = None
+    output_per_mtok: str | int | None = None
+    per_call: str | int | None = None
+
+
+class EstimateSpec(_Section):
+    tokens: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost: str | int | None = None
+    wall_ms: int | None = None
+    dimensions: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+class StoreConfig(_Section):
+    backend: Literal["memory", "sqlite", "redis"] = "sqlite"
+    path: str = "guardpool.db"
+    url: str | None = None
+    key_prefix: str = "guardpool"
+    connect_timeout_ms: int = 250
+    op_timeout_ms: int = 250
+    reservation_ttl_ms: int = 60_000
+
+
+class AuditConfig(_Section):
+    path: str = "guardpool.db"
+    capture_input: bool = False
+    on_failure: FailMode = "deny"
+
+
+class Config(_Section):
+    pool: PoolConfig = msgspec.field(default_factory=PoolConfig)
+    guards: GuardDefaults = msgspec.field(default_factory=GuardDefaults)
+    guard: list[GuardSpec] = msgspec.field(default_factory=list)
+    limits: dict[str, LimitSpec] = msgspec.field(default_factory=dict)
+    prices: dict[str, PriceSpec] = msgspec.field(default_factory=dict)
+    estimates: dict[str, EstimateSpec] = msgspec.field(default_factory=dict)
+    store: StoreConfig = msgspec.field(default_factory=StoreConfig)
+    audit: AuditConfig = msgspec.field(default_factory=AuditConfig)

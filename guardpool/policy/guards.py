@@ -1,0 +1,137 @@
+"""Guard specs compiled into something that can evaluate an input.
+
+Two kinds: a **regex** guard is a bank of RE2 patterns (``deny_regex``: any match
+denies; ``require_regex``: no match denies); a **callable** guard is a Python
+function ``(input, ctx) -> Verdict | bool`` named ``"module:function"``.
+
+Compilation happens in the host (to validate the policy) and again in the
+worker zygote (which imports the callables once, before forking workers).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from typing import Any, Literal, Protocol
+
+import msgspec
+
+from guardpool.policy.config import GuardDefaults, GuardSpec
+from guardpool.policy.errors import PolicyError
+from guardpool.policy.regex import RegexBank
+from guardpool.policy.verdict import Verdict
+
+
+class GuardContext(Protocol):
+    """What a callable guard sees besides its input."""
+
+    labels: tuple[str, ...]
+    run_id: str
+    principal: str
+    phase: str
+
+    def remaining_ms(self) -> float: ...
+
+    def regex(self, pattern: str) -> Any: ...
+
+    def guard(self, name: str, value: Any) -> Verdict: ...
+
+
+GuardFunction = Callable[[Any, GuardContext], object]
+
+
+def input_bytes(value: Any) -> bytes:
+    """The bytes a regex bank scans: UTF-8 text, raw bytes, or canonical JSON."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        # surrogatepass: a lone surrogate in hostile text must not make the
+        # guard raise (and so fail per on_error) instead of scanning it.
+        return value.encode("utf-8", "surrogatepass")
+    return msgspec.json.encode(value, order="sorted")
+
+
+def resolve_callable(ref: str) -> GuardFunction:
+    """Import ``"module:function"``; ValueError with the reason when it cannot be used."""
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"{ref!r} is not of the form 'module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ValueError(f"cannot import module {module_name!r}: {exc}") from None
+    target: Any = module
+    for part in attr.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            raise ValueError(f"module {module_name!r} has no attribute {attr!r}")
+    if not callable(target):
+        raise ValueError(f"{ref!r} is not callable")
+    fn: GuardFunction = target
+    return fn
+
+
+class CompiledGuard:
+    """A guard ready to evaluate; ``spec`` has every default resolved."""
+
+    __slots__ = ("_deny", "_fn", "_require", "kind", "spec")
+
+    def __init__(self, spec: GuardSpec, defaults: GuardDefaults) -> None:
+        self.spec = msgspec.structs.replace(
+            spec,
+            timeout_ms=spec.timeout_ms if spec.timeout_ms is not None else defaults.timeout_ms,
+            on_timeout=spec.on_timeout or defaults.on_timeout,
+            on_error=spec.on_error or defaults.on_error,
+        )
+        self.kind: Literal["regex", "callable"] = "callable" if spec.call else "regex"
+        self._fn: GuardFunction | None = None
+        self._deny: RegexBank | None = None
+        self._require: RegexBank | None = None
+        if spec.call:
+            try:
+                self._fn = resolve_callable(spec.call)
+            except ValueError as exc:
+                raise PolicyError(str(exc), key="call") from None
+        else:
+            self._deny = _bank(spec.deny_regex, defaults.regex_max_mem, "deny_regex")
+            self._require = _bank(spec.require_regex, defaults.regex_max_mem, "require_regex")
+
+    @property
+    def banks(self) -> dict[str, RegexBank]:
+        """The regex banks by key (for lint), empty for callables."""
+        return {
+            k: b for k, b in (("deny_regex", self._deny), ("require_regex", self._require)) if b
+        }
+
+    def evaluate(self, value: Any, ctx: GuardContext) -> object:
+        if self._fn is not None:
+            return self._fn(value, ctx)
+        data = input_bytes(value)
+        name = self.spec.name
+        if self._deny is not None:
+            hit = self._deny.first_match(data)
+            if hit is not None:
+                return Verdict.deny(self.spec.reason or f"guard {name}: deny_regex[{hit}] matched")
+        if self._require is not None and self._require.first_match(data) is None:
+            return Verdict.deny(self.spec.reason or f"guard {name}: no require_regex matched")
+        return Verdict.allow()
+
+
+def _bank(patterns: list[str], max_mem: int, key: str) -> RegexBank | None:
+    if not patterns:
+        return None
+    try:
+        return RegexBank(patterns, max_mem)
+    except PolicyError as exc:
+        raise exc.located(key_prefix=key) from None
+
+
+def compile_guards(specs: Iterable[GuardSpec], defaults: GuardDefaults) -> dict[str, CompiledGuard]:
+    """Compile specs in order; errors carry the key path ``guard[i]...``."""
+    compiled: dict[str, CompiledGuard] = {}
+    for index, spec in enumerate(specs):
+        try:
+            compiled[spec.name] = CompiledGuard(spec, defaults)
+        except PolicyError as exc:
+            raise exc.located(key_prefix=f"guard[{index}]") from None
+    return compiled
