@@ -49,7 +49,7 @@ from guardpool.runner.pool import GuardPool, JobResult
 from guardpool.runner.verdicts import GuardResult, Phase, combine, failed_in_host, from_job
 from guardpool.runner.verdicts import from_verdict as verdict_result
 from guardpool.store import open_store
-from guardpool.store.base import BudgetStore, Expired, ReserveResult
+from guardpool.store.base import BudgetStore, Expired, ReserveItem, ReserveResult
 from guardpool.store.errors import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ class Enforcer:
         """Current used/reserved of every limit, as seen by this run and principal."""
         planned = [
             budget.PlannedItem(
-                budget.ReserveItem(
+                ReserveItem(
                     key=budget.scope_key(limit, run_id, principal),
                     dimension=dim,
                     limit=value,
@@ -815,7 +815,7 @@ class _Settle:
                 if state is None:
                     continue
                 over = state.used > state.limit
-                item = budget.ReserveItem(key=key, dimension=dim, limit=state.limit, amount=0)
+                item = ReserveItem(key=key, dimension=dim, limit=state.limit, amount=0)
                 statuses.append(
                     budget.limit_status(budget.PlannedItem(item, limit), state, exceeded=over)
                 )
