@@ -1,0 +1,1 @@
+"""The project's own fuzzers: differential RE2-vs-re tests run inside ``make test``."""
