@@ -1,0 +1,156 @@
+"""Messages between the host, the zygote and the workers.
+
+Two channels, two framings:
+
+* **worker pipe** (one ``SOCK_STREAM`` socketpair per worker): every message is a
+  4-byte big-endian length followed by a msgpack body. Stream sockets carry jobs of
+  any size (up to ``max_input_bytes``) and the host writes them non-blocking.
+* **zygote control socket** (``SOCK_SEQPACKET``): one msgpack message per packet, so
+  a worker's socket end can ride along as ``SCM_RIGHTS`` ancillary data and the
+  kernel keeps the packet boundaries for us. Its messages are all small.
+
+The zygote's one large message, ``Setup``, travels once over its stdin.
+
+Every message is a tagged, ``array_like`` msgspec Struct: the tag picks the type
+when decoding a union, and array encoding keeps the hot path small and fast.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Literal
+
+import msgspec
+
+HEADER = struct.Struct(">I")
+
+
+class _Msg(msgspec.Struct, tag=True, array_like=True, frozen=True):
+    pass
+
+
+# -- host -> worker ------------------------------------------------------------------------
+
+
+class CallJob(_Msg):
+    """Call ``module:function`` with ``input`` (a plain ``pool.submit``)."""
+
+    id: int
+    target: str
+    input: Any
+    cpu_ms: int
+
+
+class GuardJob(_Msg):
+    """Run the compiled guard ``guard`` with a ``WorkerContext``."""
+
+    id: int
+    guard: str
+    input: Any
+    labels: tuple[str, ...]
+    run_id: str
+    principal: str
+    phase: str
+    deadline_in_ms: float
+    cpu_ms: int
+
+
+HostMsg = CallJob | GuardJob
+
+
+# -- worker -> host ------------------------------------------------------------------------
+
+
+class Ready(_Msg):
+    pid: int
+    cpu_total_ms: float
+
+
+class Done(_Msg):
+    """A job finished; ``value`` is the function's result (a Verdict for guard jobs)."""
+
+    id: int
+    value: Any
+    cpu_ms: float
+    cpu_total_ms: float
+    rss_kb: int
+
+
+FailKind = Literal["error", "memory"]
+
+
+class Failed(_Msg):
+    id: int
+    error: str
+    kind: FailKind
+    cpu_ms: float
+    cpu_total_ms: float
+    rss_kb: int
+
+
+class Log(_Msg):
+    """A log record from a worker, re-emitted by the host into ``logging``."""
+
+    name: str
+    level: int
+    msg: str
+    pathname: str
+    lineno: int
+    func: str
+    created: float
+    exc_text: str
+    pid: int
+
+
+WorkerMsg = Ready | Done | Failed | Log
+
+
+# -- host <-> zygote -----------------------------------------------------------------------
+
+
+class Setup(_Msg):
+    """Everything the zygote needs before it forks its first worker."""
+
+    sys_path: list[str]
+    preload: list[str]
+    guards: bytes  # msgpack list of GuardSpec (empty: no guard jobs)
+    guard_defaults: bytes  # msgpack GuardDefaults (empty: the defaults)
+    memory_mb: int
+    hardening: Literal["standard", "strict"]
+    log_level: int
+
+
+class Spawn(_Msg):
+    """Fork one worker; its socket end is attached to this packet."""
+
+    token: int
+
+
+class ZygoteReady(_Msg):
+    pid: int
+    error: str
+    netns: bool  # strict: the zygote (and so every worker) lives in a fresh netns
+    netns_error: str
+
+
+class Spawned(_Msg):
+    token: int
+    pid: int
+    error: str
+
+
+class Exited(_Msg):
+    """A worker the zygote reaped; exactly one of exit_code / signal is set."""
+
+    pid: int
+    exit_code: int | None
+    signal: int | None
+
+
+ZygoteMsg = ZygoteReady | Spawned | Exited
+
+
+def frame(encoder: msgspec.msgpack.Encoder, msg: msgspec.Struct) -> bytes:
+    """``msg`` as one length-prefixed frame for a worker pipe."""
+    body = encoder.encode(msg)
+    return HEADER.pack(len(body)) + body

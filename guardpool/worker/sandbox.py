@@ -1,0 +1,199 @@
+"""Sandbox measures applied in the zygote (once) and in each worker (after fork).
+
+Everything here is plain syscalls through ``ctypes``/``resource`` so that a
+worker's set-up costs microseconds, which keeps respawn after a kill fast.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+import resource
+import signal
+import struct
+from typing import Final
+
+PR_SET_PDEATHSIG: Final = 1
+PR_SET_CHILD_SUBREAPER: Final = 36
+PR_SET_NO_NEW_PRIVS: Final = 38
+PR_SET_SECCOMP: Final = 22
+SECCOMP_MODE_FILTER: Final = 2
+CLONE_NEWNET: Final = 0x40000000
+
+NOFILE_LIMIT: Final = 256
+NPROC_LIMIT: Final = 128
+FSIZE_LIMIT: Final = 64 << 20
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def prctl(option: int, arg2: int = 0) -> None:
+    _check(_libc.prctl(option, ctypes.c_ulong(arg2), 0, 0, 0), f"prctl({option})")
+
+
+def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
+    prctl(PR_SET_PDEATHSIG, sig)
+
+
+def set_child_subreaper() -> None:
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def unshare_network() -> None:
+    """Move the calling process into a fresh, empty network namespace (root or userns)."""
+    _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+
+
+def apply_rlimits(memory_mb: int) -> None:
+    # RLIMIT_AS turns a memory bomb into MemoryError instead of the OOM killer picking
+    # a victim (possibly the host). CORE 0: a crashing guard must not write its memory,
+    # which holds hostile input, to disk. NPROC is not enforced for root (see doctor).
+    limits = (
+        (resource.RLIMIT_AS, memory_mb << 20),
+        (resource.RLIMIT_NOFILE, NOFILE_LIMIT),
+        (resource.RLIMIT_NPROC, NPROC_LIMIT),
+        (resource.RLIMIT_FSIZE, FSIZE_LIMIT),
+        (resource.RLIMIT_CORE, 0),
+    )
+    for which, value in limits:
+        _soft, hard = resource.getrlimit(which)
+        if hard != resource.RLIM_INFINITY:
+            value = min(value, hard)
+        resource.setrlimit(which, (value, value))
+
+
+def scrub_environment(workdir: str) -> None:
+    """Keep no inherited secrets (API keys, tokens) in a process that reads hostile input."""
+    os.environ.clear()
+    os.environ.update(
+        PATH="/usr/local/bin:/usr/bin:/bin",
+        HOME=workdir,
+        TMPDIR=workdir,
+        LANG="C.UTF-8",
+    )
+
+
+# -- seccomp --------------------------------------------------------------------------------
+
+_AUDIT_ARCH_X86_64: Final = 0xC000003E
+_RET_ALLOW: Final = 0x7FFF0000
+_RET_KILL_PROCESS: Final = 0x80000000
+_RET_EPERM: Final = 0x00050000 | 1
+_LD_W_ABS: Final = 0x20
+_JEQ_K: Final = 0x15
+_JGE_K: Final = 0x35
+_RET_K: Final = 0x06
+_X32_BIT: Final = 0x40000000
+
+# x86_64 syscall numbers a guard never needs: kernel/namespace/mount administration,
+# debugging other processes, eBPF, io_uring (bypasses seccomp argument checks), keyrings.
+DENIED_SYSCALLS_X86_64: Final[dict[str, int]] = {
+    "ptrace": 101,
+    "acct": 163,
+    "mount": 165,
+    "umount2": 166,
+    "pivot_root": 155,
+    "chroot": 161,
+    "swapon": 167,
+    "swapoff": 168,
+    "reboot": 169,
+    "sethostname": 170,
+    "setdomainname": 171,
+    "iopl": 172,
+    "ioperm": 173,
+    "init_module": 175,
+    "delete_module": 176,
+    "quotactl": 179,
+    "kexec_load": 246,
+    "add_key": 248,
+    "request_key": 249,
+    "keyctl": 250,
+    "unshare": 272,
+    "perf_event_open": 298,
+    "name_to_handle_at": 303,
+    "open_by_handle_at": 304,
+    "setns": 308,
+    "process_vm_readv": 310,
+    "process_vm_writev": 311,
+    "finit_module": 313,
+    "kexec_file_load": 320,
+    "bpf": 321,
+    "userfaultfd": 323,
+    "io_uring_setup": 425,
+    "io_uring_enter": 426,
+    "io_uring_register": 427,
+    "open_tree": 428,
+    "move_mount": 429,
+    "fsopen": 430,
+    "fsconfig": 431,
+    "fsmount": 432,
+    "fspick": 433,
+}
+_SYS_SOCKET: Final = 41
+_AF_INET: Final = 2
+_AF_INET6: Final = 10
+
+
+def seccomp_unavailable_reason() -> str:
+    """Why the seccomp filter cannot be installed here, or "" when it can."""
+    if platform.machine() != "x86_64":
+        return f"filter is written for x86_64, this machine is {platform.machine()}"
+    try:
+        with open("/proc/self/status") as f:
+            if "Seccomp:" not in f.read():
+                return "kernel built without CONFIG_SECCOMP"
+    except OSError as exc:
+        return f"cannot read /proc/self/status: {exc}"
+    return ""
+
+
+def _seccomp_program() -> list[tuple[int, int, int, int]]:
+    """A classic-BPF deny-list: EPERM for the syscalls above and for AF_INET/AF_INET6 sockets.
+
+    Kept as a deny-list (not an allow-list) so that any pure-Python guard and the
+    C extensions it imports keep working; the network namespace does the heavy lifting
+    for network access, this is the second lock.
+    """
+    denied = sorted(DENIED_SYSCALLS_X86_64.values())
+    prog: list[tuple[int, int, int, int]] = []
+    # [0] arch check: another ABI would reinterpret every number below.
+    prog.append((_LD_W_ABS, 0, 0, 4))
+    prog.append((_JEQ_K, 1, 0, _AUDIT_ARCH_X86_64))
+    prog.append((_RET_K, 0, 0, _RET_KILL_PROCESS))
+    prog.append((_LD_W_ABS, 0, 0, 0))  # syscall nr
+    # x32 syscalls alias the x86_64 ones with bit 30 set: refuse them all.
+    n_tail = 5  # socket-check block (4) + ALLOW (1) between the list and the EPERM return
+    prog.append((_JGE_K, len(denied) + 1 + n_tail - 1, 0, _X32_BIT))
+    for i, nr in enumerate(denied):
+        to_eperm = (len(denied) - i - 1) + 1 + n_tail - 1
+        prog.append((_JEQ_K, to_eperm, 0, nr))
+    # socket(AF_INET|AF_INET6, ...) -> EPERM; other families (AF_UNIX) stay allowed.
+    prog.append((_JEQ_K, 0, 3, _SYS_SOCKET))
+    prog.append((_LD_W_ABS, 0, 0, 16))  # args[0], low 32 bits (little endian)
+    prog.append((_JEQ_K, 2, 0, _AF_INET))
+    prog.append((_JEQ_K, 1, 0, _AF_INET6))
+    prog.append((_RET_K, 0, 0, _RET_ALLOW))
+    prog.append((_RET_K, 0, 0, _RET_EPERM))
+    return prog
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+
+def install_seccomp() -> None:
+    """Install the filter on the calling process (needs PR_SET_NO_NEW_PRIVS first)."""
+    prog = _seccomp_program()
+    raw = b"".join(struct.pack("=HBBI", *ins) for ins in prog)
+    buf = ctypes.create_string_buffer(raw, len(raw))
+    fprog = _SockFprog(len(prog), ctypes.cast(buf, ctypes.c_void_p).value)
+    rc = _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0)
+    _check(rc, "prctl(PR_SET_SECCOMP)")

@@ -1,0 +1,154 @@
+"""Guard and job functions for the pool tests, imported inside real worker processes.
+
+Each one misbehaves in one specific way; the tests check the pool survives it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from guardpool.policy.verdict import Verdict
+
+
+def echo(value: Any) -> Any:
+    return value
+
+
+def double(value: int) -> int:
+    return value * 2
+
+
+def pid(_: Any) -> int:
+    return os.getpid()
+
+
+def spin(_: Any) -> None:
+    while True:
+        pass
+
+
+def native_hang(_: Any) -> bytes:
+    # One C call that never checks for signals: only a SIGKILL ends it early.
+    return hashlib.pbkdf2_hmac("sha256", b"x", b"y", 10**9)
+
+
+def sleep(seconds: float) -> str:
+    time.sleep(seconds)
+    return "slept"
+
+
+def segfault(_: Any) -> None:
+    ctypes.string_at(0)
+
+
+def exit3(_: Any) -> None:
+    os._exit(3)
+
+
+def memory_bomb(_: Any) -> int:
+    blocks = []
+    while True:
+        blocks.append(bytearray(16 << 20))
+    return len(blocks)
+
+
+def fork_bomb(count: int) -> None:
+    """A bounded fork bomb: ``count`` children that sleep, then hang the job."""
+    for _ in range(count):
+        if os.fork() == 0:
+            time.sleep(60)
+            os._exit(0)
+    time.sleep(60)
+
+
+def escaping_grandchild(pidfile: str) -> None:
+    """Start a grandchild in a new session (out of our process group), then hang."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+    )
+    with open(pidfile, "w") as f:
+        f.write(str(child.pid))
+    time.sleep(60)
+
+
+def raises(_: Any) -> None:
+    raise ValueError("bad input from the guard's point of view")
+
+
+def unserialisable(_: Any) -> object:
+    return object()
+
+
+def logs(message: str) -> str:
+    logging.getLogger("pool_guards.logs").warning("from worker: %s", message)
+    return "logged"
+
+
+def connect(port: int) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=1):
+        return "connected"
+
+
+def environment(_: Any) -> dict[str, str]:
+    return dict(os.environ)
+
+
+# -- callable guards (input, ctx) --------------------------------------------------------
+
+
+def guard_allow(value: Any, ctx: Any) -> Verdict:
+    return Verdict.allow()
+
+
+def guard_context(value: Any, ctx: Any) -> Verdict:
+    return Verdict.deny(f"{ctx.run_id}|{ctx.principal}|{ctx.phase}|{','.join(ctx.labels)}")
+
+
+def guard_none(value: Any, ctx: Any) -> None:
+    return None
+
+
+def guard_bool(value: Any, ctx: Any) -> bool:
+    return "bad" not in str(value)
+
+
+def guard_regex(value: Any, ctx: Any) -> Verdict:
+    if ctx.regex(r"AKIA[0-9A-Z]{16}").search(str(value)):
+        return Verdict.deny("aws key")
+    return Verdict.allow()
+
+
+def guard_slow(value: Any, ctx: Any) -> Verdict:
+    time.sleep(5)
+    return Verdict.allow()
+
+
+def guard_nested_slow(value: Any, ctx: Any) -> Verdict:
+    """Calls the slow guard; its own (short) timeout must turn it into a deny."""
+    started = time.monotonic()
+    inner = ctx.guard("slow", value)
+    took = (time.monotonic() - started) * 1000
+    return Verdict.warn(f"{inner.action}:{inner.reason}:{took:.0f}:{ctx.remaining_ms():.0f}")
+
+
+def guard_nested_regex(value: Any, ctx: Any) -> Verdict:
+    return ctx.guard("keys", value)  # type: ignore[no-any-return]
+
+
+def rlimits(_: Any) -> dict[str, list[int]]:
+    import resource
+
+    return {
+        name: list(resource.getrlimit(getattr(resource, name)))
+        for name in ("RLIMIT_AS", "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_FSIZE", "RLIMIT_CORE")
+    }
