@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import heapq
 import itertools
 import logging
@@ -320,10 +321,8 @@ class _Manager:
     def stop(self) -> None:
         self.stopping = True
         if self.thread.is_alive():
-            try:
+            with contextlib.suppress(OSError):
                 os.eventfd_write(self.wake, 1)
-            except OSError:
-                pass
             if threading.current_thread() is not self.thread:
                 self.thread.join()
         elif not self.thread.ident:
@@ -397,7 +396,9 @@ class _Manager:
             worker = task.worker
             if worker is None:
                 self._resolve(
-                    task, "timeout", error="deadline passed while queued (no free worker)",
+                    task,
+                    "timeout",
+                    error="deadline passed while queued (no free worker)",
                     limit="wall",
                 )
                 continue
@@ -625,15 +626,11 @@ class _Manager:
         # Snapshot descendants first: once the worker dies they are re-parented and
         # a guard's start_new_session=True grandchild would be out of reach of killpg.
         escaped = _descendants(worker.pid)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(worker.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         for pid in escaped:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self._forget(worker)
         self._spawn()
 
@@ -714,10 +711,8 @@ class _Manager:
             if worker.task is not None:
                 self._resolve(worker.task, "error", error="pool shut down", worker=worker)
             if not worker.gone:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(worker.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             self._forget(worker)
         for sock in self.pending_spawns.values():
             sock.close()
@@ -730,10 +725,8 @@ class _Manager:
     def _close_fds(self) -> None:
         self.ctrl.close()
         self.sel.close()
-        try:
+        with contextlib.suppress(OSError):
             os.close(self.wake)
-        except OSError:
-            pass
 
     def stats(self) -> PoolStats:
         c = self.counts
@@ -825,7 +818,7 @@ def _reemit(msg: protocol.Log) -> None:
     if not logger.isEnabledFor(msg.level):
         return
     record = logger.makeRecord(
-        msg.name, msg.level, msg.pathname, msg.lineno, msg.msg, None, None, msg.func
+        msg.name, msg.level, msg.pathname, msg.lineno, msg.msg, (), None, msg.func
     )
     record.created = msg.created
     record.msecs = (msg.created % 1) * 1000
@@ -871,7 +864,9 @@ class GuardPool:
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"GuardPool: {name} must be a positive integer, got {value!r}")
         if hardening not in ("standard", "strict"):
-            raise ValueError(f"GuardPool: hardening must be 'standard' or 'strict', not {hardening!r}")
+            raise ValueError(
+                f"GuardPool: hardening must be 'standard' or 'strict', not {hardening!r}"
+            )
         self._limits = _Limits(
             workers=n,
             job_timeout_ms=job_timeout_ms,
@@ -1029,8 +1024,16 @@ class GuardPool:
         manager = self._manager
         if manager is None:
             return PoolStats(
-                workers=0, busy=0, queued=0, spawned=0, killed=0, crashed=0, recycled=0,
-                completed=0, timeouts=0, refused=0,
+                workers=0,
+                busy=0,
+                queued=0,
+                spawned=0,
+                killed=0,
+                crashed=0,
+                recycled=0,
+                completed=0,
+                timeouts=0,
+                refused=0,
             )
         return manager.stats()
 

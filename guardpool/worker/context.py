@@ -101,7 +101,10 @@ class WorkerContext:
         if guard is None:
             raise LookupError(f"ctx.guard: unknown guard {name!r}")
         spec = guard.spec
-        deadline = min(self._deadline, time.monotonic() + spec.timeout_ms / 1000.0)
+        timeout_ms = (
+            spec.timeout_ms if spec.timeout_ms is not None else 1000
+        )  # compiled: never None
+        deadline = min(self._deadline, time.monotonic() + timeout_ms / 1000.0)
         nested = WorkerContext(
             self._guards,
             labels=self.labels,

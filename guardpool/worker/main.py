@@ -98,9 +98,7 @@ def _cpu_ms() -> float:
     return time.process_time() * 1000.0
 
 
-def setup_worker(
-    sock_fd: int, workdir: str, setup: protocol.Setup, seccomp: bool
-) -> socket.socket:
+def setup_worker(sock_fd: int, workdir: str, setup: protocol.Setup, seccomp: bool) -> socket.socket:
     """Make this freshly forked process a sandboxed worker; returns its socket."""
     # Die with the zygote (and so with the host): no orphaned worker can outlive them.
     sandbox.set_pdeathsig()
@@ -193,29 +191,26 @@ class Worker:
     def run(self, job: protocol.HostMsg) -> None:
         start = _cpu_ms()
         signal.setitimer(signal.ITIMER_PROF, job.cpu_ms / 1000.0)
+        error: str | None = None
+        kind: protocol.FailKind = "error"
         try:
             value = self._call(job)
-            failure: tuple[str, protocol.FailKind] | None = None
         except MemoryError:
-            value, failure = None, ("MemoryError: worker memory limit reached", "memory")
+            value, error, kind = None, "MemoryError: worker memory limit reached", "memory"
         except _BadReturn as exc:
-            value, failure = None, (str(exc), "error")
+            value, error = None, str(exc)
         except (Exception, context.GuardTimeout) as exc:
-            value, failure = None, (_describe(exc), "error")
+            value, error = None, _describe(exc)
         finally:
             signal.setitimer(signal.ITIMER_PROF, 0)
         total = _cpu_ms()
-        if failure is None:
+        if error is None:
             try:
-                self.channel.send(
-                    protocol.Done(job.id, value, total - start, total, _rss_kb())
-                )
+                self.channel.send(protocol.Done(job.id, value, total - start, total, _rss_kb()))
                 return
             except (TypeError, msgspec.EncodeError) as exc:
-                failure = (f"result is not serialisable: {exc}", "error")
-        self.channel.send(
-            protocol.Failed(job.id, failure[0], failure[1], total - start, total, _rss_kb())
-        )
+                error = f"result is not serialisable: {exc}"
+        self.channel.send(protocol.Failed(job.id, error, kind, total - start, total, _rss_kb()))
 
 
 class _BadReturn(Exception):

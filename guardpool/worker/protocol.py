@@ -25,14 +25,10 @@ import msgspec
 HEADER = struct.Struct(">I")
 
 
-class _Msg(msgspec.Struct, tag=True, array_like=True, frozen=True):
-    pass
-
-
 # -- host -> worker ------------------------------------------------------------------------
 
 
-class CallJob(_Msg):
+class CallJob(msgspec.Struct, tag=True, array_like=True, frozen=True):
     """Call ``module:function`` with ``input`` (a plain ``pool.submit``)."""
 
     id: int
@@ -41,7 +37,7 @@ class CallJob(_Msg):
     cpu_ms: int
 
 
-class GuardJob(_Msg):
+class GuardJob(msgspec.Struct, tag=True, array_like=True, frozen=True):
     """Run the compiled guard ``guard`` with a ``WorkerContext``."""
 
     id: int
@@ -61,12 +57,12 @@ HostMsg = CallJob | GuardJob
 # -- worker -> host ------------------------------------------------------------------------
 
 
-class Ready(_Msg):
+class Ready(msgspec.Struct, tag=True, array_like=True, frozen=True):
     pid: int
     cpu_total_ms: float
 
 
-class Done(_Msg):
+class Done(msgspec.Struct, tag=True, array_like=True, frozen=True):
     """A job finished; ``value`` is the function's result (a Verdict for guard jobs)."""
 
     id: int
@@ -79,7 +75,7 @@ class Done(_Msg):
 FailKind = Literal["error", "memory"]
 
 
-class Failed(_Msg):
+class Failed(msgspec.Struct, tag=True, array_like=True, frozen=True):
     id: int
     error: str
     kind: FailKind
@@ -88,7 +84,7 @@ class Failed(_Msg):
     rss_kb: int
 
 
-class Log(_Msg):
+class Log(msgspec.Struct, tag=True, array_like=True, frozen=True):
     """A log record from a worker, re-emitted by the host into ``logging``."""
 
     name: str
@@ -108,7 +104,7 @@ WorkerMsg = Ready | Done | Failed | Log
 # -- host <-> zygote -----------------------------------------------------------------------
 
 
-class Setup(_Msg):
+class Setup(msgspec.Struct, tag=True, array_like=True, frozen=True):
     """Everything the zygote needs before it forks its first worker."""
 
     sys_path: list[str]
@@ -120,26 +116,26 @@ class Setup(_Msg):
     log_level: int
 
 
-class Spawn(_Msg):
+class Spawn(msgspec.Struct, tag=True, array_like=True, frozen=True):
     """Fork one worker; its socket end is attached to this packet."""
 
     token: int
 
 
-class ZygoteReady(_Msg):
+class ZygoteReady(msgspec.Struct, tag=True, array_like=True, frozen=True):
     pid: int
     error: str
     netns: bool  # strict: the zygote (and so every worker) lives in a fresh netns
     netns_error: str
 
 
-class Spawned(_Msg):
+class Spawned(msgspec.Struct, tag=True, array_like=True, frozen=True):
     token: int
     pid: int
     error: str
 
 
-class Exited(_Msg):
+class Exited(msgspec.Struct, tag=True, array_like=True, frozen=True):
     """A worker the zygote reaped; exactly one of exit_code / signal is set."""
 
     pid: int

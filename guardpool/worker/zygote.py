@@ -20,6 +20,7 @@ Lifetime rules:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import shutil
@@ -37,6 +38,7 @@ from guardpool.worker import protocol, sandbox
 
 if TYPE_CHECKING:
     from guardpool.policy.guards import CompiledGuard
+
 
 def _read_setup() -> protocol.Setup:
     data = sys.stdin.buffer.read()
@@ -159,10 +161,9 @@ class Zygote:
                 os._exit(code)
         os.close(sock_fd)
         # Also from the parent, so the group exists before the host can ever killpg it.
-        try:
+        # (OSError: the child already did it, or already died: Exited will say which.)
+        with contextlib.suppress(OSError):
             os.setpgid(pid, pid)
-        except OSError:
-            pass  # the child already did it, or already died: Exited will say which
         self.workers[pid] = workdir
         self.send(protocol.Spawned(token, pid, ""))
 
@@ -216,10 +217,8 @@ def _children(pid: int) -> list[int]:
 
 
 def _kill(pid: int) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.kill(pid, signal.SIGKILL)
-    except OSError:
-        pass
 
 
 def main(argv: list[str]) -> int:
