@@ -451,7 +451,7 @@ def test_every_decision_is_audited_and_the_chain_verifies(make: Any, tmp_path: P
     try:
         got = [ev.event.kind for ev in ledger.events("audit")]
         assert got == [
-            "check", "reserve", "verdict", "decision",
+            "check", "warning", "reserve", "verdict", "decision",  # 1 of 1 call passes 80%
             "settle", "decision",
             "check", "limit_breach", "decision",
         ]

@@ -1,0 +1,139 @@
+"""The reservation algorithm, written once for every backend that can offer a transaction.
+
+A backend provides a ``Transaction`` (read and write counters, charges and
+reservation records, all inside one atomic step: a lock for memory, a
+``BEGIN IMMEDIATE`` for SQLite). The functions here implement reserve, settle,
+release and expiry on top of it, so memory and SQLite cannot drift apart.
+Redis runs the same algorithm as Lua scripts (``redis.py``), because there the
+atomic step has to happen on the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal, Protocol
+
+import msgspec
+
+from guardpool.store.base import (
+    CounterState,
+    Expired,
+    ReserveItem,
+    ReserveResult,
+    SettleResult,
+    refuses,
+)
+
+State = Literal["live", "settled", "released", "expired", "refused"]
+
+
+class Reservation(msgspec.Struct, kw_only=True):
+    id: str
+    state: State
+    deadline_ms: int
+    items: tuple[ReserveItem, ...]
+    result: ReserveResult
+
+
+class Transaction(Protocol):
+    now_ms: int
+
+    def used(self, item: ReserveItem) -> int: ...
+
+    def reserved(self, item: ReserveItem) -> int: ...
+
+    def add_reserved(self, item: ReserveItem, delta: int) -> None: ...
+
+    def charge(self, item: ReserveItem, amount: int) -> None: ...
+
+    def get(self, reservation_id: str) -> Reservation | None: ...
+
+    def put(self, reservation: Reservation) -> None: ...
+
+    def overdue(self) -> list[Reservation]: ...
+
+
+def state_of(tx: Transaction, item: ReserveItem) -> CounterState:
+    return CounterState(
+        key=item.key,
+        dimension=item.dimension,
+        used=tx.used(item),
+        reserved=tx.reserved(item),
+        limit=item.limit,
+    )
+
+
+def expire(tx: Transaction) -> tuple[Expired, ...]:
+    """Charge every overdue live reservation at its estimate."""
+    expired = []
+    for r in tx.overdue():
+        charged: dict[str, int] = {}
+        for item in r.items:
+            tx.add_reserved(item, -item.amount)
+            tx.charge(item, item.amount)
+            charged[item.dimension] = max(charged.get(item.dimension, 0), item.amount)
+        r.state = "expired"
+        tx.put(r)
+        expired.append(Expired(reservation_id=r.id, charged=charged))
+    return tuple(expired)
+
+
+def reserve(
+    tx: Transaction, reservation_id: str, items: Sequence[ReserveItem], ttl_ms: int
+) -> ReserveResult:
+    previous = tx.get(reservation_id)
+    if previous is not None:  # a retried request: same answer, no second reservation
+        return previous.result
+    expired = expire(tx)
+    before = [state_of(tx, item) for item in items]
+    refused = tuple(
+        i
+        for i, (item, s) in enumerate(zip(items, before, strict=True))
+        if refuses(item, s.used, s.reserved)
+    )
+    if refused:
+        result = ReserveResult(
+            granted=False, states=tuple(before), refused=refused, expired=expired
+        )
+        state: State = "refused"
+    else:
+        for item in items:
+            tx.add_reserved(item, item.amount)
+        after = tuple(state_of(tx, item) for item in items)
+        result = ReserveResult(granted=True, states=after, expired=expired)
+        state = "live"
+    tx.put(
+        Reservation(
+            id=reservation_id,
+            state=state,
+            deadline_ms=tx.now_ms + ttl_ms,
+            items=tuple(items),
+            result=result,
+        )
+    )
+    return result
+
+
+def settle(tx: Transaction, reservation_id: str, actual: Mapping[str, int]) -> SettleResult:
+    expire(tx)
+    r = tx.get(reservation_id)
+    if r is None or r.state != "live":
+        states = tuple(state_of(tx, i) for i in r.items) if r is not None else ()
+        return SettleResult(applied=False, states=states)
+    for item in r.items:
+        tx.add_reserved(item, -item.amount)
+        tx.charge(item, actual.get(item.dimension, item.amount))
+    r.state = "settled"
+    tx.put(r)
+    return SettleResult(applied=True, states=tuple(state_of(tx, i) for i in r.items))
+
+
+def release(tx: Transaction, reservation_id: str) -> bool:
+    r = tx.get(reservation_id)
+    if r is None or r.state != "live":
+        return False
+    for item in r.items:
+        tx.add_reserved(item, -item.amount)
+    r.state = "released"
+    tx.put(r)
+    return True
