@@ -60,13 +60,29 @@ def memory_bomb(_: Any) -> int:
     return len(blocks)
 
 
-def fork_bomb(count: int) -> None:
-    """A bounded fork bomb: ``count`` children that sleep, then hang the job."""
+def fork_bomb(args: list[Any]) -> None:
+    """A bounded fork bomb: ``count`` sleeping descendants (a chain of forks), then hang."""
+    count, pidfile = args
     for _ in range(count):
-        if os.fork() == 0:
+        child = os.fork()
+        if child:
+            with open(pidfile, "a") as f:
+                f.write(f"{child}\n")
             time.sleep(60)
             os._exit(0)
     time.sleep(60)
+
+
+_held: list[bytearray] = []
+
+
+def hold(mb: int) -> int:
+    """Keep ``mb`` MiB resident (touched) so the worker's RSS grows."""
+    block = bytearray(mb << 20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    _held.append(block)
+    return os.getpid()
 
 
 def escaping_grandchild(pidfile: str) -> None:
@@ -143,12 +159,3 @@ def guard_nested_slow(value: Any, ctx: Any) -> Verdict:
 
 def guard_nested_regex(value: Any, ctx: Any) -> Verdict:
     return ctx.guard("keys", value)  # type: ignore[no-any-return]
-
-
-def rlimits(_: Any) -> dict[str, list[int]]:
-    import resource
-
-    return {
-        name: list(resource.getrlimit(getattr(resource, name)))
-        for name in ("RLIMIT_AS", "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_FSIZE", "RLIMIT_CORE")
-    }

@@ -1,0 +1,58 @@
+"""``probe``: a job that reports which sandbox measures are in force in the worker running it.
+
+``guardpool doctor`` and the pool tests submit ``guardpool.worker.probe:probe`` to a
+real worker instead of guessing from the host, because what counts is what the
+kernel actually applied to that process.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+from typing import Any
+
+
+def _status_field(name: str) -> str:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(name + ":"):
+                return line.split(":", 1)[1].strip()
+    return ""
+
+
+def _network_blocked() -> str:
+    """ "" if the worker can open an IPv4 TCP socket to loopback, else the error."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(0.2)
+            # Port 9 (discard) is almost never open: "refused" proves the stack works,
+            # "unreachable"/"not permitted" proves it does not exist for us.
+            s.connect(("127.0.0.1", 9))
+    except ConnectionRefusedError:
+        return ""
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc.strerror or exc}"
+    return ""
+
+
+def probe(_: Any = None) -> dict[str, Any]:
+    pid = os.getpid()
+    limits = {
+        name: resource.getrlimit(getattr(resource, f"RLIMIT_{name}"))[0]
+        for name in ("AS", "NOFILE", "NPROC", "FSIZE", "CORE")
+    }
+    return {
+        "pid": pid,
+        "uid": os.getuid(),
+        "own_process_group": os.getpgid(0) == pid,
+        "no_new_privs": _status_field("NoNewPrivs") == "1",
+        "seccomp_mode": int(_status_field("Seccomp") or 0),
+        "rlimits": limits,
+        "environment": sorted(os.environ),
+        "cwd": os.getcwd(),
+        "stdin": os.readlink("/proc/self/fd/0"),
+        "open_fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
+        "netns": os.readlink("/proc/self/ns/net"),
+        "network_error": _network_blocked(),
+    }

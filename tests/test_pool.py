@@ -1,0 +1,456 @@
+"""GuardPool against real misbehaving guard code: real processes, real signals, no mocks.
+
+Bounds are deliberately generous (a 100 ms deadline must be answered within 1 s):
+the machine is shared, and the overshoot itself is measured by bench/bench_pool.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from guardpool import GuardPool, JobResult, Verdict
+
+# The workers import "tests.pool_guards" through the host's sys.path (the zygote gets a
+# copy); `pytest` puts only tests/ on it, so add the repository root.
+ROOT = str(Path(__file__).resolve().parent.parent)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+G = "tests.pool_guards:"
+
+
+def wait_for(predicate: Any, timeout: float = 3.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return bool(predicate())
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def pool_processes() -> list[int]:
+    """Every descendant of this test process (zygote, workers, their children)."""
+    return [p.pid for p in psutil.Process().children(recursive=True) if not gone(p.pid)]
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[GuardPool]:
+    with GuardPool(workers=2, job_timeout_ms=2000, job_cpu_ms=2000, memory_mb=256) as p:
+        yield p
+
+
+def run(pool: GuardPool, fn: str, value: Any = None, **kw: Any) -> JobResult:
+    return pool.submit(G + fn, value, **kw).result(timeout=10)
+
+
+# -- the ordinary path ---------------------------------------------------------------------
+
+
+def test_submit_returns_value_and_times(pool: GuardPool) -> None:
+    result = run(pool, "double", 21)
+    assert result.outcome == "ok"
+    assert result.value == 42
+    assert result.wall_ms > 0
+    assert result.cpu_ms >= 0
+    assert result.worker_pid > 0
+
+
+def test_large_input_round_trips(pool: GuardPool) -> None:
+    payload = "x" * 900_000  # several socket buffers: exercises the pending-output path
+    assert run(pool, "echo", payload).value == payload
+
+
+# -- one test per misbehaviour -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fn", ["spin", "native_hang", "sleep"])
+def test_deadline_kills_whatever_the_guard_is_doing(pool: GuardPool, fn: str) -> None:
+    started = time.monotonic()
+    result = run(pool, fn, 30, timeout_ms=100)
+    elapsed = time.monotonic() - started
+    assert result.outcome == "timeout"
+    assert result.limit == "wall"
+    assert result.signal == signal.SIGKILL
+    assert elapsed < 1.0
+    assert gone(result.worker_pid)
+    assert run(pool, "double", 2).value == 4  # the pool is whole again
+
+
+def test_segfault_is_a_crash_and_the_pool_stays_at_n_workers(pool: GuardPool) -> None:
+    result = run(pool, "segfault")
+    assert result.outcome == "crash"
+    assert result.signal == signal.SIGSEGV
+    assert wait_for(lambda: pool.stats().workers == 2)
+    assert run(pool, "double", 3).value == 6
+
+
+def test_exit_code_is_reported(pool: GuardPool) -> None:
+    result = run(pool, "exit3")
+    assert (result.outcome, result.exit_code, result.signal) == ("crash", 3, None)
+
+
+def test_crash_is_not_retried(pool: GuardPool) -> None:
+    before = pool.stats().crashed
+    assert run(pool, "exit3").outcome == "crash"
+    assert pool.stats().crashed == before + 1
+
+
+def test_raising_is_an_error_with_the_reason(pool: GuardPool) -> None:
+    result = run(pool, "raises")
+    assert result.outcome == "error"
+    assert "ValueError: bad input" in result.error
+
+
+def test_returning_garbage_is_an_error(pool: GuardPool) -> None:
+    result = run(pool, "unserialisable")
+    assert result.outcome == "error"
+    assert "not serialisable" in result.error
+
+
+def test_cpu_budget_is_distinct_from_wall_deadline(pool: GuardPool) -> None:
+    started = time.monotonic()
+    result = run(pool, "native_hang", timeout_ms=5000, cpu_ms=150)
+    assert result.outcome == "timeout"
+    assert result.limit == "cpu"
+    assert result.signal == signal.SIGPROF
+    assert time.monotonic() - started < 2.0
+
+
+def test_memory_bomb_hits_the_address_space_limit() -> None:
+    with GuardPool(workers=1, memory_mb=160, job_timeout_ms=10_000, job_cpu_ms=10_000) as p:
+        result = p.submit(G + "memory_bomb", None).result(timeout=20)
+        assert result.outcome == "error"
+        assert result.limit == "memory"
+        assert p.submit(G + "double", 5).result(timeout=10).value == 10
+
+
+def test_bounded_fork_bomb_leaves_no_descendant(pool: GuardPool, tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids"
+    result = run(pool, "fork_bomb", [50, str(pidfile)], timeout_ms=1500)
+    assert result.outcome == "timeout"
+    pids = [int(p) for p in pidfile.read_text().split()]
+    assert len(pids) >= 40  # most of them had time to start
+    assert wait_for(lambda: all(gone(p) for p in pids))
+
+
+def test_escaping_grandchild_is_killed(pool: GuardPool, tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    result = run(pool, "escaping_grandchild", str(pidfile), timeout_ms=1500)
+    assert result.outcome == "timeout"
+    grandchild = int(pidfile.read_text())
+    assert wait_for(lambda: gone(grandchild))
+
+
+def test_input_too_large_is_refused_before_sending() -> None:
+    with GuardPool(workers=1, max_input_bytes=1000) as p:
+        future = p.submit(G + "echo", "y" * 2000)
+        assert future.done()
+        result = future.result()
+        assert (result.outcome, result.limit) == ("error", "input")
+        assert "2003 bytes" in result.error and "1000" in result.error
+        assert p.stats().refused == 1
+
+
+def test_deadline_counts_from_submit_not_from_start() -> None:
+    with GuardPool(workers=1, job_timeout_ms=5000) as p:
+        blocker = p.submit(G + "sleep", 0.6)
+        started = time.monotonic()
+        queued = p.submit(G + "double", 1, timeout_ms=100).result(timeout=5)
+        assert queued.outcome == "timeout"
+        assert queued.worker_pid == 0  # never ran
+        assert "queued" in queued.error
+        assert time.monotonic() - started < 0.5
+        assert blocker.result(timeout=5).value == "slept"
+
+
+def test_neighbours_are_unaffected_by_a_kill(pool: GuardPool) -> None:
+    hanging = pool.submit(G + "spin", None, timeout_ms=400)
+    results = [run(pool, "double", i) for i in range(20)]
+    assert [r.value for r in results] == [i * 2 for i in range(20)]
+    assert hanging.result(timeout=5).outcome == "timeout"
+    assert all(r.outcome == "ok" for r in results)
+
+
+# -- recycling -----------------------------------------------------------------------------
+
+
+def test_worker_recycled_after_max_jobs() -> None:
+    with GuardPool(workers=1, max_jobs_per_worker=3) as p:
+        pids = [p.submit(G + "pid", None).result(timeout=5).value for _ in range(7)]
+        assert len(set(pids[:3])) == 1
+        assert pids[3] != pids[2]
+        assert len(set(pids)) == 3
+        assert p.stats().recycled == 2
+
+
+def test_worker_recycled_when_rss_passes_threshold() -> None:
+    with GuardPool(workers=1, memory_mb=256, max_rss_mb=60) as p:
+        first = p.submit(G + "hold", 80).result(timeout=10)
+        assert first.outcome == "ok"
+        second = p.submit(G + "pid", None).result(timeout=10)
+        assert second.value != first.value
+
+
+# -- concurrency ---------------------------------------------------------------------------
+
+
+def test_many_threads_submit_at_once(pool: GuardPool) -> None:
+    results: dict[int, list[int]] = {}
+
+    def client(n: int) -> None:
+        futures = [pool.submit(G + "double", n * 1000 + i) for i in range(40)]
+        results[n] = [f.result(timeout=20).value for f in futures]
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {n: [2 * (n * 1000 + i) for i in range(40)] for n in range(8)}
+
+
+def test_asyncio_gather(pool: GuardPool) -> None:
+    async def main() -> list[JobResult]:
+        return await asyncio.gather(*(pool.asubmit(G + "double", i) for i in range(50)))
+
+    results = asyncio.run(main())
+    assert [r.value for r in results] == [2 * i for i in range(50)]
+
+
+# -- logs ----------------------------------------------------------------------------------
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_worker_logs_reach_host_handlers(pool: GuardPool) -> None:
+    handler = _Collect()
+    logger = logging.getLogger("pool_guards.logs")
+    logger.addHandler(handler)
+    try:
+        result = run(pool, "logs", "hello")
+    finally:
+        logger.removeHandler(handler)
+    assert result.value == "logged"
+    assert [r.getMessage() for r in handler.records] == ["from worker: hello"]
+    assert handler.records[0].process == result.worker_pid
+    assert handler.records[0].levelno == logging.WARNING
+
+
+# -- hardening -----------------------------------------------------------------------------
+
+
+def test_standard_hardening_measures_are_in_force(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GUARDPOOL_TEST_SECRET", "hunter2")
+    with GuardPool(workers=1, memory_mb=200) as p:
+        info = p.submit("guardpool.worker.probe:probe", None).result(timeout=5).value
+        workdir = info["cwd"]
+    assert info["own_process_group"] is True
+    assert info["no_new_privs"] is True
+    assert info["rlimits"]["AS"] == 200 << 20
+    assert info["rlimits"]["CORE"] == 0
+    assert info["rlimits"]["NOFILE"] == 256
+    assert "GUARDPOOL_TEST_SECRET" not in info["environment"]
+    assert info["stdin"] == "/dev/null"
+    assert info["open_fds"][:4] == [0, 1, 2, 3]
+    assert len(info["open_fds"]) <= 5  # 0-2, the worker's pipe, the listdir fd
+    assert "guardpool-" in workdir
+    assert not os.path.exists(workdir)  # private working directory removed
+
+
+def test_strict_blocks_network() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.settimeout(0.3)
+    try:
+        with GuardPool(workers=1, hardening="standard") as p:
+            assert p.submit(G + "connect", port).result(timeout=5).value == "connected"
+            listener.accept()[0].close()
+        with GuardPool(workers=1, hardening="strict") as p:
+            result = p.submit(G + "connect", port).result(timeout=5)
+            info = p.submit("guardpool.worker.probe:probe", None).result(timeout=5).value
+        assert result.outcome == "error"
+        with pytest.raises(TimeoutError):
+            listener.accept()
+        assert info["seccomp_mode"] == 2
+        assert info["netns"] != os.readlink("/proc/self/ns/net")
+        assert info["network_error"]
+    finally:
+        listener.close()
+
+
+# -- guard jobs ----------------------------------------------------------------------------
+
+GUARDS: dict[str, Any] = {
+    "pool": {"workers": 1, "job_timeout_ms": 2000},
+    "guard": [
+        {"name": "ctx", "call": G + "guard_context"},
+        {"name": "none", "call": G + "guard_none"},
+        {"name": "bool", "call": G + "guard_bool"},
+        {"name": "rx", "call": G + "guard_regex"},
+        {"name": "slow", "call": G + "guard_slow", "timeout_ms": 100},
+        {"name": "slow-open", "call": G + "guard_slow", "timeout_ms": 100, "on_timeout": "allow"},
+        {"name": "nest", "call": G + "guard_nested_slow", "timeout_ms": 1500},
+        {"name": "keys", "deny_regex": ["AKIA[0-9A-Z]{16}"]},
+        {"name": "nest-rx", "call": G + "guard_nested_regex"},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def guard_pool() -> Iterator[GuardPool]:
+    with GuardPool.from_config(GUARDS) as p:
+        yield p
+
+
+def test_guard_sees_its_context(guard_pool: GuardPool) -> None:
+    result = guard_pool.submit_guard(
+        "ctx", "x", labels=("op:a", "op:b"), run_id="r1", principal="al", phase="after"
+    ).result(timeout=5)
+    assert result.value == Verdict.deny("r1|al|after|op:a,op:b")
+
+
+def test_guard_returning_none_is_an_error(guard_pool: GuardPool) -> None:
+    result = guard_pool.submit_guard("none", "x").result(timeout=5)
+    assert result.outcome == "error"
+    assert result.error == "returned NoneType, expected Verdict or bool"
+
+
+def test_guard_bool_and_regex(guard_pool: GuardPool) -> None:
+    assert guard_pool.submit_guard("bool", "bad").result(timeout=5).value.action == "deny"
+    assert guard_pool.submit_guard("bool", "ok").result(timeout=5).value == Verdict.allow()
+    key = "AKIA" + "A" * 16
+    assert guard_pool.submit_guard("rx", key).result(timeout=5).value.reason == "aws key"
+    nested = guard_pool.submit_guard("nest-rx", key).result(timeout=5).value
+    assert nested.action == "deny"
+
+
+def test_guard_timeout_uses_the_guard_spec(guard_pool: GuardPool) -> None:
+    result = guard_pool.submit_guard("slow", "x").result(timeout=5)
+    assert (result.outcome, result.limit) == ("timeout", "wall")
+    assert result.wall_ms < 1000
+
+
+def test_nested_guard_deadline_is_its_own_and_denies(guard_pool: GuardPool) -> None:
+    result = guard_pool.submit_guard("nest", "x").result(timeout=5)
+    assert result.outcome == "ok"
+    action, reason, took, remaining = result.value.reason.split(":")
+    assert action == "deny"
+    assert "timed out" in reason
+    assert 90 <= int(took) < 600
+    assert int(remaining) > 500  # the outer job still had its own time left
+
+
+def test_unknown_guard_is_rejected(guard_pool: GuardPool) -> None:
+    with pytest.raises(KeyError):
+        guard_pool.submit_guard("nope", "x")
+
+
+# -- leaks and lifetime --------------------------------------------------------------------
+
+
+def test_100_timeouts_leak_no_process_and_no_fd() -> None:
+    shm_before = set(os.listdir("/dev/shm"))
+    procs_before = set(pool_processes())
+    fds_before = open_fds()
+    with GuardPool(workers=2, job_timeout_ms=30) as p:
+        p.submit(G + "double", 1).result(timeout=5)
+        fds_running = open_fds()
+        for _ in range(50):
+            pair = [p.submit(G + "sleep", 5) for _ in range(2)]
+            assert [f.result(timeout=5).outcome for f in pair] == ["timeout", "timeout"]
+        assert p.stats().timeouts == 100
+        # zygote + 2 workers, nothing else
+        assert wait_for(lambda: len(set(pool_processes()) - procs_before) == 3)
+        assert wait_for(lambda: open_fds() == fds_running)
+    assert wait_for(lambda: set(pool_processes()) <= procs_before)
+    assert open_fds() == fds_before
+    assert set(os.listdir("/dev/shm")) == shm_before
+
+
+def test_shutdown_leaves_nothing_behind() -> None:
+    fds_before = open_fds()
+    procs_before = set(pool_processes())
+    p = GuardPool(workers=2).start()
+    info = p.submit("guardpool.worker.probe:probe", None).result(timeout=5).value
+    workdir_root = os.path.dirname(info["cwd"])
+    assert len(set(pool_processes()) - procs_before) == 3
+    in_flight = p.submit(G + "sleep", 10)
+    p.shutdown()
+    assert in_flight.result(timeout=1).error == "pool shut down"
+    assert set(pool_processes()) <= procs_before
+    assert open_fds() == fds_before
+    assert not os.path.exists(workdir_root)
+    with pytest.raises(RuntimeError):
+        p.submit(G + "double", 1)
+
+
+HOST_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    sys.path.insert(0, {root!r})
+    from guardpool import GuardPool
+    pool = GuardPool(workers=2).start()
+    busy = pool.submit("tests.pool_guards:sleep", 30)
+    pids = [pool.submit("tests.pool_guards:pid", None).result().value]
+    print(pool._manager.zygote.pid, *pids, flush=True)
+    time.sleep(0.2)
+    if sys.argv[1] == "kill":
+        os.kill(os.getpid(), 9)
+    # "exit": fall off the end without shutdown(); atexit must clean up
+    """
+)
+
+
+@pytest.mark.parametrize("how", ["exit", "kill"])
+def test_host_exiting_without_close_leaves_no_process(how: str, tmp_path: Path) -> None:
+    script = tmp_path / "host.py"
+    script.write_text(HOST_SCRIPT.format(root=str(Path(__file__).parent.parent)))
+    proc = subprocess.run(
+        [sys.executable, str(script), how], capture_output=True, text=True, timeout=30
+    )
+    pids = [int(p) for p in proc.stdout.split()]
+    assert len(pids) == 2, proc.stderr
+    zygote = psutil.Process(pids[0]) if psutil.pid_exists(pids[0]) else None
+    assert wait_for(lambda: all(gone(p) for p in pids))
+    assert zygote is None or not zygote.is_running() or gone(pids[0])
+
+
+def test_stats_and_idempotent_start(pool: GuardPool) -> None:
+    assert pool.start() is pool
+    stats = pool.stats()
+    assert stats.workers == 2
+    assert stats.spawned >= 2
+    assert stats.queued == 0
