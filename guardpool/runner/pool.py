@@ -260,8 +260,6 @@ class _Manager:
             self._close_fds()
             detail = ready.error if isinstance(ready, protocol.ZygoteReady) else repr(ready)
             raise RuntimeError(f"guardpool: the worker zygote failed to start: {detail}")
-        self.netns = ready.netns
-        self.netns_error = ready.netns_error
         self.ctrl.setblocking(False)
         return proc
 

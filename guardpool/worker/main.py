@@ -122,7 +122,10 @@ def setup_worker(sock_fd: int, workdir: str, setup: protocol.Setup, seccomp: boo
     sandbox.apply_rlimits(setup.memory_mb)
     sandbox.prctl(sandbox.PR_SET_NO_NEW_PRIVS, 1)
     if seccomp:
-        sandbox.install_seccomp()
+        try:
+            sandbox.install_seccomp()
+        except OSError as exc:  # reported by the doctor; the other measures still hold
+            sandbox.STATUS["seccomp"] = str(exc)
     sock = socket.socket(fileno=3)
     sock.setblocking(True)
     return sock

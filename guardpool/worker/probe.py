@@ -12,6 +12,8 @@ import resource
 import socket
 from typing import Any
 
+from guardpool.worker import sandbox
+
 
 def _status_field(name: str) -> str:
     with open("/proc/self/status") as f:
@@ -55,4 +57,6 @@ def probe(_: Any = None) -> dict[str, Any]:
         "open_fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
         "netns": os.readlink("/proc/self/ns/net"),
         "network_error": _network_blocked(),
+        "pdeathsig": sandbox.get_pdeathsig(),
+        "status": dict(sandbox.STATUS),
     }

@@ -125,8 +125,6 @@ class Spawn(msgspec.Struct, tag=True, array_like=True, frozen=True):
 class ZygoteReady(msgspec.Struct, tag=True, array_like=True, frozen=True):
     pid: int
     error: str
-    netns: bool  # strict: the zygote (and so every worker) lives in a fresh netns
-    netns_error: str
 
 
 class Spawned(msgspec.Struct, tag=True, array_like=True, frozen=True):

@@ -16,6 +16,7 @@ import struct
 from typing import Final
 
 PR_SET_PDEATHSIG: Final = 1
+PR_GET_PDEATHSIG: Final = 2
 PR_SET_CHILD_SUBREAPER: Final = 36
 PR_SET_NO_NEW_PRIVS: Final = 38
 PR_SET_SECCOMP: Final = 22
@@ -27,6 +28,10 @@ NPROC_LIMIT: Final = 128
 FSIZE_LIMIT: Final = 64 << 20
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+# Why a process-wide measure is off, filled in by the zygote before it forks, so that
+# every worker (and the doctor's probe running in one) can report it: "" = active.
+STATUS: dict[str, str] = {}
 
 
 def _check(rc: int, what: str) -> None:
@@ -41,6 +46,12 @@ def prctl(option: int, arg2: int = 0) -> None:
 
 def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
     prctl(PR_SET_PDEATHSIG, sig)
+
+
+def get_pdeathsig() -> int:
+    sig = ctypes.c_int(0)
+    _check(_libc.prctl(PR_GET_PDEATHSIG, ctypes.byref(sig), 0, 0, 0), "prctl(PR_GET_PDEATHSIG)")
+    return sig.value
 
 
 def set_child_subreaper() -> None:

@@ -83,26 +83,30 @@ class Zygote:
 
     def prepare(self) -> None:
         """Imports, guard compilation and process-wide measures; failures go to the host."""
-        netns, netns_error = False, ""
         try:
             for name in self.setup.preload:
                 __import__(name)
             self.guards, self.regex_max_mem = _compile_guards(self.setup)
             sandbox.set_child_subreaper()
-            if self.setup.hardening == "strict":
-                # Once here, not per worker: creating a netns costs milliseconds and its
-                # teardown is asynchronous; every forked worker inherits this one.
-                try:
-                    sandbox.unshare_network()
-                    netns = True
-                except OSError as exc:
-                    netns_error = str(exc)
-                self.seccomp = sandbox.seccomp_unavailable_reason() == ""
         except BaseException as exc:
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            self.send(protocol.ZygoteReady(os.getpid(), detail, False, ""))
+            self.send(protocol.ZygoteReady(os.getpid(), detail))
             raise SystemExit(1) from None
-        self.send(protocol.ZygoteReady(os.getpid(), "", netns, netns_error))
+        if self.setup.hardening == "strict":
+            # Once here, not per worker: creating a netns costs milliseconds and its
+            # teardown is asynchronous; every forked worker inherits this one.
+            try:
+                sandbox.unshare_network()
+                sandbox.STATUS["netns"] = ""
+            except OSError as exc:
+                sandbox.STATUS["netns"] = str(exc)
+            reason = sandbox.seccomp_unavailable_reason()
+            sandbox.STATUS["seccomp"] = reason
+            self.seccomp = reason == ""
+        else:
+            for measure in ("netns", "seccomp"):
+                sandbox.STATUS[measure] = 'hardening is "standard" (strict enables it)'
+        self.send(protocol.ZygoteReady(os.getpid(), ""))
 
     def run(self) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -1,0 +1,39 @@
+"""``guardpool doctor`` reports what a real worker has in force."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from guardpool.cli import main
+
+
+def test_doctor_strict_reports_every_measure(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["doctor", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    by_name = {m["measure"]: m for m in report["measures"]}
+    assert code == 0
+    for name in (
+        "own process group",
+        "no new privileges",
+        "RLIMIT_AS (memory)",
+        "scrubbed environment",
+        "network namespace",
+        "seccomp filter",
+    ):
+        assert by_name[name]["active"] is True, by_name[name]
+    nproc = by_name["RLIMIT_NPROC"]
+    if report["probe"]["uid"] == 0:
+        assert nproc["active"] is False
+        assert "root" in nproc["detail"]
+
+
+def test_doctor_standard_says_why_strict_measures_are_off(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["doctor", "--hardening", "standard"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "NOT ACTIVE  network namespace" in out
+    assert 'hardening is "standard"' in out
