@@ -69,9 +69,8 @@ def test_an_estimate_over_a_fail_fast_limit_is_refused_before_it_runs(make: Any)
     e = make(limits={"exe:llm:*": {"cost": "$10.00"}})
     run = e.run("r1")
     ran = []
-    with pytest.raises(OperationDenied) as err:
-        with run.operation(llm(cost="$100.00")):
-            ran.append(True)
+    with pytest.raises(OperationDenied) as err, run.operation(llm(cost="$100.00")):
+        ran.append(True)
     assert ran == []
     assert not err.value.decision.allowed
     assert "would exceed $10.00" in err.value.decision.reasons[0]
@@ -278,8 +277,12 @@ def test_guard_outcomes_combine_deny_over_warn_over_allow(make: Any) -> None:
             {"name": "allow", "ops": ["exe:llm:*"], "call": f"{G}:allow"},
             {"name": "warn", "ops": ["exe:llm:*"], "call": f"{G}:warn_long"},
             {"name": "secrets", "ops": ["exe:llm:*"], "call": f"{G}:deny_secrets"},
-            {"name": "no-keys", "ops": ["exe:llm:*"], "deny_regex": ["AKIA[0-9A-Z]{16}"],
-             "reason": "credential in outbound data"},
+            {
+                "name": "no-keys",
+                "ops": ["exe:llm:*"],
+                "deny_regex": ["AKIA[0-9A-Z]{16}"],
+                "reason": "credential in outbound data",
+            },
         ]
     )
     run = e.run("combine")
@@ -287,7 +290,7 @@ def test_guard_outcomes_combine_deny_over_warn_over_allow(make: Any) -> None:
     assert run.check(llm("a rather long harmless input")).action == "warn"
     d = run.check(llm("a rather long input with a secret"))
     assert d.action == "deny" and d.reasons == ("long input", "mentions a secret")
-    d = run.check(llm("key AKIAABCDEFGHIJKLMNOP"))
+    d = run.check(llm("AKIAABCDEFGHIJKLMNOP"))  # 20 chars: no length warning
     assert d.action == "deny" and d.reasons == ("credential in outbound data",)
     assert [v.outcome for v in d.verdicts] == ["allow", "allow", "allow", "deny"]
 
@@ -299,8 +302,13 @@ def test_timeouts_fail_closed_by_default_and_open_when_configured(
     e = make(
         guard=[
             {"name": "closed", "ops": ["op:net:*"], "call": f"{G}:hang", "timeout_ms": 150},
-            {"name": "open", "ops": ["op:fs:*"], "call": f"{G}:hang", "timeout_ms": 150,
-             "on_timeout": "allow"},
+            {
+                "name": "open",
+                "ops": ["op:fs:*"],
+                "call": f"{G}:hang",
+                "timeout_ms": 150,
+                "on_timeout": "allow",
+            },
         ]
     )
     e.on("guard_timeout", seen.append)
@@ -320,8 +328,12 @@ def test_privileged_guards_never_fail_open_on_error(make: Any) -> None:
     e = make(
         guard=[
             {"name": "raises", "ops": ["*"], "call": f"{G}:boom", "on_error": "allow"},
-            {"name": "priv", "ops": ["op:cmd:*"], "call": f"{G}:forgets_to_return",
-             "privileged": True},
+            {
+                "name": "priv",
+                "ops": ["op:cmd:*"],
+                "call": f"{G}:forgets_to_return",
+                "privileged": True,
+            },
         ]
     )
     run = e.run("priv")
@@ -396,8 +408,12 @@ def test_a_store_outage_denies(tmp_path: Path) -> None:
     cfg = config(
         tmp_path,
         limits={"exe:llm:*": {"calls": 10}},
-        store={"backend": "redis", "url": "redis://127.0.0.1:1/0", "connect_timeout_ms": 100,
-               "op_timeout_ms": 100},
+        store={
+            "backend": "redis",
+            "url": "redis://127.0.0.1:1/0",
+            "connect_timeout_ms": 100,
+            "op_timeout_ms": 100,
+        },
     )
     with Enforcer.from_config(cfg) as e:
         start = time.monotonic()
@@ -451,9 +467,16 @@ def test_every_decision_is_audited_and_the_chain_verifies(make: Any, tmp_path: P
     try:
         got = [ev.event.kind for ev in ledger.events("audit")]
         assert got == [
-            "check", "warning", "reserve", "verdict", "decision",  # 1 of 1 call passes 80%
-            "settle", "decision",
-            "check", "limit_breach", "decision",
+            "check",
+            "warning",
+            "reserve",
+            "verdict",
+            "decision",  # 1 of 1 call passes 80%
+            "settle",
+            "decision",
+            "check",
+            "limit_breach",
+            "decision",
         ]
         assert ledger.verify().ok
         check = ledger.events("audit")[0].event

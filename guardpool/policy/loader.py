@@ -12,13 +12,12 @@ durations become milliseconds.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
 import sys
 import tomllib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -100,8 +99,8 @@ class Policy:
         canonical = msgspec.json.encode(msgspec.to_builtins(config), order="sorted")
         self.digest = hashlib.sha256(canonical).hexdigest()
         _check_guards(config)
-        with _importable_from(base_dir):
-            self.guards: dict[str, CompiledGuard] = compile_guards(config.guard, config.guards)
+        _make_importable(base_dir)
+        self.guards: dict[str, CompiledGuard] = compile_guards(config.guard, config.guards)
         self.limits: list[CompiledLimit] = [
             _compile_limit(p, spec) for p, spec in config.limits.items()
         ]
@@ -246,17 +245,16 @@ def _resolve_paths(config: Config, base_dir: Path) -> Config:
     )
 
 
-@contextlib.contextmanager
-def _importable_from(base_dir: Path) -> Iterator[None]:
-    """Guard modules resolve next to the policy file too (and from its parent)."""
-    added = [str(d) for d in (base_dir, base_dir.parent) if str(d) not in sys.path]
-    sys.path[:0] = added
-    try:
-        yield
-    finally:
-        for entry in added:
-            with contextlib.suppress(ValueError):
-                sys.path.remove(entry)
+def _make_importable(base_dir: Path) -> None:
+    """Guard modules resolve next to the policy file and from its parent, like a script's.
+
+    The entries stay on ``sys.path`` so that the worker zygote, which starts
+    with the host's ``sys.path``, imports guards from the same place the
+    loader checked them.
+    """
+    for entry in (str(base_dir.parent), str(base_dir)):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
 
 
 # ------------------------------------------------------------------- checks

@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Protocol
-
+from guardpool.policy.config import StoreConfig
 from guardpool.store.base import BudgetStore
 
 
-class StoreSettings(Protocol):
-    backend: str
-    path: str
-    url: str | None
-    key_prefix: str
-    connect_timeout_ms: int
-    op_timeout_ms: int
-    reservation_ttl_ms: int
-
-
-def open_store(config: StoreSettings) -> BudgetStore:
+def open_store(config: StoreConfig) -> BudgetStore:
     """The configured backend (policy ``[store]``)."""
     if config.backend == "memory":
         from guardpool.store.memory import MemoryStore

@@ -1,0 +1,331 @@
+"""Counters in Redis: one budget shared by many hosts, exact under races.
+
+Each operation of the protocol is one Lua script, so the whole multi-limit,
+multi-dimension reservation is atomic on the server: no host can read "39 of
+40" between another host's read and write. The scripts implement the same
+algorithm as ``engine.py`` (the memory and SQLite backends), and the same
+conformance suite runs against all three.
+
+- Time comes from the server (``TIME``), never from a host's clock, so hosts
+  with skewed clocks agree on rolling windows and reservation deadlines.
+- Every key lives under one hash tag (``{prefix}``), so the scripts also run on
+  Redis Cluster; the price is that one budget namespace lives in one slot.
+- Reservation records are packed with cmsgpack, which keeps integers exact
+  (cjson would print large amounts as ``1e+12``).
+- Any connection error or timeout raises StoreUnavailable within the
+  configured timeout: the enforcer denies. redis-py's connection pool
+  reconnects by itself when the server returns.
+
+Keys (``P`` = ``{prefix}``): ``P:used`` and ``P:reserved`` hashes of lifetime
+counters, ``P:w:<counter>`` sorted sets of windowed charges, ``P:res:<id>``
+reservation records, ``P:deadlines`` a sorted set of live reservations by
+deadline, ``P:seq`` a sequence for unique charge members.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar, cast
+
+import msgspec
+import redis
+import redis.exceptions
+
+from guardpool.store.base import (
+    CounterState,
+    Expired,
+    ReserveItem,
+    ReserveResult,
+    SettleResult,
+)
+from guardpool.store.errors import StoreUnavailable
+
+T = TypeVar("T")
+
+# Finished reservations are kept this long after their deadline for idempotent retries.
+_KEEP_FINISHED_MS = 24 * 3600 * 1000
+
+_LIB = r"""
+local P = ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function field(it) return it[1] .. '\n' .. it[2] end
+local function wkey(it) return P .. ':w:' .. it[1] .. '\n' .. it[2] end
+
+local function used(it)
+  if it[6] > 0 then
+    local k = wkey(it)
+    redis.call('ZREMRANGEBYSCORE', k, '-inf', now - it[6])
+    local total = 0
+    for _, m in ipairs(redis.call('ZRANGE', k, 0, -1)) do
+      total = total + tonumber(string.match(m, ':(%-?%d+)$'))
+    end
+    return total
+  end
+  return tonumber(redis.call('HGET', P .. ':used', field(it)) or '0')
+end
+
+local function reserved(it)
+  return tonumber(redis.call('HGET', P .. ':reserved', field(it)) or '0')
+end
+
+local function charge(it, amount)
+  if it[6] > 0 then
+    local k = wkey(it)
+    local seq = redis.call('INCR', P .. ':seq')
+    redis.call('ZADD', k, now, seq .. ':' .. string.format('%d', amount))
+    redis.call('PEXPIRE', k, it[6] * 2)
+  else
+    redis.call('HINCRBY', P .. ':used', field(it), amount)
+  end
+end
+
+local function states(items)
+  local out = {}
+  for _, it in ipairs(items) do
+    out[#out + 1] = used(it)
+    out[#out + 1] = reserved(it)
+  end
+  return out
+end
+
+local function load(id)
+  local raw = redis.call('GET', P .. ':res:' .. id)
+  if not raw then return nil end
+  return cmsgpack.unpack(raw)
+end
+
+local function save(id, rec)
+  local k = P .. ':res:' .. id
+  redis.call('SET', k, cmsgpack.pack(rec))
+  if rec.state == 'live' then
+    redis.call('ZADD', P .. ':deadlines', rec.deadline, id)
+  else
+    redis.call('ZREM', P .. ':deadlines', id)
+    redis.call('PEXPIRE', k, math.max(rec.deadline - now, 0) + KEEP)
+  end
+end
+
+local function expire()
+  local out = {}
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. ':deadlines', '-inf', '(' .. now)) do
+    local rec = load(id)
+    if rec and rec.state == 'live' then
+      local charged = {}
+      for _, it in ipairs(rec.items) do
+        redis.call('HINCRBY', P .. ':reserved', field(it), 0 - it[4])
+        charge(it, it[4])
+        charged[#charged + 1] = it[2]
+        charged[#charged + 1] = it[4]
+      end
+      rec.state = 'expired'
+      save(id, rec)
+      out[#out + 1] = {id, charged}
+    else
+      redis.call('ZREM', P .. ':deadlines', id)
+    end
+  end
+  return out
+end
+"""
+
+_RESERVE = r"""
+local id, ttl = ARGV[2], tonumber(ARGV[3])
+local items = cmsgpack.unpack(ARGV[4])
+local prev = load(id)
+if prev then return prev.reply end
+local expired = expire()
+local before = states(items)
+local refused = {}
+for i, it in ipairs(items) do
+  local total = before[2 * i - 1] + before[2 * i]
+  if it[7] == 1 and (total >= it[3] or total + it[4] + it[5] > it[3]) then
+    refused[#refused + 1] = i - 1
+  end
+end
+local reply
+local rec = {items = items, deadline = now + ttl}
+if #refused > 0 then
+  reply = {0, before, refused, expired}
+  rec.state = 'refused'
+else
+  for _, it in ipairs(items) do
+    redis.call('HINCRBY', P .. ':reserved', field(it), it[4])
+  end
+  reply = {1, states(items), refused, expired}
+  rec.state = 'live'
+end
+rec.reply = reply
+save(id, rec)
+return reply
+"""
+
+_SETTLE = r"""
+local id = ARGV[2]
+local actual = cmsgpack.unpack(ARGV[3])
+expire()
+local rec = load(id)
+if not rec then return {0, {}} end
+if rec.state ~= 'live' then return {0, states(rec.items)} end
+for _, it in ipairs(rec.items) do
+  redis.call('HINCRBY', P .. ':reserved', field(it), 0 - it[4])
+  local amount = actual[it[2]]
+  if amount == nil then amount = it[4] end
+  charge(it, amount)
+end
+rec.state = 'settled'
+save(id, rec)
+return {1, states(rec.items)}
+"""
+
+_RELEASE = r"""
+local id = ARGV[2]
+local rec = load(id)
+if not rec or rec.state ~= 'live' then return 0 end
+for _, it in ipairs(rec.items) do
+  redis.call('HINCRBY', P .. ':reserved', field(it), 0 - it[4])
+end
+rec.state = 'released'
+save(id, rec)
+return 1
+"""
+
+_STATES = r"""
+return states(cmsgpack.unpack(ARGV[2]))
+"""
+
+_EXPIRE = r"""
+return expire()
+"""
+
+
+class RedisSettings(Protocol):
+    @property
+    def url(self) -> str | None: ...
+    @property
+    def key_prefix(self) -> str: ...
+    @property
+    def connect_timeout_ms(self) -> int: ...
+    @property
+    def op_timeout_ms(self) -> int: ...
+
+
+def _pack_items(items: Sequence[ReserveItem]) -> bytes:
+    return msgspec.msgpack.encode(
+        [
+            [i.key, i.dimension, i.limit, i.amount, i.headroom, i.window_ms, int(i.check)]
+            for i in items
+        ]
+    )
+
+
+class RedisStore:
+    def __init__(self, config: RedisSettings) -> None:
+        if not config.url:
+            raise ValueError("the redis store needs a url")
+        self._prefix = "{" + config.key_prefix + "}"
+        self._client = redis.Redis.from_url(
+            config.url,
+            socket_connect_timeout=config.connect_timeout_ms / 1000,
+            socket_timeout=config.op_timeout_ms / 1000,
+            retry_on_timeout=False,
+        )
+        lib = _LIB.replace("KEEP", str(_KEEP_FINISHED_MS))
+        self._reserve = self._client.register_script(lib + _RESERVE)
+        self._settle = self._client.register_script(lib + _SETTLE)
+        self._release = self._client.register_script(lib + _RELEASE)
+        self._states = self._client.register_script(lib + _STATES)
+        self._expire = self._client.register_script(lib + _EXPIRE)
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise StoreUnavailable(f"budget store unavailable: redis: {exc}") from None
+        except redis.exceptions.RedisError as exc:
+            raise StoreUnavailable(f"budget store unavailable: redis error: {exc}") from None
+
+    @staticmethod
+    def _states_of(items: Sequence[ReserveItem], flat: Sequence[Any]) -> tuple[CounterState, ...]:
+        return tuple(
+            CounterState(
+                key=item.key,
+                dimension=item.dimension,
+                used=int(flat[2 * i]),
+                reserved=int(flat[2 * i + 1]),
+                limit=item.limit,
+            )
+            for i, item in enumerate(items)
+        )
+
+    @staticmethod
+    def _expired(raw: Sequence[Any]) -> tuple[Expired, ...]:
+        out = []
+        for rid, charged in raw:
+            pairs = dict(zip(charged[::2], charged[1::2], strict=True))
+            out.append(
+                Expired(
+                    reservation_id=rid.decode() if isinstance(rid, bytes) else str(rid),
+                    charged={
+                        (k.decode() if isinstance(k, bytes) else str(k)): int(v)
+                        for k, v in pairs.items()
+                    },
+                )
+            )
+        return tuple(out)
+
+    def reserve(
+        self, reservation_id: str, items: Sequence[ReserveItem], ttl_ms: int
+    ) -> ReserveResult:
+        reply = self._call(
+            lambda: self._reserve(args=[self._prefix, reservation_id, ttl_ms, _pack_items(items)])
+        )
+        granted, flat, refused, expired = reply
+        return ReserveResult(
+            granted=bool(granted),
+            states=self._states_of(items, flat),
+            refused=tuple(int(i) for i in refused),
+            expired=self._expired(expired),
+        )
+
+    def settle(self, reservation_id: str, actual: Mapping[str, int]) -> SettleResult:
+        applied, flat = self._call(
+            lambda: self._settle(
+                args=[self._prefix, reservation_id, msgspec.msgpack.encode(dict(actual))]
+            )
+        )
+        if not flat:
+            return SettleResult(applied=False)
+        # The script returns states in the reservation's item order; read the
+        # items back for their keys and limits.
+        return SettleResult(applied=bool(applied), states=self._record_states(reservation_id, flat))
+
+    def _record_states(self, reservation_id: str, flat: Sequence[Any]) -> tuple[CounterState, ...]:
+        raw = cast(
+            "bytes | None",
+            self._call(lambda: self._client.get(f"{self._prefix}:res:{reservation_id}")),
+        )
+        if raw is None:
+            return ()
+        record = msgspec.msgpack.decode(raw)
+        items = [
+            ReserveItem(
+                key=k, dimension=d, limit=lim, amount=a, headroom=h, window_ms=w, check=bool(c)
+            )
+            for k, d, lim, a, h, w, c in record["items"]
+        ]
+        return self._states_of(items, flat)
+
+    def release(self, reservation_id: str) -> bool:
+        return bool(self._call(lambda: self._release(args=[self._prefix, reservation_id])))
+
+    def states(self, items: Sequence[ReserveItem]) -> tuple[CounterState, ...]:
+        flat = self._call(lambda: self._states(args=[self._prefix, _pack_items(items)]))
+        return self._states_of(items, flat)
+
+    def expire(self) -> tuple[Expired, ...]:
+        return self._expired(self._call(lambda: self._expire(args=[self._prefix])))
+
+    def close(self) -> None:
+        self._client.close()
