@@ -71,6 +71,11 @@ LimitName = Literal["", "wall", "cpu", "memory", "input"]
 Hardening = Literal["standard", "strict"]
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Jobs in flight per worker when every worker is busy: the next job is already in the
+# worker's pipe when it finishes one, so it never waits a round trip for work. Only a
+# never-started job can sit behind a running one, so a kill or crash requeues it
+# without running anything twice.
+PIPELINE = 2
 _START_TIMEOUT_S = 30.0
 
 
@@ -105,6 +110,7 @@ class _Task:
     __slots__ = (
         "deadline",
         "done",
+        "frame",
         "future",
         "guard",
         "id",
@@ -128,6 +134,7 @@ class _Task:
         self.submitted = submitted
         self.guard = isinstance(msg, protocol.GuardJob)
         self.worker: _Worker | None = None
+        self.frame = b""
         self.started = False
         self.done = False
 
@@ -141,8 +148,9 @@ class _Worker:
         "pidfd",
         "rbuf",
         "ready",
+        "retiring",
         "sock",
-        "task",
+        "tasks",
         "wbuf",
     )
 
@@ -152,7 +160,10 @@ class _Worker:
         self.sock = sock
         self.rbuf = bytearray()
         self.wbuf = bytearray()
-        self.task: _Task | None = None
+        # In flight, in the order sent. The worker answers in order, so tasks[0] is the
+        # one running; any after it were never started (see PIPELINE).
+        self.tasks: collections.deque[_Task] = collections.deque()
+        self.retiring = False
         self.jobs = 0
         self.cpu_base = 0.0
         self.gone = False
@@ -201,6 +212,7 @@ class _Manager:
         self.live = 0
         self.ready_event = threading.Event()
         self.ready_count = 0
+        self.wake_pending = False
         self.failed_starts = 0
         self.stopping = False
         self.broken = ""
@@ -295,11 +307,16 @@ class _Manager:
                 "input",
                 now,
             )
-        task = _Task(task_id, make(task_id, msgspec.Raw(raw), cpu_ms), now + timeout_ms / 1000, now)
+        deadline = now + timeout_ms / 1000
+        task = _Task(task_id, make(task_id, msgspec.Raw(raw), cpu_ms, deadline), deadline, now)
         if self.stopping or self.broken:
             raise RuntimeError(f"guardpool: pool is {'shut down' if self.stopping else 'broken'}")
         self.inbox.append(task)
-        os.eventfd_write(self.wake, 1)
+        if not self.wake_pending:
+            # One wake-up per burst: a syscall per submit would hand the GIL to the
+            # manager thread on every call of a tight submit loop.
+            self.wake_pending = True
+            os.eventfd_write(self.wake, 1)
         return task.future
 
     def _refused(self, reason: str, limit: LimitName, now: float) -> Future[JobResult]:
@@ -349,6 +366,7 @@ class _Manager:
                         self._on_control()
                     else:
                         os.eventfd_read(self.wake)
+                self.wake_pending = False  # before draining: a later submit wakes us again
                 self._take_inbox()
                 self._expire()
                 self._dispatch()
@@ -366,23 +384,48 @@ class _Manager:
             heapq.heappush(self.heap, (task.deadline, task.id, task))
 
     def _dispatch(self) -> None:
-        while self.queue and self.idle:
-            task = self.queue.popleft()
+        while self.queue:
+            task = self.queue[0]
             if task.done:
+                self.queue.popleft()
                 continue
-            if not task.future.set_running_or_notify_cancel():
-                task.done = True  # cancelled by the caller while queued
-                continue
-            task.started = True
-            worker = self.idle.pop()
-            worker.task = task
+            worker = self._free_worker()
+            if worker is None:
+                return
+            self.queue.popleft()
+            if not task.started:
+                if not task.future.set_running_or_notify_cancel():
+                    task.done = True  # cancelled by the caller while queued
+                    if not worker.tasks:
+                        self.idle.append(worker)
+                    continue
+                task.started = True
+            worker.tasks.append(task)
             task.worker = worker
-            msg = task.msg
-            if isinstance(msg, protocol.GuardJob):
-                # Nested guards inside the worker share what is left of the deadline.
-                remaining = (task.deadline - time.monotonic()) * 1000
-                msg = msgspec.structs.replace(msg, deadline_in_ms=remaining)
-            self._write(worker, protocol.frame(self.encoder, msg))
+            self._write(worker, task.frame or self._frame(task))
+
+    def _frame(self, task: _Task) -> bytes:
+        task.frame = protocol.frame(self.encoder, task.msg)
+        return task.frame
+
+    def _free_worker(self) -> _Worker | None:
+        """An idle worker, else one with room in its pipeline (nothing is retiring)."""
+        if self.idle:
+            return self.idle.pop()
+        best: _Worker | None = None
+        for worker in self.by_pid.values():
+            if (
+                worker.gone
+                or worker.retiring
+                or not worker.ready
+                or len(worker.tasks) >= PIPELINE
+                # it retires after its current jobs: nothing may wait behind them
+                or worker.jobs + len(worker.tasks) >= self.limits.max_jobs_per_worker
+            ):
+                continue
+            if best is None or len(worker.tasks) < len(best.tasks):
+                best = worker
+        return best
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -390,18 +433,19 @@ class _Manager:
             _deadline, _id, task = heapq.heappop(self.heap)
             if task.done:
                 continue
-            self.counts["timeouts"] += 1
             worker = task.worker
-            if worker is None:
+            if worker is not None and not worker.gone:
+                self._drain(worker)  # an answer already in the pipe beats the deadline
+                if task.done:
+                    continue
+            self.counts["timeouts"] += 1
+            if worker is None or worker.gone or worker.tasks[0] is not task:
+                # Never started (queued here, or waiting in a busy worker's pipe: the
+                # worker skips it when it sees the deadline passed), or its worker died
+                # a moment ago and Exited is on its way.
                 self._resolve(
-                    task,
-                    "timeout",
-                    error="deadline passed while queued (no free worker)",
-                    limit="wall",
+                    task, "timeout", error="deadline passed before the job started", limit="wall"
                 )
-                continue
-            if worker.gone:  # died on its own a moment ago; Exited is on its way
-                self._resolve(task, "timeout", error="deadline passed", limit="wall")
                 continue
             cpu_ms = _cpu_ms_of(worker.pid) - worker.cpu_base
             self._kill(worker)
@@ -489,7 +533,7 @@ class _Manager:
         self.broken = "the worker zygote died"
         self.sel.unregister(self.ctrl)
         log.error("guardpool: %s; failing all jobs", self.broken)
-        for task in [*self.queue, *(w.task for w in self.by_pid.values() if w.task)]:
+        for task in [*self.queue, *(t for w in self.by_pid.values() for t in w.tasks)]:
             self._resolve(task, "crash", error=self.broken)
         self.ready_event.set()
 
@@ -582,32 +626,37 @@ class _Manager:
             if self.ready_count >= self.limits.workers:
                 self.ready_event.set()
             return
-        task = worker.task
-        worker.task = None
+        if not worker.tasks or worker.tasks[0].id != msg.id:
+            raise RuntimeError(f"worker {worker.pid} answered job {msg.id} out of order")
+        task = worker.tasks.popleft()
         worker.jobs += 1
         worker.cpu_base = msg.cpu_total_ms
-        retire = (
-            worker.jobs >= self.limits.max_jobs_per_worker
-            or msg.rss_kb > self.limits.max_rss_mb * 1024
-        )
-        if task is not None and task.id == msg.id:
-            if isinstance(msg, protocol.Done):
-                self._done(task, msg, worker)
-            else:
-                retire = retire or msg.kind == "memory"
-                self._resolve(
-                    task,
-                    "error",
-                    error=msg.error,
-                    limit="memory" if msg.kind == "memory" else "",
-                    cpu_ms=msg.cpu_ms,
-                    worker=worker,
-                )
-        if retire:
+        if msg.rss_kb > self.limits.max_rss_mb * 1024:
+            worker.retiring = True
+        if isinstance(msg, protocol.Done):
+            self._done(task, msg, worker)
+        elif msg.kind == "expired":
+            self._resolve(
+                task, "timeout", error="deadline passed before the job started", limit="wall"
+            )
+        else:
+            if msg.kind == "memory":
+                worker.retiring = True  # a heap that hit RLIMIT_AS is not worth keeping
+            self._resolve(
+                task,
+                "error",
+                error=msg.error,
+                limit="memory" if msg.kind == "memory" else "",
+                cpu_ms=msg.cpu_ms,
+                worker=worker,
+            )
+        if worker.gone or worker.tasks:
+            return
+        if worker.retiring or worker.jobs >= self.limits.max_jobs_per_worker:
             self.counts["recycled"] += 1
             self._forget(worker)  # EOF on its pipe makes it exit cleanly
             self._spawn()
-        elif not worker.gone:
+        else:
             self.idle.append(worker)
 
     def _done(self, task: _Task, msg: protocol.Done, worker: _Worker) -> None:
@@ -630,7 +679,16 @@ class _Manager:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self._forget(worker)
+        self._requeue_waiting(worker)
         self._spawn()
+
+    def _requeue_waiting(self, worker: _Worker) -> None:
+        """Jobs behind the running one never started: back to the front of the queue."""
+        while len(worker.tasks) > 1:
+            task = worker.tasks.pop()
+            task.worker = None
+            if not task.done:
+                self.queue.appendleft(task)
 
     def _forget(self, worker: _Worker) -> None:
         """Drop a worker we ended on purpose; the zygote's Exited for it is ignored."""
@@ -662,8 +720,9 @@ class _Manager:
                 # Respawning a worker that cannot start would spin forever: stop here.
                 self.broken = "workers die before they are ready (see stderr)"
                 self.ready_event.set()
+        self._requeue_waiting(worker)
         self._spawn()
-        if worker.task is None or worker.task.done:
+        if not worker.tasks or worker.tasks[0].done:
             self.by_pid.pop(worker.pid, None)
 
     def _on_exited(self, msg: protocol.Exited) -> None:
@@ -671,9 +730,9 @@ class _Manager:
         if worker is None:
             return
         self._on_gone(worker)
-        task = worker.task
-        if task is None or task.done:
+        if not worker.tasks or worker.tasks[0].done:
             return
+        task = worker.tasks[0]
         if msg.signal == signal.SIGPROF:
             self.counts["timeouts"] += 1
             self._resolve(
@@ -706,8 +765,8 @@ class _Manager:
         self.queue.clear()
         self.heap.clear()
         for worker in list(self.by_pid.values()):
-            if worker.task is not None:
-                self._resolve(worker.task, "error", error="pool shut down", worker=worker)
+            for task in worker.tasks:
+                self._resolve(task, "error", error="pool shut down", worker=worker)
             if not worker.gone:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(worker.pid, signal.SIGKILL)
@@ -730,7 +789,7 @@ class _Manager:
         c = self.counts
         return PoolStats(
             workers=sum(1 for w in list(self.by_pid.values()) if not w.gone),
-            busy=sum(1 for w in list(self.by_pid.values()) if w.task is not None),
+            busy=sum(1 for w in list(self.by_pid.values()) if w.tasks),
             queued=len(self.queue) + len(self.inbox),
             spawned=c["spawned"],
             killed=c["killed"],
@@ -979,8 +1038,8 @@ class GuardPool:
             raise ValueError(f"GuardPool.submit: target {target!r} is not 'module:function'")
         cpu = cpu_ms if cpu_ms is not None else self._limits.job_cpu_ms
 
-        def make(task_id: int, raw: msgspec.Raw, cpu: int) -> protocol.CallJob:
-            return protocol.CallJob(task_id, target, raw, cpu)
+        def make(task_id: int, raw: msgspec.Raw, cpu: int, deadline: float) -> protocol.CallJob:
+            return protocol.CallJob(task_id, target, raw, cpu, deadline)
 
         timeout = timeout_ms if timeout_ms is not None else self._limits.job_timeout_ms
         return self._running().submit(make, input, timeout, cpu)
@@ -1011,9 +1070,9 @@ class GuardPool:
         timeout = timeout_ms if timeout_ms is not None else self._guard_timeouts[name]
         labels_t = tuple(labels)
 
-        def make(task_id: int, raw: msgspec.Raw, cpu: int) -> protocol.GuardJob:
+        def make(task_id: int, raw: msgspec.Raw, cpu: int, deadline: float) -> protocol.GuardJob:
             return protocol.GuardJob(
-                task_id, name, raw, labels_t, run_id, principal, phase, float(timeout), cpu
+                task_id, name, raw, labels_t, run_id, principal, phase, deadline, cpu
             )
 
         return self._running().submit(make, input, timeout, self._limits.job_cpu_ms)

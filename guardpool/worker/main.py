@@ -182,7 +182,7 @@ class Worker:
             run_id=job.run_id,
             principal=job.principal,
             phase=job.phase,
-            deadline=time.monotonic() + job.deadline_in_ms / 1000.0,
+            deadline=job.deadline,
             regex_max_mem=self.regex_max_mem,
         )
         result = guard.evaluate(job.input, ctx)
@@ -193,6 +193,12 @@ class Worker:
 
     def run(self, job: protocol.HostMsg) -> None:
         start = _cpu_ms()
+        if time.monotonic() >= job.deadline:
+            # It waited in our pipe behind a slow job and the host already answered it.
+            self.channel.send(
+                protocol.Failed(job.id, "deadline passed before start", "expired", 0.0, start, 0)
+            )
+            return
         signal.setitimer(signal.ITIMER_PROF, job.cpu_ms / 1000.0)
         error: str | None = None
         kind: protocol.FailKind = "error"

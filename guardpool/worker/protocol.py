@@ -35,6 +35,7 @@ class CallJob(msgspec.Struct, tag=True, array_like=True, frozen=True):
     target: str
     input: Any
     cpu_ms: int
+    deadline: float  # absolute CLOCK_MONOTONIC (shared by host and workers on one machine)
 
 
 class GuardJob(msgspec.Struct, tag=True, array_like=True, frozen=True):
@@ -47,7 +48,7 @@ class GuardJob(msgspec.Struct, tag=True, array_like=True, frozen=True):
     run_id: str
     principal: str
     phase: str
-    deadline_in_ms: float
+    deadline: float  # absolute CLOCK_MONOTONIC; nested guards share it
     cpu_ms: int
 
 
@@ -72,7 +73,7 @@ class Done(msgspec.Struct, tag=True, array_like=True, frozen=True):
     rss_kb: int
 
 
-FailKind = Literal["error", "memory"]
+FailKind = Literal["error", "memory", "expired"]  # expired: deadline passed before it started
 
 
 class Failed(msgspec.Struct, tag=True, array_like=True, frozen=True):

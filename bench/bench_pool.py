@@ -1,0 +1,273 @@
+"""GuardPool benchmarks, each against its baselines measured in the same run.
+
+    .venv/bin/python bench/bench_pool.py            # full run (~1-2 min)
+    .venv/bin/python bench/bench_pool.py --quick    # smaller samples (~30 s)
+
+1. one-at-a-time round trip, trivial function, 1 KB input: GuardPool vs a raw
+   socketpair+msgspec floor (a forked child echoing length-framed messages), vs
+   ProcessPoolExecutor and pebble.ProcessPool.
+2. throughput: N jobs on 2 workers vs billiard.Pool and ProcessPoolExecutor.
+3. overshoot past a 100 ms deadline (p50/p99) for a Python spin and a native C
+   hang, vs pebble's per-task timeout.
+4. kill to replacement serving: from a timeout result to a new job answered.
+5. idle RSS/USS per worker.
+
+The machine is shared: absolute numbers move with the neighbours' load, the
+ratios (measured back to back in one run) much less.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import hashlib
+import os
+import socket
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import billiard
+import msgspec
+import pebble
+import psutil
+
+from guardpool import GuardPool
+
+HERE = "bench_pool"  # this file's module name inside the workers (bench/ is on sys.path)
+
+
+def echo(value: Any) -> Any:
+    return value
+
+
+def spin(_: Any) -> None:
+    while True:
+        pass
+
+
+def native_hang(_: Any) -> bytes:
+    return hashlib.pbkdf2_hmac("sha256", b"x", b"y", 10**9)
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def time_each(n: int, fn: Callable[[], object]) -> list[float]:
+    """Per-call latencies in microseconds (after 50 warm-up calls)."""
+    for _ in range(50):
+        fn()
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1e6)
+    return out
+
+
+# -- 1. round trip -------------------------------------------------------------------------
+
+
+def raw_floor(n: int, payload: bytes) -> list[float]:
+    """The floor: one forked child echoing 4-byte-length + msgpack frames on a socketpair."""
+    parent, child = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:
+        parent.close()
+        dec, enc = msgspec.msgpack.Decoder(), msgspec.msgpack.Encoder()
+        buf = bytearray()
+        while True:
+            chunk = child.recv(1 << 16)
+            if not chunk:
+                os._exit(0)
+            buf += chunk
+            while len(buf) >= 4:
+                size = int.from_bytes(buf[:4], "big")
+                if len(buf) < 4 + size:
+                    break
+                body = enc.encode(dec.decode(buf[4 : 4 + size]))
+                del buf[: 4 + size]
+                child.sendall(len(body).to_bytes(4, "big") + body)
+    child.close()
+    enc, dec = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder()
+
+    def call() -> object:
+        body = enc.encode(payload)
+        parent.sendall(len(body).to_bytes(4, "big") + body)
+        data = b""
+        while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+            data += parent.recv(1 << 16)
+        return dec.decode(data[4:])
+
+    try:
+        return time_each(n, call)
+    finally:
+        parent.close()
+        os.waitpid(pid, 0)
+
+
+def bench_round_trip(n: int) -> dict[str, list[float]]:
+    payload = b"x" * 1024
+    res: dict[str, list[float]] = {"floor": raw_floor(n, payload)}
+    with GuardPool(workers=1, preload=[HERE]) as pool:
+        res["GuardPool"] = time_each(n, lambda: pool.submit(f"{HERE}:echo", payload).result())
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1) as ppe:
+        res["ProcessPoolExecutor"] = time_each(n, lambda: ppe.submit(echo, payload).result())
+    with pebble.ProcessPool(max_workers=1) as pp:
+        res["pebble"] = time_each(n, lambda: pp.schedule(echo, args=[payload]).result())
+    return res
+
+
+# -- 2. throughput -------------------------------------------------------------------------
+
+
+def bench_throughput(n: int) -> dict[str, float]:
+    payload = b"x" * 64
+    out: dict[str, float] = {}
+    with GuardPool(workers=2, preload=[HERE]) as pool:
+        t = time.perf_counter()
+        futures = [pool.submit(f"{HERE}:echo", payload) for _ in range(n)]
+        assert all(f.result().outcome == "ok" for f in futures)
+        out["GuardPool"] = n / (time.perf_counter() - t)
+    bpool = billiard.Pool(2)
+    try:
+        t = time.perf_counter()
+        results = [bpool.apply_async(echo, (payload,)) for _ in range(n)]
+        for r in results:
+            r.get()
+        out["billiard"] = n / (time.perf_counter() - t)
+    finally:
+        bpool.terminate()
+        bpool.join()
+    with concurrent.futures.ProcessPoolExecutor(max_workers=2) as ppe:
+        t = time.perf_counter()
+        pfutures = [ppe.submit(echo, payload) for _ in range(n)]
+        for f in pfutures:
+            f.result()
+        out["ProcessPoolExecutor"] = n / (time.perf_counter() - t)
+    return out
+
+
+# -- 3. overshoot --------------------------------------------------------------------------
+
+
+def bench_overshoot(n: int) -> dict[str, list[float]]:
+    """Milliseconds between the 100 ms deadline and the caller holding the timeout result."""
+    out: dict[str, list[float]] = {}
+    with GuardPool(workers=2, preload=[HERE]) as pool:
+        for name in ("spin", "native_hang"):
+            samples = []
+            for _ in range(n):
+                t = time.perf_counter()
+                result = pool.submit(f"{HERE}:{name}", None, timeout_ms=100).result()
+                samples.append((time.perf_counter() - t) * 1000 - 100)
+                assert result.outcome == "timeout"
+            out[f"GuardPool {name}"] = samples
+    with pebble.ProcessPool(max_workers=2) as pp:
+        for name, fn in (("spin", spin), ("native_hang", native_hang)):
+            samples = []
+            for _ in range(n):
+                t = time.perf_counter()
+                with contextlib.suppress(concurrent.futures.TimeoutError):
+                    pp.schedule(fn, args=[None], timeout=0.1).result()
+                samples.append((time.perf_counter() - t) * 1000 - 100)
+            out[f"pebble {name}"] = samples
+    return out
+
+
+# -- 4. respawn ----------------------------------------------------------------------------
+
+
+def bench_respawn(n: int) -> list[float]:
+    """From holding a timeout result (the worker was just killed) to a new job answered.
+
+    One worker, so the second job can only run on the replacement.
+    """
+    samples = []
+    with GuardPool(workers=1, preload=[HERE]) as pool:
+        for _ in range(n):
+            assert pool.submit(f"{HERE}:spin", None, timeout_ms=20).result().outcome == "timeout"
+            t = time.perf_counter()
+            assert pool.submit(f"{HERE}:echo", 1).result().outcome == "ok"
+            samples.append((time.perf_counter() - t) * 1000)
+    return samples
+
+
+# -- 5. memory -----------------------------------------------------------------------------
+
+
+def bench_memory() -> dict[str, float]:
+    with GuardPool(workers=2, preload=[HERE]) as pool:
+        pool.submit(f"{HERE}:echo", 1).result()
+        me = psutil.Process()
+        zygote = next(
+            p for p in me.children() if "guardpool.worker.zygote" in " ".join(p.cmdline())
+        )
+        workers = zygote.children()
+        infos = [w.memory_full_info() for w in workers]
+        zinfo = zygote.memory_full_info()
+        return {
+            "worker RSS MiB": statistics.mean(i.rss for i in infos) / 2**20,
+            "worker USS MiB": statistics.mean(i.uss for i in infos) / 2**20,
+            "zygote RSS MiB": zinfo.rss / 2**20,
+        }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    rt_n, tp_n, os_n, rs_n = (300, 4000, 10, 20) if args.quick else (2000, 20000, 40, 50)
+    print(f"guardpool pool bench ({'quick' if args.quick else 'full'}), {os.cpu_count()} cores")
+
+    rt = bench_round_trip(rt_n)
+    floor = statistics.median(rt["floor"])
+    ppe = statistics.median(rt["ProcessPoolExecutor"])
+    gp = statistics.median(rt["GuardPool"])
+    print(f"\n1. round trip, 1 KB, one at a time (n={rt_n}), µs")
+    print(f"   {'':22} {'p50':>8} {'p99':>8}  vs floor")
+    for name, samples in rt.items():
+        p50 = statistics.median(samples)
+        print(f"   {name:22} {p50:8.1f} {pct(samples, 0.99):8.1f}  {p50 / floor:6.2f}x")
+    print(
+        f"   GuardPool/floor = {gp / floor:.2f}x (goal <= 1.5x); GuardPool/PPE = {gp / ppe:.2f}x "
+        "(goal <= 0.35x)"
+    )
+
+    tp = bench_throughput(tp_n)
+    print(f"\n2. throughput, {tp_n} jobs on 2 workers, jobs/s")
+    for name, rate in tp.items():
+        print(f"   {name:22} {rate:10.0f}")
+    print(
+        f"   GuardPool/billiard = {tp['GuardPool'] / tp['billiard']:.2f}x (goal >= 2x); "
+        f"GuardPool/PPE = {tp['GuardPool'] / tp['ProcessPoolExecutor']:.2f}x (goal >= 3x)"
+    )
+
+    ov = bench_overshoot(os_n)
+    print(f"\n3. overshoot past a 100 ms deadline (n={os_n} each), ms")
+    for name, samples in ov.items():
+        print(
+            f"   {name:22} p50 {statistics.median(samples):7.2f}  p99 {pct(samples, 0.99):7.2f}"
+            f"  max {max(samples):7.2f}"
+        )
+    worst = max(pct(ov[f"GuardPool {k}"], 0.99) for k in ("spin", "native_hang"))
+    print(f"   GuardPool worst p99 = {worst:.2f} ms (goal <= 5 ms)")
+
+    rs = bench_respawn(rs_n)
+    print(
+        f"\n4. kill -> replacement serving (n={rs_n}), ms: p50 {statistics.median(rs):.2f}  "
+        f"p99 {pct(rs, 0.99):.2f} (goal <= 5 ms)"
+    )
+
+    mem = bench_memory()
+    print("\n5. idle memory: " + ", ".join(f"{k} {v:.1f}" for k, v in mem.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
