@@ -38,13 +38,15 @@ class Reservation(msgspec.Struct, kw_only=True):
 class Transaction(Protocol):
     now_ms: int
 
-    def used(self, item: ReserveItem) -> int: ...
-
-    def reserved(self, item: ReserveItem) -> int: ...
+    def counter(self, item: ReserveItem) -> tuple[int, int]:
+        """(used, reserved) of one counter, in one read."""
+        ...
 
     def add_reserved(self, item: ReserveItem, delta: int) -> None: ...
 
-    def charge(self, item: ReserveItem, amount: int) -> None: ...
+    def settle_item(self, item: ReserveItem, amount: int) -> tuple[int, int]:
+        """Drop the item's reservation, charge ``amount``; (used, reserved) afterwards."""
+        ...
 
     def get(self, reservation_id: str) -> Reservation | None: ...
 
@@ -54,12 +56,9 @@ class Transaction(Protocol):
 
 
 def state_of(tx: Transaction, item: ReserveItem) -> CounterState:
+    used, reserved = tx.counter(item)
     return CounterState(
-        key=item.key,
-        dimension=item.dimension,
-        used=tx.used(item),
-        reserved=tx.reserved(item),
-        limit=item.limit,
+        key=item.key, dimension=item.dimension, used=used, reserved=reserved, limit=item.limit
     )
 
 
@@ -69,8 +68,7 @@ def expire(tx: Transaction) -> tuple[Expired, ...]:
     for r in tx.overdue():
         charged: dict[str, int] = {}
         for item in r.items:
-            tx.add_reserved(item, -item.amount)
-            tx.charge(item, item.amount)
+            tx.settle_item(item, item.amount)
             charged[item.dimension] = max(charged.get(item.dimension, 0), item.amount)
         r.state = "expired"
         tx.put(r)
@@ -97,9 +95,16 @@ def reserve(
         )
         state: State = "refused"
     else:
+        added: dict[tuple[str, str], int] = {}
         for item in items:
             tx.add_reserved(item, item.amount)
-        after = tuple(state_of(tx, item) for item in items)
+            k = (item.key, item.dimension)
+            added[k] = added.get(k, 0) + item.amount
+        # Nothing else can run inside the transaction: the states after are arithmetic.
+        after = tuple(
+            msgspec.structs.replace(s, reserved=s.reserved + added[(s.key, s.dimension)])
+            for s in before
+        )
         result = ReserveResult(granted=True, states=after, expired=expired)
         state = "live"
     tx.put(
@@ -118,14 +123,23 @@ def settle(tx: Transaction, reservation_id: str, actual: Mapping[str, int]) -> S
     expire(tx)
     r = tx.get(reservation_id)
     if r is None or r.state != "live":
-        states = tuple(state_of(tx, i) for i in r.items) if r is not None else ()
-        return SettleResult(applied=False, states=states)
+        current = tuple(state_of(tx, i) for i in r.items) if r is not None else ()
+        return SettleResult(applied=False, states=current)
+    states: list[CounterState] = []
     for item in r.items:
-        tx.add_reserved(item, -item.amount)
-        tx.charge(item, actual.get(item.dimension, item.amount))
+        used, reserved = tx.settle_item(item, actual.get(item.dimension, item.amount))
+        states.append(
+            CounterState(
+                key=item.key,
+                dimension=item.dimension,
+                used=used,
+                reserved=reserved,
+                limit=item.limit,
+            )
+        )
     r.state = "settled"
     tx.put(r)
-    return SettleResult(applied=True, states=tuple(state_of(tx, i) for i in r.items))
+    return SettleResult(applied=True, states=tuple(states))
 
 
 def release(tx: Transaction, reservation_id: str) -> bool:

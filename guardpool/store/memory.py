@@ -43,6 +43,9 @@ class MemoryStore:
             charges.popleft()
         return sum(amount for _, amount in charges)
 
+    def counter(self, item: ReserveItem) -> tuple[int, int]:
+        return self.used(item), self.reserved(item)
+
     def reserved(self, item: ReserveItem) -> int:
         return self._reserved.get((item.key, item.dimension), 0)
 
@@ -50,12 +53,14 @@ class MemoryStore:
         k = (item.key, item.dimension)
         self._reserved[k] = self._reserved.get(k, 0) + delta
 
-    def charge(self, item: ReserveItem, amount: int) -> None:
+    def settle_item(self, item: ReserveItem, amount: int) -> tuple[int, int]:
+        self.add_reserved(item, -item.amount)
         k = (item.key, item.dimension)
         if item.window_ms:
             self._charges.setdefault(k, deque()).append((self.now_ms, amount))
         else:
             self._used[k] = self._used.get(k, 0) + amount
+        return self.counter(item)
 
     def get(self, reservation_id: str) -> engine.Reservation | None:
         return self._reservations.get(reservation_id)

@@ -25,7 +25,7 @@ deadline, ``P:seq`` a sequence for unique charge members.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 import redis
@@ -167,7 +167,18 @@ local actual = cmsgpack.unpack(ARGV[3])
 expire()
 local rec = load(id)
 if not rec then return {0, {}} end
-if rec.state ~= 'live' then return {0, states(rec.items)} end
+local function described(items)
+  local out = {}
+  for _, it in ipairs(items) do
+    out[#out + 1] = it[1]
+    out[#out + 1] = it[2]
+    out[#out + 1] = it[3]
+    out[#out + 1] = used(it)
+    out[#out + 1] = reserved(it)
+  end
+  return out
+end
+if rec.state ~= 'live' then return {0, described(rec.items)} end
 for _, it in ipairs(rec.items) do
   redis.call('HINCRBY', P .. ':reserved', field(it), 0 - it[4])
   local amount = actual[it[2]]
@@ -176,7 +187,7 @@ for _, it in ipairs(rec.items) do
 end
 rec.state = 'settled'
 save(id, rec)
-return {1, states(rec.items)}
+return {1, described(rec.items)}
 """
 
 _RELEASE = r"""
@@ -209,6 +220,10 @@ class RedisSettings(Protocol):
     def connect_timeout_ms(self) -> int: ...
     @property
     def op_timeout_ms(self) -> int: ...
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _pack_items(items: Sequence[ReserveItem]) -> bytes:
@@ -295,27 +310,17 @@ class RedisStore:
                 args=[self._prefix, reservation_id, msgspec.msgpack.encode(dict(actual))]
             )
         )
-        if not flat:
-            return SettleResult(applied=False)
-        # The script returns states in the reservation's item order; read the
-        # items back for their keys and limits.
-        return SettleResult(applied=bool(applied), states=self._record_states(reservation_id, flat))
-
-    def _record_states(self, reservation_id: str, flat: Sequence[Any]) -> tuple[CounterState, ...]:
-        raw = cast(
-            "bytes | None",
-            self._call(lambda: self._client.get(f"{self._prefix}:res:{reservation_id}")),
-        )
-        if raw is None:
-            return ()
-        record = msgspec.msgpack.decode(raw)
-        items = [
-            ReserveItem(
-                key=k, dimension=d, limit=lim, amount=a, headroom=h, window_ms=w, check=bool(c)
+        states = tuple(
+            CounterState(
+                key=_text(flat[i]),
+                dimension=_text(flat[i + 1]),
+                limit=int(flat[i + 2]),
+                used=int(flat[i + 3]),
+                reserved=int(flat[i + 4]),
             )
-            for k, d, lim, a, h, w, c in record["items"]
-        ]
-        return self._states_of(items, flat)
+            for i in range(0, len(flat), 5)
+        )
+        return SettleResult(applied=bool(applied), states=states)
 
     def release(self, reservation_id: str) -> bool:
         return bool(self._call(lambda: self._release(args=[self._prefix, reservation_id])))

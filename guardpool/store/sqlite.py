@@ -53,26 +53,20 @@ class _Tx:
         self.conn = conn
         self.now_ms = now_ms
 
-    def used(self, item: ReserveItem) -> int:
+    def counter(self, item: ReserveItem) -> tuple[int, int]:
+        row = self.conn.execute(
+            "SELECT used, reserved FROM budget_counters WHERE key = ? AND dimension = ?",
+            (item.key, item.dimension),
+        ).fetchone()
+        used, reserved = (int(row[0]), int(row[1])) if row else (0, 0)
         if item.window_ms:
-            row = self.conn.execute(
+            # Windowed counters keep their charges in budget_charges, not in `used`.
+            (used,) = self.conn.execute(
                 "SELECT COALESCE(SUM(amount), 0) FROM budget_charges "
                 "WHERE key = ? AND dimension = ? AND ts_ms > ?",
                 (item.key, item.dimension, self.now_ms - item.window_ms),
             ).fetchone()
-        else:
-            row = self.conn.execute(
-                "SELECT used FROM budget_counters WHERE key = ? AND dimension = ?",
-                (item.key, item.dimension),
-            ).fetchone()
-        return int(row[0]) if row else 0
-
-    def reserved(self, item: ReserveItem) -> int:
-        row = self.conn.execute(
-            "SELECT reserved FROM budget_counters WHERE key = ? AND dimension = ?",
-            (item.key, item.dimension),
-        ).fetchone()
-        return int(row[0]) if row else 0
+        return int(used), reserved
 
     def add_reserved(self, item: ReserveItem, delta: int) -> None:
         self.conn.execute(
@@ -81,23 +75,26 @@ class _Tx:
             (item.key, item.dimension, delta),
         )
 
-    def charge(self, item: ReserveItem, amount: int) -> None:
-        if item.window_ms:
-            # Charges that fell out of the window can never count again.
-            self.conn.execute(
-                "DELETE FROM budget_charges WHERE key = ? AND dimension = ? AND ts_ms <= ?",
-                (item.key, item.dimension, self.now_ms - item.window_ms),
-            )
-            self.conn.execute(
-                "INSERT INTO budget_charges (key, dimension, ts_ms, amount) VALUES (?, ?, ?, ?)",
-                (item.key, item.dimension, self.now_ms, amount),
-            )
-        else:
-            self.conn.execute(
-                "INSERT INTO budget_counters (key, dimension, used) VALUES (?, ?, ?) "
-                "ON CONFLICT (key, dimension) DO UPDATE SET used = used + excluded.used",
-                (item.key, item.dimension, amount),
-            )
+    def settle_item(self, item: ReserveItem, amount: int) -> tuple[int, int]:
+        if not item.window_ms:
+            # One write does both: RETURNING spares the read-back.
+            used, reserved = self.conn.execute(
+                "UPDATE budget_counters SET used = used + ?, reserved = reserved - ? "
+                "WHERE key = ? AND dimension = ? RETURNING used, reserved",
+                (amount, item.amount, item.key, item.dimension),
+            ).fetchone()
+            return int(used), int(reserved)
+        self.add_reserved(item, -item.amount)
+        # Charges that fell out of the window can never count again.
+        self.conn.execute(
+            "DELETE FROM budget_charges WHERE key = ? AND dimension = ? AND ts_ms <= ?",
+            (item.key, item.dimension, self.now_ms - item.window_ms),
+        )
+        self.conn.execute(
+            "INSERT INTO budget_charges (key, dimension, ts_ms, amount) VALUES (?, ?, ?, ?)",
+            (item.key, item.dimension, self.now_ms, amount),
+        )
+        return self.counter(item)
 
     def get(self, reservation_id: str) -> engine.Reservation | None:
         row = self.conn.execute(
