@@ -1,0 +1,1 @@
+"""Static and dynamic analysis of users' guards: ReDoS shapes, AST scans."""

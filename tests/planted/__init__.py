@@ -1,0 +1,1 @@
+"""A planted, deliberately ReDoS-prone guard module: lint must flag it, fuzz must find it."""
