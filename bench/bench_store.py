@@ -23,13 +23,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import limits  # noqa: E402
-from limits.storage import storage_from_string  # noqa: E402
-from limits.strategies import MovingWindowRateLimiter  # noqa: E402
+import limits
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
 
-from guardpool.policy.config import StoreConfig  # noqa: E402
-from guardpool.store import open_store  # noqa: E402
-from guardpool.store.base import ReserveItem  # noqa: E402
+from guardpool.policy.config import StoreConfig
+from guardpool.store import open_store
+from guardpool.store.base import ReserveItem
 
 BIG = 10**15
 
@@ -86,8 +86,17 @@ def start_redis() -> tuple[subprocess.Popen[bytes], str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no"],
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
         stdout=subprocess.DEVNULL,
     )
     for _ in range(200):
@@ -107,12 +116,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         mem = StoreConfig(backend="memory")
         sql = StoreConfig(backend="sqlite", path=str(Path(d) / "b.db"))
-        rows.append(("memory, 1 proc", guardpool_pairs(mem, n, "h"),
-                     "limits memory://", limits_hits("memory://", n, "h")))
-        rows.append(("sqlite, 1 proc", guardpool_pairs(sql, n, "h"),
-                     "limits memory://", rows[0][3]))
-        rows.append(("sqlite, 4 procs", parallel("guardpool", sql, n // 2, 4),
-                     "limits memory://", rows[0][3]))
+        rows.append(
+            (
+                "memory, 1 proc",
+                guardpool_pairs(mem, n, "h"),
+                "limits memory://",
+                limits_hits("memory://", n, "h"),
+            )
+        )
+        rows.append(
+            ("sqlite, 1 proc", guardpool_pairs(sql, n, "h"), "limits memory://", rows[0][3])
+        )
+        rows.append(
+            (
+                "sqlite, 4 procs",
+                parallel("guardpool", sql, n // 2, 4),
+                "limits memory://",
+                rows[0][3],
+            )
+        )
         if shutil.which("redis-server"):
             proc, url = start_redis()
             try:

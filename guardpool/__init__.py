@@ -31,7 +31,21 @@ _EXPORTS: dict[str, str] = {
     "JobResult": "guardpool.runner.pool",
 }
 
-__all__ = [*_EXPORTS, "__version__"]
+__all__ = [
+    "Decision",
+    "Enforcer",
+    "GuardPool",
+    "GuardVerdict",
+    "JobResult",
+    "LimitStatus",
+    "Operation",
+    "Permit",
+    "PolicyError",
+    "Run",
+    "Usage",
+    "Verdict",
+    "__version__",
+]
 
 if TYPE_CHECKING:
     from guardpool.policy.errors import PolicyError

@@ -187,7 +187,9 @@ class Enforcer:
     def on(self, event: str, callback: Callable[[HookEvent], None]) -> None:
         """Call ``callback(HookEvent)`` on every ``event`` (see HOOK_EVENTS)."""
         if event not in HOOK_EVENTS:
-            raise ValueError(f"unknown hook event {event!r}; known: {', '.join(sorted(HOOK_EVENTS))}")
+            raise ValueError(
+                f"unknown hook event {event!r}; known: {', '.join(sorted(HOOK_EVENTS))}"
+            )
         self._hooks.setdefault(event, []).append(callback)
 
     def usage(self, run_id: str, principal: str = "") -> tuple[LimitStatus, ...]:
@@ -505,7 +507,9 @@ class _Check:
             return self.finish(
                 [f"input too large: {size} bytes > max_input_bytes {e._max_input}"], "deny"
             )
-        planned = budget.plan_reservation(e.policy, op.labels, op.estimate, self.run_id, self.principal)
+        planned = budget.plan_reservation(
+            e.policy, op.labels, op.estimate, self.run_id, self.principal
+        )
         reasons: list[str] = []
         warn = False
         if planned:
@@ -541,9 +545,7 @@ class _Check:
         refusals: list[str] = []
         warnings: list[str] = []
         for i, (p, state) in enumerate(zip(planned, result.states, strict=True)):
-            over = i in refused or (
-                not p.item.check and state.used + state.reserved > state.limit
-            )
+            over = i in refused or (not p.item.check and state.used + state.reserved > state.limit)
             statuses.append(budget.limit_status(p, state, exceeded=over))
             if i in refused:
                 reason = budget.describe_refusal(p, state)
@@ -648,7 +650,9 @@ class _Check:
         self.events.append(self.decision_event(decision))
         if not self.e._append(self.events) and self.e._audit_fail_closed:
             self.release_quietly()
-            return self.deny_decision(["audit ledger unavailable: the decision could not be recorded"])
+            return self.deny_decision(
+                ["audit ledger unavailable: the decision could not be recorded"]
+            )
         if decision.allowed and self.reserved:
             self.e._remember(
                 self.id,
@@ -676,9 +680,7 @@ class _Check:
         )
 
     def decision_event(self, decision: Decision) -> AuditEvent:
-        return self.event(
-            "decision", outcome=decision.action, reason="; ".join(decision.reasons)
-        )
+        return self.event("decision", outcome=decision.action, reason="; ".join(decision.reasons))
 
     def release_quietly(self) -> None:
         if not self.reserved:
@@ -786,8 +788,11 @@ class _Settle:
             principal=p.principal,
             labels=p.labels,
         )
-        events.append(self.event("decision", outcome=action, reason="; ".join(reasons),
-                                 detail={"phase": "after"}))
+        events.append(
+            self.event(
+                "decision", outcome=action, reason="; ".join(reasons), detail={"phase": "after"}
+            )
+        )
         if not e._append(events) and e._audit_fail_closed and decision.allowed:
             return msgspec.structs.replace(
                 decision,
@@ -825,9 +830,17 @@ class _Settle:
                 if limit.enforcement == "post-hoc" and limit.on_exceed == "deny":
                     reasons.append(f"post-hoc {reason}")
                     effects.append("deny")
-                events.append(self.event("limit_breach", reason=reason,
-                                         detail={"pattern": limit.pattern, "dimension": dim,
-                                                 "enforcement": limit.enforcement}))
+                events.append(
+                    self.event(
+                        "limit_breach",
+                        reason=reason,
+                        detail={
+                            "pattern": limit.pattern,
+                            "dimension": dim,
+                            "enforcement": limit.enforcement,
+                        },
+                    )
+                )
                 self.e._emit_raw(
                     HookEvent(
                         kind="limit_exceeded",
@@ -835,8 +848,12 @@ class _Settle:
                         run_id=self.p.run_id,
                         principal=self.p.principal,
                         labels=self.p.labels,
-                        detail={"pattern": limit.pattern, "dimension": dim,
-                                "used": state.used, "limit": state.limit},
+                        detail={
+                            "pattern": limit.pattern,
+                            "dimension": dim,
+                            "used": state.used,
+                            "limit": state.limit,
+                        },
                     )
                 )
         return tuple(statuses)

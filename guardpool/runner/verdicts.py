@@ -51,7 +51,11 @@ def from_verdict(guard: CompiledGuard, verdict: Verdict, ms: float, phase: Phase
     if verdict.action == "rewrite":
         return GuardResult(
             GuardVerdict(
-                guard=name, outcome="allow", reason=verdict.reason, ms=ms, phase=phase,
+                guard=name,
+                outcome="allow",
+                reason=verdict.reason,
+                ms=ms,
+                phase=phase,
                 rewritten=True,
             ),
             "allow",
