@@ -483,3 +483,21 @@ def test_every_decision_is_audited_and_the_chain_verifies(make: Any, tmp_path: P
         assert check.input is None and check.input_len == 5 and len(check.input_sha256) == 64
     finally:
         ledger.close()
+
+
+def test_custom_dimensions_are_counted(make: Any) -> None:
+    e = make(
+        limits={"op:db:*": {"dimensions": {"rows": 100}}},
+        estimates={"op:db:*": {"dimensions": {"rows": 30}}},
+    )
+    run = e.run("rows")
+    db = Operation(labels=("op:db:query",), input="select *")
+    for _ in range(3):
+        d = run.check(db)
+        assert d.allowed and d.limits[0].estimate == 30
+        run.settle(d, Usage(extra={"rows": 30}))
+    refused = run.check(db)  # 90 used + 30 estimated > 100
+    assert not refused.allowed and "rows" in refused.reasons[0]
+    assert run.check(
+        Operation(labels=("op:db:query",), input="", estimate=Usage(extra={"rows": 5}))
+    ).allowed
