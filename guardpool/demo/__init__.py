@@ -1,0 +1,1 @@
+"""``guardpool demo``: the scripted story, with its own policy and guards shipped in the package."""
