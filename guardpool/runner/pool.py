@@ -298,7 +298,8 @@ class _Manager:
         task_id = next(self.ids)
         try:
             raw = _encoder().encode(value)
-        except (TypeError, msgspec.EncodeError) as exc:
+        except (TypeError, ValueError, msgspec.EncodeError) as exc:
+            # ValueError: UnicodeEncodeError on a lone surrogate in hostile text.
             return self._refused(f"input is not serialisable: {exc}", "", now)
         if len(raw) > self.limits.max_input_bytes:
             return self._refused(
