@@ -217,7 +217,8 @@ class Worker:
             try:
                 self.channel.send(protocol.Done(job.id, value, total - start, total, _rss_kb()))
                 return
-            except (TypeError, msgspec.EncodeError) as exc:
+            except (TypeError, ValueError, msgspec.EncodeError) as exc:
+                # ValueError: a str with a lone surrogate, e.g. a rewrite of hostile text.
                 error = f"result is not serialisable: {exc}"
         self.channel.send(protocol.Failed(job.id, error, kind, total - start, total, _rss_kb()))
 
