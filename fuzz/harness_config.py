@@ -5,6 +5,7 @@ python -m fuzz.harness_config [atheris options]     # or: make fuzz
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import tempfile
 from pathlib import Path
@@ -15,14 +16,12 @@ from guardpool.policy.loader import load_policy
 _DIR = Path(tempfile.mkdtemp(prefix="guardpool-fuzz-config-"))
 
 
-def TestOneInput(data: bytes) -> None:  # noqa: N802 - atheris's required name
+def TestOneInput(data: bytes) -> None:
     for suffix in (".toml", ".json"):
         path = _DIR / f"policy{suffix}"
         path.write_bytes(data)
-        try:
+        with contextlib.suppress(PolicyError):
             load_policy(path)
-        except PolicyError:
-            pass
 
 
 def main() -> None:
