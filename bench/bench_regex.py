@@ -88,7 +88,32 @@ def bank_patterns() -> list[str]:
 
 def text(size: int) -> str:
     rng = random.Random(1)
-    vocab = ["the", "agent", "called", "the", "tool", "with", "arguments", "and", "received", "a", "response", "from", "the", "service", "about", "the", "quarterly", "report", "user", "id", "order", "number", "shipment", "status"]
+    vocab = (
+        "the",
+        "agent",
+        "called",
+        "the",
+        "tool",
+        "with",
+        "arguments",
+        "and",
+        "received",
+        "a",
+        "response",
+        "from",
+        "the",
+        "service",
+        "about",
+        "the",
+        "quarterly",
+        "report",
+        "user",
+        "id",
+        "order",
+        "number",
+        "shipment",
+        "status",
+    )
     chunks, n = [], 0
     while n < size:
         w = rng.choice(vocab)
