@@ -1,0 +1,100 @@
+"""``guardpool check``: one decision from the shell.
+
+Exit codes: 0 allowed (a warning included), 1 denied, 2 bad input. The input
+comes from ``--input TEXT`` or, with ``--input -``, from standard input read as
+bytes and decoded strictly as UTF-8: non-UTF-8 input is refused with exit 2,
+not silently mangled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from decimal import Decimal
+
+import msgspec
+
+from guardpool.cli import EXIT_DENIED, EXIT_OK, UsageError
+from guardpool.policy.labels import validate_label
+from guardpool.policy.model import Decision, Operation, Usage
+from guardpool.policy.money import format_micros, parse_money
+from guardpool.runner.enforcer import Enforcer
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="policy file (TOML or JSON)")
+    parser.add_argument(
+        "--label",
+        action="append",
+        required=True,
+        help="operation label, e.g. exe:llm:gpt-4o (repeatable)",
+    )
+    parser.add_argument("--input", required=True, help="the operation's input, or - for stdin")
+    parser.add_argument("--json", action="store_true", help="print the decision as JSON")
+    parser.add_argument("--run", default=None, help="run id (default: a new one)")
+    parser.add_argument("--principal", default="", help="principal (user, tenant) of the run")
+    parser.add_argument("--estimate-tokens", type=int, default=None, metavar="N")
+    parser.add_argument("--estimate-cost", default=None, metavar="MONEY", help='e.g. "$0.02"')
+
+
+def read_input(value: str) -> str:
+    if value != "-":
+        return value
+    raw = sys.stdin.buffer.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"standard input is not UTF-8 (byte {exc.start}: {raw[exc.start : exc.start + 1]!r})"
+        ) from None
+
+
+def operation(args: argparse.Namespace) -> Operation:
+    for label in args.label:
+        try:
+            validate_label(label)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    if args.estimate_tokens is not None and args.estimate_tokens < 0:
+        raise UsageError("--estimate-tokens must be >= 0")
+    cost: Decimal | None = None
+    if args.estimate_cost is not None:
+        try:
+            cost = parse_money(args.estimate_cost)
+        except ValueError as exc:
+            raise UsageError(f"--estimate-cost: {exc}") from None
+    estimate = None
+    if args.estimate_tokens is not None or cost is not None:
+        estimate = Usage(tokens=args.estimate_tokens, cost=cost)
+    return Operation(labels=tuple(args.label), input=read_input(args.input), estimate=estimate)
+
+
+def render(d: Decision) -> str:
+    lines = [f"{d.action.upper()}  decision {d.id}  run {d.run_id}"]
+    lines += [f"  reason: {r}" for r in d.reasons]
+    for v in d.verdicts:
+        lines.append(f"  guard {v.guard:24} {v.outcome:8} {v.ms:8.2f} ms  {v.reason}")
+    for s in d.limits:
+
+        def fmt(x: int, dim: str = s.dimension) -> str:
+            return format_micros(x) if dim == "cost" else str(x)
+
+        lines.append(
+            f"  limit {s.pattern} {s.dimension}: used {fmt(s.used)}, reserved {fmt(s.reserved)}"
+            f", limit {fmt(s.limit)}" + ("  EXCEEDED" if s.exceeded else "")
+        )
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    op = operation(args)
+    with Enforcer.from_config(args.config) as enforcer:
+        decision = enforcer.run(args.run, principal=args.principal).check(op)
+        if decision.allowed:
+            # A one-off check runs nothing: hand the reservation back.
+            enforcer.release(decision)
+    if args.json:
+        print(msgspec.json.encode(decision).decode())
+    else:
+        print(render(decision))
+    return EXIT_OK if decision.allowed else EXIT_DENIED
