@@ -45,7 +45,14 @@ def test_allowed_is_exit_0_with_a_readable_decision(policy: Path) -> None:
 
 def test_denied_is_exit_1_and_json_is_a_decision(policy: Path) -> None:
     out = check(
-        "--config", str(policy), "--label", "op:cmd:cat", "--input", "-", "--json", stdin=b"rm -rf /"
+        "--config",
+        str(policy),
+        "--label",
+        "op:cmd:cat",
+        "--input",
+        "-",
+        "--json",
+        stdin=b"the secret",
     )
     assert out.returncode == 1
     decision = json.loads(out.stdout)
