@@ -18,7 +18,8 @@ def policy(tmp_path: Path) -> Path:
     p.write_text(
         '[[guard]]\nname = "keys"\nops = ["*"]\ndeny_regex = [\'AKIA[0-9A-Z]{16}\']\n'
         'reason = "credential in outbound data"\n'
-        '[[guard]]\nname = "shell"\nops = ["op:cmd:*"]\ncall = "tests.enforcer_guards:deny_secrets"\n'
+        '[[guard]]\nname = "shell"\nops = ["op:cmd:*"]\n'
+        'call = "tests.enforcer_guards:deny_secrets"\n'
         '[limits."exe:llm:*"]\ncost = "$1.00"\n'
         f'[store]\npath = "{tmp_path / "g.db"}"\n[audit]\npath = "{tmp_path / "g.db"}"\n'
     )
