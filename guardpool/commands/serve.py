@@ -1,0 +1,91 @@
+"""``guardpool serve``: the HTTP sidecar.
+
+Binds 127.0.0.1 by default. A bearer token (``--token`` or ``GUARDPOOL_TOKEN``)
+is required unless ``--no-auth`` is given explicitly, or ``--unix PATH`` is used:
+the socket is created with mode 0600, so file permissions guard it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+from pathlib import Path
+
+from guardpool.cli import UsageError
+from guardpool.runner.enforcer import Enforcer
+
+# Room for JSON framing around an input of max_input_bytes.
+_BODY_SLACK = 64 * 1024
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="policy file (TOML or JSON)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8181)
+    parser.add_argument("--token", default=None, help="bearer token (or env GUARDPOOL_TOKEN)")
+    parser.add_argument("--unix", default=None, metavar="PATH", help="listen on a Unix socket")
+    parser.add_argument("--no-auth", action="store_true", help="serve without a token")
+
+
+def unix_socket(path: str) -> socket.socket:
+    target = Path(path)
+    if target.exists() or target.is_symlink():
+        if not target.is_socket():
+            raise UsageError(f"--unix {path}: exists and is not a socket")
+        target.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)  # created 0600: no window where others can connect
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    return sock
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def main(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from guardpool.server.app import build_app
+
+    token = args.token or os.environ.get("GUARDPOOL_TOKEN") or None
+    if token is None and not args.no_auth and args.unix is None:
+        raise UsageError(
+            "no token: pass --token T or set GUARDPOOL_TOKEN, listen on --unix PATH, "
+            "or disable authentication explicitly with --no-auth"
+        )
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port {args.port} is not a port")
+    enforcer = Enforcer.from_config(args.config)
+    max_body = enforcer.policy.config.pool.max_input_bytes + _BODY_SLACK
+    app = build_app(enforcer, token=token, max_body=max_body)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=30,
+    )
+    server = uvicorn.Server(config)
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal
+    # with the handler it found; by then the pool and the ledger are closed, so a
+    # clean exit is the truthful status.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_cleanly)
+    if args.unix:
+        sock = unix_socket(args.unix)
+        print(f"guardpool serve: listening on unix:{args.unix}", flush=True)
+        server.run(sockets=[sock])
+    else:
+        print(f"guardpool serve: listening on http://{args.host}:{args.port}", flush=True)
+        server.run()
+    return 0

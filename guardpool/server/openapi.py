@@ -1,0 +1,96 @@
+"""The OpenAPI document, generated from the msgspec bodies (and kept in docs/openapi.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from guardpool import __version__
+from guardpool.server.bodies import BODIES
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
+
+
+def _op(summary: str, request: str | None, response: str) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "responses": {
+            "200": {"description": "ok", **_ref(response)},
+            "400": {"description": "malformed JSON or not UTF-8", **_ref("ErrorBody")},
+            "401": {"description": "missing or wrong bearer token", **_ref("ErrorBody")},
+            "413": {"description": "body too large", **_ref("ErrorBody")},
+            "422": {"description": "the body does not match the schema", **_ref("ErrorBody")},
+        },
+    }
+    if request:
+        op["requestBody"] = {"required": True, **_ref(request)}
+    return op
+
+
+def document() -> dict[str, Any]:
+    _, components = msgspec.json.schema_components(
+        BODIES, ref_template="#/components/schemas/{name}"
+    )
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "guardpool", "version": __version__},
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/check": {
+                "post": _op("check an operation before it runs", "CheckRequest", "Decision")
+            },
+            "/v1/settle": {
+                "post": _op(
+                    "settle a decision with the actual usage (and output)",
+                    "SettleRequest",
+                    "Decision",
+                )
+            },
+            "/v1/release": {
+                "post": _op("return an unused reservation", "ReleaseRequest", "ReleaseResponse")
+            },
+            "/v1/runs/{run_id}": {
+                "get": {
+                    **_op("limit usage and audit summary of a run", None, "RunReport"),
+                    "parameters": [
+                        {
+                            "name": "run_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "principal",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "liveness",
+                    "security": [],
+                    "responses": {"200": {"description": "ok", **_ref("Health")}},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {"200": {"description": "text exposition"}},
+                }
+            },
+        },
+    }
+
+
+def render() -> bytes:
+    return msgspec.json.format(msgspec.json.encode(document()), indent=2) + b"\n"
