@@ -124,6 +124,11 @@ class SqliteStore:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # Threads of this process queue here for the write lock: SQLite's own busy
+        # handler sleeps (1, 2, 5, 10 ms ...) between retries, which turned 16
+        # concurrent checks into a 23 ms p50. Other processes still meet at
+        # BEGIN IMMEDIATE.
+        self._write = threading.Lock()
         self._closed = False
         conn = self._conn()
         try:
@@ -159,6 +164,10 @@ class SqliteStore:
 
     def _atomic(self, step: Callable[[_Tx], T]) -> T:
         conn = self._conn()
+        with self._write:
+            return self._transaction(conn, step)
+
+    def _transaction(self, conn: sqlite3.Connection, step: Callable[[_Tx], T]) -> T:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
