@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +28,7 @@ from limits.strategies import MovingWindowRateLimiter
 from guardpool.policy.config import StoreConfig
 from guardpool.store import open_store
 from guardpool.store.base import ReserveItem
+from tests.conftest import RedisServer
 
 BIG = 10**15
 
@@ -81,33 +80,6 @@ def parallel(kind: str, target: object, n: int, procs: int) -> float:
         return procs * n / (time.perf_counter() - start)
 
 
-def start_redis() -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            break
-        except OSError:
-            time.sleep(0.02)
-    return proc, f"redis://127.0.0.1:{port}/0"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
@@ -136,7 +108,9 @@ def main() -> None:
             )
         )
         if shutil.which("redis-server"):
-            proc, url = start_redis()
+            redis = RedisServer(Path(d))
+            redis.start()
+            url = redis.url
             try:
                 red = StoreConfig(backend="redis", url=url, op_timeout_ms=2000)
                 ours1 = guardpool_pairs(red, n, "h")
@@ -146,8 +120,7 @@ def main() -> None:
                 theirs4 = parallel("limits", url, n // 2, 4)
                 rows.append(("redis, 4 procs", ours4, "limits redis, 4 procs", theirs4))
             finally:
-                proc.kill()
-                proc.wait()
+                redis.stop()
         else:
             print("(redis-server not installed: redis rows skipped)")
     print(f"reserve+settle pairs/s (2 limits x 3 dimensions), n={n} per process")

@@ -332,6 +332,16 @@ def _pattern_key(section: str, pattern: str) -> str:
     return f'{section}."{pattern}"'
 
 
+def _checked_key(section: str, pattern: str) -> str:
+    """The key path of a pattern-keyed entry, once the pattern itself is known to be valid."""
+    key = _pattern_key(section, pattern)
+    try:
+        validate_pattern(pattern)
+    except ValueError as exc:
+        raise PolicyError(str(exc), key=key) from None
+    return key
+
+
 def _money_micros(value: str | int | None, key: str) -> int | None:
     if value is None:
         return None
@@ -342,11 +352,7 @@ def _money_micros(value: str | int | None, key: str) -> int | None:
 
 
 def _compile_limit(pattern: str, spec: LimitSpec) -> CompiledLimit:
-    key = _pattern_key("limits", pattern)
-    try:
-        validate_pattern(pattern)
-    except ValueError as exc:
-        raise PolicyError(str(exc), key=key) from None
+    key = _checked_key("limits", pattern)
     dims: dict[str, int] = {}
     for name in ("calls", "tokens", "wall_ms"):
         value = getattr(spec, name)
@@ -396,11 +402,7 @@ def _compile_limit(pattern: str, spec: LimitSpec) -> CompiledLimit:
 
 
 def _compile_estimate(pattern: str, spec: EstimateSpec) -> Usage:
-    key = _pattern_key("estimates", pattern)
-    try:
-        validate_pattern(pattern)
-    except ValueError as exc:
-        raise PolicyError(str(exc), key=key) from None
+    key = _checked_key("estimates", pattern)
     for name in ("tokens", "input_tokens", "output_tokens", "wall_ms"):
         _positive(getattr(spec, name), f"{key}.{name}", zero_ok=True)
     cost = _money_micros(spec.cost, f"{key}.cost")
@@ -415,11 +417,7 @@ def _compile_estimate(pattern: str, spec: EstimateSpec) -> Usage:
 
 
 def _compile_price(pattern: str, spec: PriceSpec) -> CompiledPrice:
-    key = _pattern_key("prices", pattern)
-    try:
-        validate_pattern(pattern)
-    except ValueError as exc:
-        raise PolicyError(str(exc), key=key) from None
+    key = _checked_key("prices", pattern)
     price = CompiledPrice(
         pattern=pattern,
         input_per_mtok=_money_micros(spec.input_per_mtok, f"{key}.input_per_mtok"),

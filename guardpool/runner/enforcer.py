@@ -49,7 +49,7 @@ from guardpool.runner.pool import GuardPool, JobResult
 from guardpool.runner.verdicts import GuardResult, Phase, combine, failed_in_host, from_job
 from guardpool.runner.verdicts import from_verdict as verdict_result
 from guardpool.store import open_store
-from guardpool.store.base import BudgetStore, Expired, ReserveItem, ReserveResult
+from guardpool.store.base import BudgetStore, CounterState, Expired, ReserveItem, ReserveResult
 from guardpool.store.errors import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -472,31 +472,68 @@ def _input_size(value: Any) -> int:
     return len(msgspec.json.encode(value))
 
 
-class _Check:
-    """The bookkeeping of one check, so that every exit path can audit and release."""
+class _Scope:
+    """Who and what one check or settle is about; stamps its audit events and hooks."""
 
     def __init__(
-        self, enforcer: Enforcer, op: Operation, decision_id: str, run_id: str, principal: str
+        self,
+        enforcer: Enforcer,
+        decision_id: str,
+        run_id: str,
+        principal: str,
+        labels: tuple[str, ...],
     ) -> None:
         self.e = enforcer
-        self.op = op
         self.id = decision_id
         self.run_id = run_id
         self.principal = principal
-        self.events: list[AuditEvent] = []
-        self.reserved = False
-        self.limits: tuple[LimitStatus, ...] = ()
-        self.verdicts: tuple[GuardVerdict, ...] = ()
+        self.labels = labels
 
     def event(self, kind: str, **fields: Any) -> AuditEvent:
         return AuditEvent(
             kind=kind,
             run_id=self.run_id,
             principal=self.principal,
-            labels=self.op.labels,
+            labels=self.labels,
             decision_id=self.id,
             **fields,
         )
+
+    def notify(self, kind: str, **detail: Any) -> None:
+        self.e._emit_raw(
+            HookEvent(
+                kind=kind,
+                decision_id=self.id,
+                run_id=self.run_id,
+                principal=self.principal,
+                labels=self.labels,
+                detail=detail,
+            )
+        )
+
+    def notify_limit(self, kind: str, pattern: str, state: CounterState) -> None:
+        self.notify(
+            kind,
+            pattern=pattern,
+            dimension=state.dimension,
+            used=state.used,
+            reserved=state.reserved,
+            limit=state.limit,
+        )
+
+
+class _Check(_Scope):
+    """The bookkeeping of one check, so that every exit path can audit and release."""
+
+    def __init__(
+        self, enforcer: Enforcer, op: Operation, decision_id: str, run_id: str, principal: str
+    ) -> None:
+        super().__init__(enforcer, decision_id, run_id, principal, op.labels)
+        self.op = op
+        self.events: list[AuditEvent] = []
+        self.reserved = False
+        self.limits: tuple[LimitStatus, ...] = ()
+        self.verdicts: tuple[GuardVerdict, ...] = ()
 
     def decide(self, started: float) -> Decision:
         e = self.e
@@ -557,7 +594,7 @@ class _Check:
                         detail={"pattern": p.limit.pattern, "dimension": p.item.dimension},
                     )
                 )
-                self.e._emit_raw(self.hook("limit_exceeded", p, state))
+                self.notify_limit("limit_exceeded", p.limit.pattern, state)
             elif over:
                 reason = (
                     f"limit {p.limit.pattern} {p.item.dimension} exceeded "
@@ -565,14 +602,14 @@ class _Check:
                 )
                 warnings.append(reason)
                 self.events.append(self.event("warning", reason=reason))
-                self.e._emit_raw(self.hook("limit_exceeded", p, state))
+                self.notify_limit("limit_exceeded", p.limit.pattern, state)
             elif result.granted and budget.crossed_warning(p.item, state, p.limit.warn_at):
                 reason = (
                     f"limit {p.limit.pattern} {p.item.dimension} passed "
                     f"{p.limit.warn_at:.0%} ({state.used + state.reserved} of {state.limit})"
                 )
                 self.events.append(self.event("warning", reason=reason))
-                self.e._emit_raw(self.hook("limit_warning", p, state))
+                self.notify_limit("limit_warning", p.limit.pattern, state)
         self.limits = tuple(statuses)
         if result.granted:
             self.events.append(
@@ -583,38 +620,13 @@ class _Check:
             )
         return refusals, warnings
 
-    def hook(self, kind: str, p: budget.PlannedItem, state: Any) -> HookEvent:
-        return HookEvent(
-            kind=kind,
-            decision_id=self.id,
-            run_id=self.run_id,
-            principal=self.principal,
-            labels=self.op.labels,
-            detail={
-                "pattern": p.limit.pattern,
-                "dimension": p.item.dimension,
-                "used": state.used,
-                "reserved": state.reserved,
-                "limit": state.limit,
-            },
-        )
-
     def verdict_event(self, r: GuardResult) -> AuditEvent:
         v = r.verdict
         if v.outcome in ("timeout", "error"):
             hook = "guard_timeout" if v.outcome == "timeout" else "guard_error"
             if r.job is not None and r.job.outcome == "crash":
                 hook = "guard_crash"
-            self.e._emit_raw(
-                HookEvent(
-                    kind=hook,
-                    decision_id=self.id,
-                    run_id=self.run_id,
-                    principal=self.principal,
-                    labels=self.op.labels,
-                    detail={"guard": v.guard, "reason": v.reason},
-                )
-            )
+            self.notify(hook, guard=v.guard, reason=v.reason)
         detail: dict[str, Any] = {"effect": r.effect, "phase": v.phase}
         if r.job is not None:
             detail.update(cpu_ms=r.job.cpu_ms, job=r.job.outcome, limit=r.job.limit)
@@ -694,27 +706,16 @@ class _Check:
             log.warning("guardpool: could not release %s; it will expire", self.id)
 
 
-class _Settle:
+class _Settle(_Scope):
     """One settle: after-guards on the output, actual usage charged, audit."""
 
     def __init__(
         self, enforcer: Enforcer, decision_id: str, pending: _Pending, usage: Usage, output: Any
     ) -> None:
-        self.e = enforcer
-        self.id = decision_id
+        super().__init__(enforcer, decision_id, pending.run_id, pending.principal, pending.labels)
         self.p = pending
         self.usage = usage
         self.output = output
-
-    def event(self, kind: str, **fields: Any) -> AuditEvent:
-        return AuditEvent(
-            kind=kind,
-            run_id=self.p.run_id,
-            principal=self.p.principal,
-            labels=self.p.labels,
-            decision_id=self.id,
-            **fields,
-        )
 
     def run(self) -> Decision:
         e, p = self.e, self.p
@@ -764,16 +765,7 @@ class _Settle:
                             detail={"dimension": dim, "estimate": estimate, "actual": amount},
                         )
                     )
-                    e._emit_raw(
-                        HookEvent(
-                            kind="overrun",
-                            decision_id=self.id,
-                            run_id=p.run_id,
-                            principal=p.principal,
-                            labels=p.labels,
-                            detail={"dimension": dim, "estimate": estimate, "actual": amount},
-                        )
-                    )
+                    self.notify("overrun", dimension=dim, estimate=estimate, actual=amount)
             limits = self.breaches(settled.states, events, reasons, effects)
         action = combine(effects)
         decision = Decision(
@@ -841,21 +833,7 @@ class _Settle:
                         },
                     )
                 )
-                self.e._emit_raw(
-                    HookEvent(
-                        kind="limit_exceeded",
-                        decision_id=self.id,
-                        run_id=self.p.run_id,
-                        principal=self.p.principal,
-                        labels=self.p.labels,
-                        detail={
-                            "pattern": limit.pattern,
-                            "dimension": dim,
-                            "used": state.used,
-                            "limit": state.limit,
-                        },
-                    )
-                )
+                self.notify_limit("limit_exceeded", limit.pattern, state)
         return tuple(statuses)
 
 
