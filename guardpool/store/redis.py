@@ -150,10 +150,14 @@ if #refused > 0 then
   reply = {0, before, refused, expired}
   rec.state = 'refused'
 else
-  for _, it in ipairs(items) do
+  -- Nothing else runs inside a script: the states after are arithmetic.
+  local after = {}
+  for i, it in ipairs(items) do
     redis.call('HINCRBY', P .. ':reserved', field(it), it[4])
+    after[2 * i - 1] = before[2 * i - 1]
+    after[2 * i] = before[2 * i] + it[4]
   end
-  reply = {1, states(items), refused, expired}
+  reply = {1, after, refused, expired}
   rec.state = 'live'
 end
 rec.reply = reply
@@ -179,15 +183,28 @@ local function described(items)
   return out
 end
 if rec.state ~= 'live' then return {0, described(rec.items)} end
+local out = {}
 for _, it in ipairs(rec.items) do
-  redis.call('HINCRBY', P .. ':reserved', field(it), 0 - it[4])
+  local left = redis.call('HINCRBY', P .. ':reserved', field(it), 0 - it[4])
   local amount = actual[it[2]]
   if amount == nil then amount = it[4] end
-  charge(it, amount)
+  local now_used
+  if it[6] > 0 then
+    charge(it, amount)
+    now_used = used(it)
+  else
+    -- HINCRBY answers the new value: no read-back.
+    now_used = redis.call('HINCRBY', P .. ':used', field(it), amount)
+  end
+  out[#out + 1] = it[1]
+  out[#out + 1] = it[2]
+  out[#out + 1] = it[3]
+  out[#out + 1] = now_used
+  out[#out + 1] = left
 end
 rec.state = 'settled'
 save(id, rec)
-return {1, described(rec.items)}
+return {1, out}
 """
 
 _RELEASE = r"""
