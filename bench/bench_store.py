@@ -129,7 +129,7 @@ def main() -> None:
         print(f"{name:20}{ours:10.0f}   {ref:28}{theirs:10.0f}{ours / theirs:8.2f}x")
     print("goals: sqlite >= 5,000 pairs/s from one process; redis >= 1x limits' moving window")
     print("a pair is 2 atomic steps over 6 counters; a limits hit is 1 step over 1 counter:")
-    for name, ours, ref, theirs in rows:
+    for name, ours, _ref, theirs in rows:
         if name.startswith("redis"):
             print(
                 f"  {name}: atomic steps/s {2 * ours:.0f} vs {theirs:.0f} = "
