@@ -30,10 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import billiard
 import msgspec
-import pebble
-import psutil
 
 from guardpool import GuardPool
 
@@ -116,6 +113,8 @@ def bench_round_trip(n: int) -> dict[str, list[float]]:
     res: dict[str, list[float]] = {"floor": raw_floor(n, payload)}
     with GuardPool(workers=1, preload=[HERE]) as pool:
         res["GuardPool"] = time_each(n, lambda: pool.submit(f"{HERE}:echo", payload).result())
+    import pebble  # here, not at the top: workers preload this module and fork it
+
     with concurrent.futures.ProcessPoolExecutor(max_workers=1) as ppe:
         res["ProcessPoolExecutor"] = time_each(n, lambda: ppe.submit(echo, payload).result())
     with pebble.ProcessPool(max_workers=1) as pp:
@@ -127,6 +126,8 @@ def bench_round_trip(n: int) -> dict[str, list[float]]:
 
 
 def bench_throughput(n: int) -> dict[str, float]:
+    import billiard
+
     payload = b"x" * 64
     out: dict[str, float] = {}
     with GuardPool(workers=2, preload=[HERE]) as pool:
@@ -158,6 +159,8 @@ def bench_throughput(n: int) -> dict[str, float]:
 
 def bench_overshoot(n: int) -> dict[str, list[float]]:
     """Milliseconds between the 100 ms deadline and the caller holding the timeout result."""
+    import pebble
+
     out: dict[str, list[float]] = {}
     with GuardPool(workers=2, preload=[HERE]) as pool:
         for name in ("spin", "native_hang"):
@@ -202,6 +205,8 @@ def bench_respawn(n: int) -> list[float]:
 
 
 def bench_memory() -> dict[str, float]:
+    import psutil
+
     with GuardPool(workers=2, preload=[HERE]) as pool:
         pool.submit(f"{HERE}:echo", 1).result()
         me = psutil.Process()

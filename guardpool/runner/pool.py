@@ -637,6 +637,8 @@ class _Manager:
         if isinstance(msg, protocol.Done):
             self._done(task, msg, worker)
         elif msg.kind == "expired":
+            if not task.done:
+                self.counts["timeouts"] += 1
             self._resolve(
                 task, "timeout", error="deadline passed before the job started", limit="wall"
             )

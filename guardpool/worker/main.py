@@ -114,8 +114,7 @@ def setup_worker(sock_fd: int, workdir: str, setup: protocol.Setup, seccomp: boo
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    os.chdir(workdir)
-    sandbox.scrub_environment(workdir)
+    sandbox.set_workdir(workdir)
     import tempfile
 
     tempfile.tempdir = workdir

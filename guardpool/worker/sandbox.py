@@ -81,15 +81,20 @@ def apply_rlimits(memory_mb: int) -> None:
         resource.setrlimit(which, (value, value))
 
 
-def scrub_environment(workdir: str) -> None:
-    """Keep no inherited secrets (API keys, tokens) in a process that reads hostile input."""
+def scrub_environment() -> None:
+    """Keep no inherited secrets (API keys, tokens) in a process that reads hostile input.
+
+    Done once in the zygote (after preload, which may read its configuration from the
+    environment), so a fork only sets the two per-worker variables.
+    """
     os.environ.clear()
-    os.environ.update(
-        PATH="/usr/local/bin:/usr/bin:/bin",
-        HOME=workdir,
-        TMPDIR=workdir,
-        LANG="C.UTF-8",
-    )
+    os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", LANG="C.UTF-8")
+
+
+def set_workdir(workdir: str) -> None:
+    os.chdir(workdir)
+    os.environ["HOME"] = workdir
+    os.environ["TMPDIR"] = workdir
 
 
 # -- seccomp --------------------------------------------------------------------------------

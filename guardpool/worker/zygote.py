@@ -88,6 +88,7 @@ class Zygote:
                 __import__(name)
             self.guards, self.regex_max_mem = _compile_guards(self.setup)
             sandbox.set_child_subreaper()
+            sandbox.scrub_environment()
         except BaseException as exc:
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             self.send(protocol.ZygoteReady(os.getpid(), detail))
