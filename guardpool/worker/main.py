@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import resource
 import signal
 import socket
 import time
@@ -26,8 +27,6 @@ from guardpool.worker import context, protocol, sandbox
 
 if TYPE_CHECKING:
     from guardpool.policy.guards import CompiledGuard
-
-_PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 class Channel:
@@ -90,8 +89,9 @@ class ForwardingHandler(logging.Handler):
 
 
 def _rss_kb() -> int:
-    with open("/proc/self/statm", "rb") as f:
-        return int(f.read().split()[1]) * _PAGE_KB
+    # Peak RSS: one getrusage call (no /proc read on every job). Peak is the right
+    # signal for recycling: memory a guard touched once is usually still held.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _cpu_ms() -> float:
