@@ -12,14 +12,22 @@ conformance suite runs against all three.
   Redis Cluster; the price is that one budget namespace lives in one slot.
 - Reservation records are packed with cmsgpack, which keeps integers exact
   (cjson would print large amounts as ``1e+12``).
-- Any connection error or timeout raises StoreUnavailable within the
-  configured timeout: the enforcer denies. redis-py's connection pool
-  reconnects by itself when the server returns.
+- Any connection error or timeout raises StoreUnavailable: the enforcer
+  denies. A dropped connection is retried once at once (every script is
+  idempotent by reservation id, so a reply lost in transit cannot count twice),
+  a timeout never: the worst case is about 2 x connect_timeout_ms +
+  op_timeout_ms. redis-py's connection pool reconnects by itself when the
+  server returns; scripts flushed by a restart are loaded again on NOSCRIPT.
+- Every script names one key (``P:seq``) in KEYS so that cluster-aware clients
+  route it to the slot of the hash tag.
 
 Keys (``P`` = ``{prefix}``): ``P:used`` and ``P:reserved`` hashes of lifetime
-counters, ``P:w:<counter>`` sorted sets of windowed charges, ``P:res:<id>``
-reservation records, ``P:deadlines`` a sorted set of live reservations by
-deadline, ``P:seq`` a sequence for unique charge members.
+counters; per windowed counter a sorted set ``P:w:<counter>`` of charges
+(member ``seq:amount``, score = server ms) and its running sum ``P:ws:<counter>``,
+both expiring one window after the newest charge; ``P:res:<id>`` reservation
+records; ``P:deadlines`` a sorted set of live reservations by deadline; ``P:seq``
+a sequence for unique charge members. Amounts travel through Lua numbers
+(doubles): exact up to 2**53, i.e. $9 billion in micro-units.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 import redis
 import redis.exceptions
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from guardpool.store.base import (
     CounterState,
@@ -52,16 +62,29 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local function field(it) return it[1] .. '\n' .. it[2] end
 local function wkey(it) return P .. ':w:' .. it[1] .. '\n' .. it[2] end
+local function skey(it) return P .. ':ws:' .. it[1] .. '\n' .. it[2] end
 
+-- A windowed counter is a sorted set of charges (member 'seq:amount', score = ms)
+-- beside a running sum, so a read costs O(log n) plus the charges it prunes, each
+-- pruned once: amortised O(log n) per charge, never a walk over the whole window.
 local function used(it)
   if it[6] > 0 then
-    local k = wkey(it)
-    redis.call('ZREMRANGEBYSCORE', k, '-inf', now - it[6])
-    local total = 0
-    for _, m in ipairs(redis.call('ZRANGE', k, 0, -1)) do
-      total = total + tonumber(string.match(m, ':(%-?%d+)$'))
+    local k, sk = wkey(it), skey(it)
+    if redis.call('EXISTS', k) == 0 then
+      redis.call('DEL', sk)
+      return 0
     end
-    return total
+    local horizon = now - it[6]
+    local sum = tonumber(redis.call('GET', sk) or '0')
+    local old = redis.call('ZRANGEBYSCORE', k, '-inf', horizon)
+    if #old > 0 then
+      for _, m in ipairs(old) do
+        sum = sum - tonumber(string.match(m, ':(%-?%d+)$'))
+      end
+      redis.call('ZREMRANGEBYSCORE', k, '-inf', horizon)
+      redis.call('SET', sk, string.format('%d', sum), 'KEEPTTL')
+    end
+    return sum
   end
   return tonumber(redis.call('HGET', P .. ':used', field(it)) or '0')
 end
@@ -72,10 +95,14 @@ end
 
 local function charge(it, amount)
   if it[6] > 0 then
-    local k = wkey(it)
+    local k, sk = wkey(it), skey(it)
     local seq = redis.call('INCR', P .. ':seq')
     redis.call('ZADD', k, now, seq .. ':' .. string.format('%d', amount))
-    redis.call('PEXPIRE', k, it[6] * 2)
+    redis.call('INCRBY', sk, string.format('%d', amount))
+    -- Window ms after its newest charge a counter holds nothing that still counts:
+    -- both keys go together, which bounds memory to the charges inside one window.
+    redis.call('PEXPIRE', k, it[6])
+    redis.call('PEXPIRE', sk, it[6])
   else
     redis.call('HINCRBY', P .. ':used', field(it), amount)
   end
@@ -103,7 +130,7 @@ local function save(id, rec)
     redis.call('ZADD', P .. ':deadlines', rec.deadline, id)
   else
     redis.call('ZREM', P .. ':deadlines', id)
-    redis.call('PEXPIRE', k, math.max(rec.deadline - now, 0) + KEEP)
+    redis.call('PEXPIRE', k, math.max(rec.deadline - now, 0) + KEEP_FINISHED_MS)
   end
 end
 
@@ -112,12 +139,16 @@ local function expire()
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. ':deadlines', '-inf', '(' .. now)) do
     local rec = load(id)
     if rec and rec.state == 'live' then
-      local charged = {}
+      local most, charged = {}, {}
       for _, it in ipairs(rec.items) do
         redis.call('HINCRBY', P .. ':reserved', field(it), 0 - it[4])
         charge(it, it[4])
-        charged[#charged + 1] = it[2]
-        charged[#charged + 1] = it[4]
+        -- Per dimension, the largest estimate charged (as engine.expire reports it).
+        if most[it[2]] == nil or it[4] > most[it[2]] then most[it[2]] = it[4] end
+      end
+      for dim, amount in pairs(most) do
+        charged[#charged + 1] = dim
+        charged[#charged + 1] = amount
       end
       rec.state = 'expired'
       save(id, rec)
@@ -261,9 +292,12 @@ class RedisStore:
             config.url,
             socket_connect_timeout=config.connect_timeout_ms / 1000,
             socket_timeout=config.op_timeout_ms / 1000,
-            retry_on_timeout=False,
+            # redis-py's default retries three times with up to seconds of backoff,
+            # which would hold a denied check far past op_timeout_ms.
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
         )
-        lib = _LIB.replace("KEEP", str(_KEEP_FINISHED_MS))
+        self._keys = [self._prefix + ":seq"]
+        lib = f"local KEEP_FINISHED_MS = {_KEEP_FINISHED_MS}\n" + _LIB
         self._reserve = self._client.register_script(lib + _RESERVE)
         self._settle = self._client.register_script(lib + _SETTLE)
         self._release = self._client.register_script(lib + _RELEASE)
@@ -311,7 +345,9 @@ class RedisStore:
         self, reservation_id: str, items: Sequence[ReserveItem], ttl_ms: int
     ) -> ReserveResult:
         reply = self._call(
-            lambda: self._reserve(args=[self._prefix, reservation_id, ttl_ms, _pack_items(items)])
+            lambda: self._reserve(
+                keys=self._keys, args=[self._prefix, reservation_id, ttl_ms, _pack_items(items)]
+            )
         )
         granted, flat, refused, expired = reply
         return ReserveResult(
@@ -324,7 +360,8 @@ class RedisStore:
     def settle(self, reservation_id: str, actual: Mapping[str, int]) -> SettleResult:
         applied, flat = self._call(
             lambda: self._settle(
-                args=[self._prefix, reservation_id, msgspec.msgpack.encode(dict(actual))]
+                keys=self._keys,
+                args=[self._prefix, reservation_id, msgspec.msgpack.encode(dict(actual))],
             )
         )
         states = tuple(
@@ -340,14 +377,18 @@ class RedisStore:
         return SettleResult(applied=bool(applied), states=states)
 
     def release(self, reservation_id: str) -> bool:
-        return bool(self._call(lambda: self._release(args=[self._prefix, reservation_id])))
+        return bool(
+            self._call(lambda: self._release(keys=self._keys, args=[self._prefix, reservation_id]))
+        )
 
     def states(self, items: Sequence[ReserveItem]) -> tuple[CounterState, ...]:
-        flat = self._call(lambda: self._states(args=[self._prefix, _pack_items(items)]))
+        flat = self._call(
+            lambda: self._states(keys=self._keys, args=[self._prefix, _pack_items(items)])
+        )
         return self._states_of(items, flat)
 
     def expire(self) -> tuple[Expired, ...]:
-        return self._expired(self._call(lambda: self._expire(args=[self._prefix])))
+        return self._expired(self._call(lambda: self._expire(keys=self._keys, args=[self._prefix])))
 
     def close(self) -> None:
         self._client.close()
