@@ -1,9 +1,10 @@
-"""Shared fixtures: a real redis-server on a free loopback port."""
+"""Shared fixtures: a real redis-server on a free loopback port, a fresh SQLite path."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -51,6 +52,8 @@ class RedisServer:
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
@@ -61,10 +64,20 @@ class RedisServer:
         raise RuntimeError("redis-server did not start")
 
     def stop(self) -> None:
+        """SIGKILL: the server vanishes as in a crash, without a goodbye."""
         if self.proc is not None:
             self.proc.kill()
             self.proc.wait()
             self.proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its connections but answers nothing (a hung host)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
 
 
 @pytest.fixture(scope="session")
@@ -81,11 +94,18 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
+    """The session's Redis, emptied (FLUSHDB) for this test, running even if a test stopped it."""
     import redis
 
     if redis_server.proc is None:
         redis_server.start()
     client = redis.Redis.from_url(redis_server.url)
-    client.flushall()
+    client.flushdb()
     client.close()
     return redis_server.url
+
+
+@pytest.fixture
+def sqlite_path(tmp_path: Path) -> Path:
+    """A database path in a fresh directory (WAL adds -wal and -shm files beside it)."""
+    return tmp_path / "budgets.db"

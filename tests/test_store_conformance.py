@@ -15,10 +15,10 @@ from guardpool.store.base import BudgetStore, ReserveItem
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BudgetStore]:
+def store(request: pytest.FixtureRequest, sqlite_path: Path) -> Iterator[BudgetStore]:
     url = request.getfixturevalue("redis_url") if request.param == "redis" else None
     s = open_store(
-        StoreConfig(backend=request.param, path=str(tmp_path / "b.db"), url=url, key_prefix="test")
+        StoreConfig(backend=request.param, path=str(sqlite_path), url=url, key_prefix="test")
     )
     yield s
     s.close()
@@ -122,6 +122,40 @@ def test_rolling_windows_forget_old_charges(store: BudgetStore) -> None:
     time.sleep(0.45)
     assert store.states([w])[0].used == 0
     assert store.reserve("d", [w], 60_000).granted
+
+
+def test_a_window_drops_each_charge_on_its_own_time(store: BudgetStore) -> None:
+    w = item(1, limit=100, window_ms=600, dimension="tokens")
+    store.reserve("old", [w], 60_000)
+    store.settle("old", {"tokens": 5})
+    time.sleep(0.3)
+    store.reserve("new", [w], 60_000)
+    store.settle("new", {"tokens": 7})
+    assert store.states([w])[0].used == 12
+    time.sleep(0.45)  # "old" is 750 ms old, "new" 450 ms: only "new" still counts
+    assert store.states([w])[0].used == 7
+
+
+def test_an_expired_reservation_is_charged_inside_its_window(store: BudgetStore) -> None:
+    w = item(3, limit=100, window_ms=60_000, dimension="tokens")
+    store.reserve("a", [w], 50)
+    time.sleep(0.2)
+    store.expire()
+    s = store.states([w])[0]
+    assert (s.used, s.reserved) == (3, 0)
+
+
+def test_a_refused_reservation_stays_refused_when_retried(store: BudgetStore) -> None:
+    assert store.reserve("a", [item(8)], 60_000).granted
+    assert not store.reserve("b", [item(5)], 60_000).granted
+    store.release("a")
+    assert not store.reserve("b", [item(5)], 60_000).granted  # the stored answer
+    assert store.reserve("c", [item(5)], 60_000).granted
+
+
+def test_a_counter_never_touched_reads_zero(store: BudgetStore) -> None:
+    s = store.states([item(key="nobody", window_ms=1000), item(key="nobody")])
+    assert [(c.used, c.reserved, c.limit) for c in s] == [(0, 0, 10), (0, 0, 10)]
 
 
 def test_sixteen_threads_racing_get_exactly_the_limit(store: BudgetStore) -> None:
