@@ -24,14 +24,25 @@ def store(request: pytest.FixtureRequest, sqlite_path: Path) -> Iterator[BudgetS
     s.close()
 
 
-def item(amount: int = 1, limit: int = 10, **kw: object) -> ReserveItem:
+def item(
+    amount: int = 1,
+    limit: int = 10,
+    *,
+    key: str = "k",
+    dimension: str = "calls",
+    headroom: int = 0,
+    window_ms: int = 0,
+    check: bool = True,
+) -> ReserveItem:
     return ReserveItem(
-        key=str(kw.pop("key", "k")),
-        dimension=str(kw.pop("dimension", "calls")),
+        key=key,
+        dimension=dimension,
         limit=limit,
         amount=amount,
-        **kw,
-    )  # type: ignore[arg-type]
+        headroom=headroom,
+        window_ms=window_ms,
+        check=check,
+    )
 
 
 def test_grants_until_the_limit_then_refuses(store: BudgetStore) -> None:

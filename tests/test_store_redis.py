@@ -9,9 +9,11 @@ import textwrap
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
+import redis
+from redis.crc import key_slot
 
 from guardpool import Enforcer, Operation
 from guardpool.store.base import ReserveItem
@@ -139,3 +141,94 @@ def test_an_unreachable_server_is_unavailable_not_an_allow() -> None:
     store = RedisStore(settings("redis://127.0.0.1:1/0", timeout_ms=100))
     with pytest.raises(StoreUnavailable, match="budget store unavailable"):
         store.reserve("x", [ReserveItem(key="k", dimension="calls", limit=1, amount=1)], 1000)
+
+
+def cost(amount: int = 250_000, **kw: Any) -> ReserveItem:
+    return ReserveItem(key="team", dimension="cost", limit=10_000_000, amount=amount, **kw)
+
+
+def test_a_killed_server_is_unavailable_then_the_same_store_recovers(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    store = RedisStore(settings(redis_url))
+    assert store.reserve("before", [cost()], 60_000).granted
+    redis_server.stop()
+    try:
+        start = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="budget store unavailable"):
+            store.reserve("during", [cost()], 60_000)
+        assert time.monotonic() - start < 2.0
+    finally:
+        redis_server.start()
+    # A fresh server without persistence: the pool reconnects and the scripts load again.
+    assert store.reserve("after", [cost()], 60_000).granted
+    assert store.states([cost()])[0].reserved == 250_000
+    store.close()
+
+
+def test_a_hung_server_is_unavailable_within_the_timeout(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    store = RedisStore(settings(redis_url, timeout_ms=250))
+    assert store.reserve("before", [cost()], 60_000).granted
+    redis_server.pause()
+    try:
+        start = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="budget store unavailable"):
+            store.reserve("during", [cost()], 60_000)
+        assert time.monotonic() - start < 2.0  # a timeout is not retried with backoff
+    finally:
+        redis_server.resume()
+    assert store.reserve("after", [cost()], 60_000).granted
+    store.close()
+
+
+def test_scripts_flushed_from_the_server_are_loaded_again(redis_url: str) -> None:
+    store = RedisStore(settings(redis_url))
+    assert store.reserve("a", [cost()], 60_000).granted
+    client = redis.Redis.from_url(redis_url)
+    client.script_flush()
+    client.close()
+    assert store.settle("a", {"cost": 100_000}).applied
+    assert store.states([cost()])[0].used == 100_000
+    store.close()
+
+
+def test_every_key_shares_one_cluster_slot_and_prefixes_are_isolated(redis_url: str) -> None:
+    a = RedisStore(SimpleNamespace(**{**vars(settings(redis_url)), "key_prefix": "team-a"}))
+    b = RedisStore(SimpleNamespace(**{**vars(settings(redis_url)), "key_prefix": "team-b"}))
+    windowed = cost(window_ms=60_000)
+    a.reserve("r1", [cost(), windowed], 60_000)
+    a.settle("r1", {})
+    a.reserve("r2", [cost()], 60_000)
+    assert b.states([cost(), windowed])[0].reserved == 0
+    client = redis.Redis.from_url(redis_url)
+    keys = cast(list[bytes], client.keys("*"))
+    client.close()
+    assert keys and all(k.startswith(b"{team-a}:") for k in keys)
+    assert len({key_slot(k) for k in keys}) == 1
+    a.close()
+    b.close()
+
+
+def test_window_entries_are_pruned_and_their_keys_expire(redis_url: str) -> None:
+    store = RedisStore(settings(redis_url))
+    w = ReserveItem(key="k", dimension="calls", limit=10**6, amount=1, window_ms=400)
+    for i in range(50):
+        store.reserve(f"r{i}", [w], 60_000)
+        store.settle(f"r{i}", {})
+    client = redis.Redis.from_url(redis_url)
+    (zset,) = cast(list[bytes], client.keys("*:w:*"))
+    assert client.zcard(zset) == 50
+    time.sleep(0.25)
+    store.reserve("late", [w], 60_000)
+    store.settle("late", {})
+    assert store.states([w])[0].used == 51
+    time.sleep(0.25)  # the first 50 are out of the window, "late" is not
+    assert store.states([w])[0].used == 1
+    assert client.zcard(zset) == 1  # pruned, not merely skipped
+    time.sleep(0.5)  # a window after the newest charge: nothing of it is left
+    assert client.keys("*:w*") == []
+    assert store.states([w])[0].used == 0
+    client.close()
+    store.close()
