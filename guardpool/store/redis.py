@@ -21,13 +21,15 @@ conformance suite runs against all three.
 - Every script names one key (``P:seq``) in KEYS so that cluster-aware clients
   route it to the slot of the hash tag.
 
-Keys (``P`` = ``{prefix}``): ``P:used`` and ``P:reserved`` hashes of lifetime
-counters; per windowed counter a sorted set ``P:w:<counter>`` of charges
-(member ``seq:amount``, score = server ms) and its running sum ``P:ws:<counter>``,
-both expiring one window after the newest charge; ``P:res:<id>`` reservation
-records; ``P:deadlines`` a sorted set of live reservations by deadline; ``P:seq``
-a sequence for unique charge members. Amounts travel through Lua numbers
-(doubles): exact up to 2**53, i.e. $9 billion in micro-units.
+Keys (``P`` = ``{prefix}``, ``<counter>`` = key and dimension): ``P:counters``,
+one hash of lifetime counters (fields ``u<counter>`` used, ``r<counter>``
+reserved); per windowed counter a sorted set ``P:w:<counter>`` of charges
+(member ``seq:amount``, score = server ms) and its running sum
+``P:ws:<counter>``, both expiring one window after the newest charge;
+``P:res:<id>`` reservation records; ``P:deadlines`` a sorted set of live
+reservations by deadline; ``P:seq`` a sequence for unique charge members.
+Amounts travel through Lua numbers (doubles): exact up to 2**53, i.e. $9
+billion in micro-units.
 """
 
 from __future__ import annotations
@@ -54,67 +56,109 @@ T = TypeVar("T")
 
 # Finished reservations are kept this long after their deadline for idempotent retries.
 _KEEP_FINISHED_MS = 24 * 3600 * 1000
+# Overdue reservations charged per script call, at most.
+_EXPIRE_BATCH = 1000
 
 _LIB = r"""
 local P = ARGV[1]
+local C = P .. ':counters'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local function field(it) return it[1] .. '\n' .. it[2] end
-local function wkey(it) return P .. ':w:' .. it[1] .. '\n' .. it[2] end
-local function skey(it) return P .. ':ws:' .. it[1] .. '\n' .. it[2] end
+local function wkey(it) return P .. ':w:' .. field(it) end
+local function skey(it) return P .. ':ws:' .. field(it) end
+local function int(v) return string.format('%d', v) end
 
 -- A windowed counter is a sorted set of charges (member 'seq:amount', score = ms)
 -- beside a running sum, so a read costs O(log n) plus the charges it prunes, each
 -- pruned once: amortised O(log n) per charge, never a walk over the whole window.
-local function used(it)
-  if it[6] > 0 then
-    local k, sk = wkey(it), skey(it)
-    if redis.call('EXISTS', k) == 0 then
-      redis.call('DEL', sk)
-      return 0
-    end
-    local horizon = now - it[6]
-    local sum = tonumber(redis.call('GET', sk) or '0')
-    local old = redis.call('ZRANGEBYSCORE', k, '-inf', horizon)
-    if #old > 0 then
-      for _, m in ipairs(old) do
-        sum = sum - tonumber(string.match(m, ':(%-?%d+)$'))
-      end
-      redis.call('ZREMRANGEBYSCORE', k, '-inf', horizon)
-      redis.call('SET', sk, string.format('%d', sum), 'KEEPTTL')
-    end
-    return sum
+local function window_used(it)
+  local k, sk = wkey(it), skey(it)
+  if redis.call('EXISTS', k) == 0 then
+    redis.call('DEL', sk)
+    return 0
   end
-  return tonumber(redis.call('HGET', P .. ':used', field(it)) or '0')
-end
-
-local function reserved(it)
-  return tonumber(redis.call('HGET', P .. ':reserved', field(it)) or '0')
-end
-
-local function charge(it, amount)
-  if it[6] > 0 then
-    local k, sk = wkey(it), skey(it)
-    local seq = redis.call('INCR', P .. ':seq')
-    redis.call('ZADD', k, now, seq .. ':' .. string.format('%d', amount))
-    redis.call('INCRBY', sk, string.format('%d', amount))
-    -- Window ms after its newest charge a counter holds nothing that still counts:
-    -- both keys go together, which bounds memory to the charges inside one window.
-    redis.call('PEXPIRE', k, it[6])
-    redis.call('PEXPIRE', sk, it[6])
-  else
-    redis.call('HINCRBY', P .. ':used', field(it), amount)
+  local horizon = now - it[6]
+  local sum = tonumber(redis.call('GET', sk) or '0')
+  local old = redis.call('ZRANGEBYSCORE', k, '-inf', horizon)
+  if #old > 0 then
+    for _, m in ipairs(old) do
+      sum = sum - tonumber(string.match(m, ':(%-?%d+)$'))
+    end
+    redis.call('ZREMRANGEBYSCORE', k, '-inf', horizon)
+    redis.call('SET', sk, int(sum), 'KEEPTTL')
   end
+  return sum
 end
 
-local function states(items)
-  local out = {}
+local function window_charge(it, amount)
+  local k, sk = wkey(it), skey(it)
+  local seq = redis.call('INCR', P .. ':seq')
+  redis.call('ZADD', k, now, seq .. ':' .. int(amount))
+  redis.call('INCRBY', sk, int(amount))
+  -- Window ms after its newest charge a counter holds nothing that still counts:
+  -- both keys go together, which bounds memory to the charges inside one window.
+  redis.call('PEXPIRE', k, it[6])
+  redis.call('PEXPIRE', sk, it[6])
+end
+
+-- Lifetime counters are fields of one hash: 'u' .. field (used), 'r' .. field
+-- (reserved). Every Lua-to-Redis call costs a few microseconds, so a step reads
+-- all its fields in one HMGET and writes them in one HSET, whatever the number
+-- of limits and dimensions.
+
+-- (used, reserved) of every item, flat.
+local function read(items)
+  local fields = {}
   for _, it in ipairs(items) do
-    out[#out + 1] = used(it)
-    out[#out + 1] = reserved(it)
+    fields[#fields + 1] = 'u' .. field(it)
+    fields[#fields + 1] = 'r' .. field(it)
+  end
+  local vals = redis.call('HMGET', C, unpack(fields))
+  local out = {}
+  for i, it in ipairs(items) do
+    if it[6] > 0 then
+      out[2 * i - 1] = window_used(it)
+    else
+      out[2 * i - 1] = tonumber(vals[2 * i - 1] or 0)
+    end
+    out[2 * i] = tonumber(vals[2 * i] or 0)
   end
   return out
+end
+
+local function write(values)
+  local args = {}
+  for f, v in pairs(values) do
+    args[#args + 1] = f
+    args[#args + 1] = int(v)
+  end
+  if #args > 0 then redis.call('HSET', C, unpack(args)) end
+end
+
+-- Adds deltas (field -> amount); answers field -> new value.
+local function apply(deltas)
+  local fields = {}
+  for f in pairs(deltas) do fields[#fields + 1] = f end
+  if #fields == 0 then return {} end
+  local vals = redis.call('HMGET', C, unpack(fields))
+  local out = {}
+  for i, f in ipairs(fields) do out[f] = tonumber(vals[i] or 0) + deltas[f] end
+  write(out)
+  return out
+end
+
+local function add(deltas, f, amount) deltas[f] = (deltas[f] or 0) + amount end
+
+-- An item's reservation becomes a charge of `amount`.
+local function charge(deltas, it, amount)
+  add(deltas, 'r' .. field(it), 0 - it[4])
+  if it[6] > 0 then
+    window_charge(it, amount)
+  else
+    add(deltas, 'u' .. field(it), amount)
+  end
 end
 
 local function load(id)
@@ -134,15 +178,18 @@ local function save(id, rec)
   end
 end
 
+-- Charges overdue reservations at their estimate; at most EXPIRE_BATCH per call
+-- so that one script never blocks the server for long (the rest go next call).
 local function expire()
-  local out = {}
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. ':deadlines', '-inf', '(' .. now)) do
+  local out, deltas = {}, {}
+  local due = redis.call('ZRANGEBYSCORE', P .. ':deadlines', '-inf', '(' .. now,
+                         'LIMIT', 0, EXPIRE_BATCH)
+  for _, id in ipairs(due) do
     local rec = load(id)
     if rec and rec.state == 'live' then
       local most, charged = {}, {}
       for _, it in ipairs(rec.items) do
-        redis.call('HINCRBY', P .. ':reserved', field(it), 0 - it[4])
-        charge(it, it[4])
+        charge(deltas, it, it[4])
         -- Per dimension, the largest estimate charged (as engine.expire reports it).
         if most[it[2]] == nil or it[4] > most[it[2]] then most[it[2]] = it[4] end
       end
@@ -157,6 +204,7 @@ local function expire()
       redis.call('ZREM', P .. ':deadlines', id)
     end
   end
+  apply(deltas)
   return out
 end
 """
@@ -167,7 +215,7 @@ local items = cmsgpack.unpack(ARGV[4])
 local prev = load(id)
 if prev then return prev.reply end
 local expired = expire()
-local before = states(items)
+local before = read(items)
 local refused = {}
 for i, it in ipairs(items) do
   local total = before[2 * i - 1] + before[2 * i]
@@ -181,12 +229,17 @@ if #refused > 0 then
   reply = {0, before, refused, expired}
   rec.state = 'refused'
 else
-  -- Nothing else runs inside a script: the states after are arithmetic.
+  -- Reserved values were just read: the new ones need no second read.
+  local new = {}
+  for i, it in ipairs(items) do
+    local f = 'r' .. field(it)
+    new[f] = (new[f] or before[2 * i]) + it[4]
+  end
+  write(new)
   local after = {}
   for i, it in ipairs(items) do
-    redis.call('HINCRBY', P .. ':reserved', field(it), it[4])
     after[2 * i - 1] = before[2 * i - 1]
-    after[2 * i] = before[2 * i] + it[4]
+    after[2 * i] = new['r' .. field(it)]
   end
   reply = {1, after, refused, expired}
   rec.state = 'live'
@@ -202,56 +255,53 @@ local actual = cmsgpack.unpack(ARGV[3])
 expire()
 local rec = load(id)
 if not rec then return {0, {}} end
-local function described(items)
+local function described(items, s)
   local out = {}
-  for _, it in ipairs(items) do
+  for i, it in ipairs(items) do
     out[#out + 1] = it[1]
     out[#out + 1] = it[2]
     out[#out + 1] = it[3]
-    out[#out + 1] = used(it)
-    out[#out + 1] = reserved(it)
+    out[#out + 1] = s[2 * i - 1]
+    out[#out + 1] = s[2 * i]
   end
   return out
 end
-if rec.state ~= 'live' then return {0, described(rec.items)} end
-local out = {}
+if rec.state ~= 'live' then return {0, described(rec.items, read(rec.items))} end
+local deltas = {}
 for _, it in ipairs(rec.items) do
-  local left = redis.call('HINCRBY', P .. ':reserved', field(it), 0 - it[4])
   local amount = actual[it[2]]
   if amount == nil then amount = it[4] end
-  local now_used
-  if it[6] > 0 then
-    charge(it, amount)
-    now_used = used(it)
-  else
-    -- HINCRBY answers the new value: no read-back.
-    now_used = redis.call('HINCRBY', P .. ':used', field(it), amount)
-  end
-  out[#out + 1] = it[1]
-  out[#out + 1] = it[2]
-  out[#out + 1] = it[3]
-  out[#out + 1] = now_used
-  out[#out + 1] = left
+  charge(deltas, it, amount)
 end
+local new = apply(deltas)
 rec.state = 'settled'
 save(id, rec)
-return {1, out}
+local s = {}
+for i, it in ipairs(rec.items) do
+  if it[6] > 0 then
+    s[2 * i - 1] = window_used(it)
+  else
+    s[2 * i - 1] = new['u' .. field(it)]
+  end
+  s[2 * i] = new['r' .. field(it)]
+end
+return {1, described(rec.items, s)}
 """
 
 _RELEASE = r"""
 local id = ARGV[2]
 local rec = load(id)
 if not rec or rec.state ~= 'live' then return 0 end
-for _, it in ipairs(rec.items) do
-  redis.call('HINCRBY', P .. ':reserved', field(it), 0 - it[4])
-end
+local deltas = {}
+for _, it in ipairs(rec.items) do add(deltas, 'r' .. field(it), 0 - it[4]) end
+apply(deltas)
 rec.state = 'released'
 save(id, rec)
 return 1
 """
 
 _STATES = r"""
-return states(cmsgpack.unpack(ARGV[2]))
+return read(cmsgpack.unpack(ARGV[2]))
 """
 
 _EXPIRE = r"""
@@ -297,7 +347,10 @@ class RedisStore:
             retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
         )
         self._keys = [self._prefix + ":seq"]
-        lib = f"local KEEP_FINISHED_MS = {_KEEP_FINISHED_MS}\n" + _LIB
+        lib = (
+            f"local KEEP_FINISHED_MS = {_KEEP_FINISHED_MS}\n"
+            f"local EXPIRE_BATCH = {_EXPIRE_BATCH}\n" + _LIB
+        )
         self._reserve = self._client.register_script(lib + _RESERVE)
         self._settle = self._client.register_script(lib + _SETTLE)
         self._release = self._client.register_script(lib + _RELEASE)
