@@ -242,7 +242,7 @@ class Enforcer:
             ctx.events.append(ctx.decision_event(decision))
             with contextlib.suppress(LedgerWriteError):
                 self.ledger.append(ctx.events)
-        self._emit("decision", decision, {"action": decision.action})
+        ctx.notify("decision", action=decision.action)
         return decision
 
     def settle(
@@ -336,19 +336,6 @@ class Enforcer:
                 )
             )
         return events
-
-    def _emit(self, kind: str, decision: Decision, detail: dict[str, Any]) -> None:
-        if kind in self._hooks:
-            self._emit_raw(
-                HookEvent(
-                    kind=kind,
-                    decision_id=decision.id,
-                    run_id=decision.run_id,
-                    principal=decision.principal,
-                    labels=decision.labels,
-                    detail=detail,
-                )
-            )
 
     def _emit_raw(self, event: HookEvent) -> None:
         for callback in self._hooks.get(event.kind, ()):
