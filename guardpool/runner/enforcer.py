@@ -487,6 +487,8 @@ class _Scope:
         )
 
     def notify(self, kind: str, **detail: Any) -> None:
+        if kind not in self.e._hooks:  # the hot path: most checks have no listener
+            return
         self.e._emit_raw(
             HookEvent(
                 kind=kind,
