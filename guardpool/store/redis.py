@@ -35,7 +35,7 @@ billion in micro-units.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import msgspec
 import redis
@@ -244,9 +244,10 @@ else
   reply = {1, after, refused, expired}
   rec.state = 'live'
 end
-rec.reply = reply
+-- Stored packed: a retry answers these very bytes.
+rec.reply = cmsgpack.pack(reply)
 save(id, rec)
-return reply
+return rec.reply
 """
 
 _SETTLE = r"""
@@ -254,7 +255,7 @@ local id = ARGV[2]
 local actual = cmsgpack.unpack(ARGV[3])
 expire()
 local rec = load(id)
-if not rec then return {0, {}} end
+if not rec then return cmsgpack.pack({0, {}}) end
 local function described(items, s)
   local out = {}
   for i, it in ipairs(items) do
@@ -266,7 +267,9 @@ local function described(items, s)
   end
   return out
 end
-if rec.state ~= 'live' then return {0, described(rec.items, read(rec.items))} end
+if rec.state ~= 'live' then
+  return cmsgpack.pack({0, described(rec.items, read(rec.items))})
+end
 local deltas = {}
 for _, it in ipairs(rec.items) do
   local amount = actual[it[2]]
@@ -285,7 +288,7 @@ for i, it in ipairs(rec.items) do
   end
   s[2 * i] = new['r' .. field(it)]
 end
-return {1, described(rec.items, s)}
+return cmsgpack.pack({1, described(rec.items, s)})
 """
 
 _RELEASE = r"""
@@ -301,11 +304,11 @@ return 1
 """
 
 _STATES = r"""
-return read(cmsgpack.unpack(ARGV[2]))
+return cmsgpack.pack(read(cmsgpack.unpack(ARGV[2])))
 """
 
 _EXPIRE = r"""
-return expire()
+return cmsgpack.pack(expire())
 """
 
 
@@ -320,8 +323,13 @@ class RedisSettings(Protocol):
     def op_timeout_ms(self) -> int: ...
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+# Scripts answer one msgpack string (cmsgpack): redis-py would otherwise parse a
+# nested reply element by element in Python, which cost more than the script.
+_ExpiredReply = list[tuple[str, list[str | int]]]
+_decode_reserve = msgspec.msgpack.Decoder(tuple[int, list[int], list[int], _ExpiredReply]).decode
+_decode_settle = msgspec.msgpack.Decoder(tuple[int, list[str | int]]).decode
+_decode_states = msgspec.msgpack.Decoder(list[int]).decode
+_decode_expired = msgspec.msgpack.Decoder(_ExpiredReply).decode
 
 
 def _pack_items(items: Sequence[ReserveItem]) -> bytes:
@@ -366,61 +374,58 @@ class RedisStore:
             raise StoreUnavailable(f"budget store unavailable: redis error: {exc}") from None
 
     @staticmethod
-    def _states_of(items: Sequence[ReserveItem], flat: Sequence[Any]) -> tuple[CounterState, ...]:
+    def _states_of(items: Sequence[ReserveItem], flat: Sequence[int]) -> tuple[CounterState, ...]:
         return tuple(
             CounterState(
                 key=item.key,
                 dimension=item.dimension,
-                used=int(flat[2 * i]),
-                reserved=int(flat[2 * i + 1]),
+                used=flat[2 * i],
+                reserved=flat[2 * i + 1],
                 limit=item.limit,
             )
             for i, item in enumerate(items)
         )
 
     @staticmethod
-    def _expired(raw: Sequence[Any]) -> tuple[Expired, ...]:
-        out = []
-        for rid, charged in raw:
-            pairs = dict(zip(charged[::2], charged[1::2], strict=True))
-            out.append(
-                Expired(
-                    reservation_id=rid.decode() if isinstance(rid, bytes) else str(rid),
-                    charged={
-                        (k.decode() if isinstance(k, bytes) else str(k)): int(v)
-                        for k, v in pairs.items()
-                    },
-                )
+    def _expired(raw: _ExpiredReply) -> tuple[Expired, ...]:
+        return tuple(
+            Expired(
+                reservation_id=rid,
+                charged={
+                    str(dim): int(amount) for dim, amount in zip(c[::2], c[1::2], strict=True)
+                },
             )
-        return tuple(out)
+            for rid, c in raw
+        )
 
     def reserve(
         self, reservation_id: str, items: Sequence[ReserveItem], ttl_ms: int
     ) -> ReserveResult:
-        reply = self._call(
+        raw = self._call(
             lambda: self._reserve(
                 keys=self._keys, args=[self._prefix, reservation_id, ttl_ms, _pack_items(items)]
             )
         )
-        granted, flat, refused, expired = reply
+        granted, flat, refused, expired = _decode_reserve(raw)
         return ReserveResult(
             granted=bool(granted),
             states=self._states_of(items, flat),
-            refused=tuple(int(i) for i in refused),
+            refused=tuple(refused),
             expired=self._expired(expired),
         )
 
     def settle(self, reservation_id: str, actual: Mapping[str, int]) -> SettleResult:
-        applied, flat = self._call(
+        raw = self._call(
             lambda: self._settle(
                 keys=self._keys,
                 args=[self._prefix, reservation_id, msgspec.msgpack.encode(dict(actual))],
             )
         )
+        applied, flat = _decode_settle(raw)
         states = tuple(
             CounterState(
-                key=_text(flat[i]),
-                dimension=_text(flat[i + 1]),
+                key=str(flat[i]),
+                dimension=str(flat[i + 1]),
                 limit=int(flat[i + 2]),
                 used=int(flat[i + 3]),
                 reserved=int(flat[i + 4]),
@@ -435,13 +440,14 @@ class RedisStore:
         )
 
     def states(self, items: Sequence[ReserveItem]) -> tuple[CounterState, ...]:
-        flat = self._call(
+        raw = self._call(
             lambda: self._states(keys=self._keys, args=[self._prefix, _pack_items(items)])
         )
-        return self._states_of(items, flat)
+        return self._states_of(items, _decode_states(raw))
 
     def expire(self) -> tuple[Expired, ...]:
-        return self._expired(self._call(lambda: self._expire(keys=self._keys, args=[self._prefix])))
+        raw = self._call(lambda: self._expire(keys=self._keys, args=[self._prefix]))
+        return self._expired(_decode_expired(raw))
 
     def close(self) -> None:
         self._client.close()
