@@ -187,3 +187,21 @@ def test_sixteen_threads_racing_get_exactly_the_limit(store: BudgetStore) -> Non
         t.join()
     assert len(granted) == 40
     assert store.states([item(limit=40)])[0].reserved == 40
+
+
+def test_sqlite_forgets_finished_reservations_after_the_idempotency_window(
+    tmp_path: Path,
+) -> None:
+    from guardpool.store import sqlite
+
+    s = sqlite.SqliteStore(tmp_path / "prune.db")
+    try:
+        s.reserve("old", [item(1)], -sqlite.KEEP_FINISHED_MS - 1000)  # long past its deadline
+        first = s.reserve("live", [item(1)], 60_000)  # also expires and charges "old"
+        s.reserve("done", [item(1)], 60_000)
+        s.settle("done", {"calls": 1})
+        assert s.prune() == 1  # only "old": "done" is still inside the window
+        again = s.reserve("live", [item(1)], 60_000)  # a retry still gets its first answer
+        assert again == first
+    finally:
+        s.close()

@@ -117,6 +117,12 @@ class _Tx:
         return [_decode(r[0]) for r in rows]
 
 
+# Finished reservations answer retries (idempotency) for this long past their
+# deadline, as in the Redis store; then they are forgotten, or the table grows forever.
+KEEP_FINISHED_MS = 24 * 3600 * 1000
+_PRUNE_EVERY = 1000
+
+
 class SqliteStore:
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
         self.path = str(path)
@@ -129,6 +135,7 @@ class SqliteStore:
         # concurrent checks into a 23 ms p50. Other processes still meet at
         # BEGIN IMMEDIATE.
         self._write = threading.Lock()
+        self._reserves = 0
         self._closed = False
         conn = self._conn()
         try:
@@ -183,7 +190,22 @@ class SqliteStore:
     def reserve(
         self, reservation_id: str, items: Sequence[ReserveItem], ttl_ms: int
     ) -> ReserveResult:
+        self._reserves += 1
+        if self._reserves % _PRUNE_EVERY == 0:
+            self.prune()
         return self._atomic(lambda tx: engine.reserve(tx, reservation_id, items, ttl_ms))
+
+    def prune(self) -> int:
+        """Forget finished reservations past the idempotency window; returns how many."""
+
+        def step(tx: _Tx) -> int:
+            cursor = tx.conn.execute(
+                "DELETE FROM budget_reservations WHERE state != 'live' AND deadline_ms < ?",
+                (tx.now_ms - KEEP_FINISHED_MS,),
+            )
+            return int(cursor.rowcount)
+
+        return self._atomic(step)
 
     def settle(self, reservation_id: str, actual: Mapping[str, int]) -> SettleResult:
         return self._atomic(lambda tx: engine.settle(tx, reservation_id, actual))
