@@ -66,7 +66,7 @@ KEY = {"name": "k", "deny_regex": ["AKIA[0-9A-Z]{16}"]}
         (
             {"guard": [{"name": "a", "deny_regex": ["a{1001}"]}]},
             "guard[0].deny_regex[0]",
-            "at most {1000}",
+            "at most 1000 repetitions",
         ),
         (
             {"guard": [{"name": "a", "call": "no_such_module:f"}]},

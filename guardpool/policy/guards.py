@@ -58,7 +58,7 @@ def resolve_callable(ref: str) -> GuardFunction:
         raise ValueError(f"{ref!r} is not of the form 'module:function'")
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a module that exits on import is a bad reference too
         raise ValueError(f"cannot import module {module_name!r}: {exc}") from None
     target: Any = module
     for part in attr.split("."):
@@ -93,8 +93,9 @@ class CompiledGuard:
             except ValueError as exc:
                 raise PolicyError(str(exc), key="call") from None
         else:
-            self._deny = _bank(spec.deny_regex, defaults.regex_max_mem, "deny_regex")
-            self._require = _bank(spec.require_regex, defaults.regex_max_mem, "require_regex")
+            max_mem = defaults.regex_max_mem
+            self._deny = _bank(spec.name, spec.deny_regex, max_mem, "deny_regex")
+            self._require = _bank(spec.name, spec.require_regex, max_mem, "require_regex")
 
     @property
     def banks(self) -> dict[str, RegexBank]:
@@ -117,13 +118,15 @@ class CompiledGuard:
         return Verdict.allow()
 
 
-def _bank(patterns: list[str], max_mem: int, key: str) -> RegexBank | None:
+def _bank(guard: str, patterns: list[str], max_mem: int, key: str) -> RegexBank | None:
     if not patterns:
         return None
     try:
         return RegexBank(patterns, max_mem)
     except PolicyError as exc:
-        raise exc.located(key_prefix=key) from None
+        # The key path gives the guard's index; the name is what the author searches for.
+        named = PolicyError(f"guard {guard!r}: {exc.reason}", key=exc.key)
+        raise named.located(key_prefix=key) from None
 
 
 def compile_guards(specs: Iterable[GuardSpec], defaults: GuardDefaults) -> dict[str, CompiledGuard]:

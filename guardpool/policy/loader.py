@@ -92,14 +92,17 @@ class CompiledPrice(msgspec.Struct, frozen=True, kw_only=True):
 class Policy:
     """A loaded, validated, compiled policy."""
 
-    def __init__(self, config: Config, source: str, base_dir: Path) -> None:
+    def __init__(
+        self, config: Config, source: str, base_dir: Path, *, import_guards_from_dir: bool = False
+    ) -> None:
         self.config = config
         self.source = source
         self.base_dir = base_dir
         canonical = msgspec.json.encode(msgspec.to_builtins(config), order="sorted")
         self.digest = hashlib.sha256(canonical).hexdigest()
         _check_guards(config)
-        _make_importable(base_dir)
+        if import_guards_from_dir:
+            _make_importable(base_dir)
         self.guards: dict[str, CompiledGuard] = compile_guards(config.guard, config.guards)
         self.limits: list[CompiledLimit] = [
             _compile_limit(p, spec) for p, spec in config.limits.items()
@@ -136,9 +139,17 @@ def _most_specific(table: dict[str, Any], labels: Sequence[str]) -> str | None:
 
 
 def load_policy(source: str | Path | dict[str, Any] | Config) -> Policy:
-    """Load and compile a policy from a TOML/JSON file, a dict or a Config."""
+    """Load and compile a policy from a TOML/JSON file, a dict or a Config.
+
+    A file is TOML unless its name ends in ``.json``. Guard callables resolve
+    through the normal import system; for a file, its directory and that
+    directory's parent are put first on ``sys.path`` (see ``_make_importable``).
+    A dict or Config resolves relative paths against the working directory and
+    leaves ``sys.path`` alone.
+    """
     if isinstance(source, Config):
-        return _build(source, "<config>", Path.cwd())
+        # A hand-built Config skipped msgspec's type checks: decode it again strictly.
+        return _build(_convert(msgspec.to_builtins(source), ""), "<config>", Path.cwd())
     if isinstance(source, dict):
         return _build(_convert(source, ""), "<dict>", Path.cwd())
     path = Path(source)
@@ -155,10 +166,15 @@ def load_policy(source: str | Path | dict[str, Any] | Config) -> Policy:
         raise PolicyError(f"not UTF-8 (byte {exc.start})", file=name) from None
     data: Any
     if path.suffix.lower() == ".json":
+        # The stdlib parser rather than msgspec.json: its errors carry line and column.
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
         except json.JSONDecodeError as exc:
             raise PolicyError(f"invalid JSON: {exc}", file=name) from None
+        except _DuplicateKey as exc:
+            raise PolicyError(
+                f"invalid JSON: duplicate key {exc.args[0]!r} (TOML refuses these too)", file=name
+            ) from None
     else:
         try:
             data = tomllib.loads(text)
@@ -167,9 +183,23 @@ def load_policy(source: str | Path | dict[str, Any] | Config) -> Policy:
     if not isinstance(data, dict):
         raise PolicyError("the top level must be a table/object", file=name)
     try:
-        return _build(_convert(data, name), name, path.resolve().parent)
+        return _build(_convert(data, name), name, path.resolve().parent, from_file=True)
     except PolicyError as exc:
         raise exc.located(file=name) from None
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads keeps the last of two equal keys silently; a policy must not."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
 
 
 _PATH_PART = re.compile(
@@ -229,9 +259,9 @@ def _decode(data: Any, spec_type: type[Any], file: str, prefix: str) -> Any:
         raise PolicyError(reason, key=full, file=file) from None
 
 
-def _build(config: Config, source: str, base_dir: Path) -> Policy:
+def _build(config: Config, source: str, base_dir: Path, *, from_file: bool = False) -> Policy:
     config = _resolve_paths(config, base_dir)
-    return Policy(config, source, base_dir)
+    return Policy(config, source, base_dir, import_guards_from_dir=from_file)
 
 
 def _resolve_paths(config: Config, base_dir: Path) -> Config:
@@ -247,6 +277,10 @@ def _resolve_paths(config: Config, base_dir: Path) -> Config:
 
 def _make_importable(base_dir: Path) -> None:
     """Guard modules resolve next to the policy file and from its parent, like a script's.
+
+    The parent is there so that ``examples/guardpool.toml`` can name
+    ``examples.guards:check_shell`` (a package beside the policy's directory)
+    whatever the working directory.
 
     The entries stay on ``sys.path`` so that the worker zygote, which starts
     with the host's ``sys.path``, imports guards from the same place the
@@ -351,6 +385,17 @@ def _money_micros(value: str | int | None, key: str) -> int | None:
         raise PolicyError(str(exc), key=key) from None
 
 
+def _check_dimensions(dimensions: dict[str, int], key: str) -> None:
+    for name, value in dimensions.items():
+        if name in _CORE_DIMENSIONS or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            raise PolicyError(
+                f"custom dimension {name!r} must be lower_snake_case and not one of "
+                f"{', '.join(_CORE_DIMENSIONS)}",
+                key=f"{key}.dimensions",
+            )
+        _positive(value, f"{key}.dimensions.{name}", zero_ok=True)
+
+
 def _compile_limit(pattern: str, spec: LimitSpec) -> CompiledLimit:
     key = _checked_key("limits", pattern)
     dims: dict[str, int] = {}
@@ -362,15 +407,8 @@ def _compile_limit(pattern: str, spec: LimitSpec) -> CompiledLimit:
     cost = _money_micros(spec.cost, f"{key}.cost")
     if cost is not None:
         dims["cost"] = cost
-    for name, value in spec.dimensions.items():
-        if name in _CORE_DIMENSIONS or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-            raise PolicyError(
-                f"custom dimension {name!r} must be lower_snake_case and not one of "
-                f"{', '.join(_CORE_DIMENSIONS)}",
-                key=f"{key}.dimensions",
-            )
-        _positive(value, f"{key}.dimensions.{name}", zero_ok=True)
-        dims[name] = value
+    _check_dimensions(spec.dimensions, key)
+    dims.update(spec.dimensions)
     if not dims:
         raise PolicyError(
             "a limit needs at least one of calls, tokens, cost, wall_ms or dimensions", key=key
@@ -382,12 +420,16 @@ def _compile_limit(pattern: str, spec: LimitSpec) -> CompiledLimit:
             window_ms = parse_duration_ms(spec.window)
         except ValueError as exc:
             raise PolicyError(f'{exc} or "run"', key=f"{key}.window") from None
-    for field in ("warn_at", "margin"):
-        value = getattr(spec, field)
-        if value is not None and not 0 <= value <= 1:
-            raise PolicyError(
-                f"must be a fraction between 0 and 1, not {value}", key=f"{key}.{field}"
-            )
+    # warn_at = 0 would warn on every operation (None switches warnings off);
+    # margin = 0 is meaningful: no safety margin, only `used + reserved < limit`.
+    if spec.warn_at is not None and not 0 < spec.warn_at <= 1:
+        raise PolicyError(
+            f"must be a fraction with 0 < warn_at <= 1, not {spec.warn_at}", key=f"{key}.warn_at"
+        )
+    if not 0 <= spec.margin <= 1:
+        raise PolicyError(
+            f"must be a fraction with 0 <= margin <= 1, not {spec.margin}", key=f"{key}.margin"
+        )
     return CompiledLimit(
         pattern=pattern,
         dimensions=dims,
@@ -405,6 +447,7 @@ def _compile_estimate(pattern: str, spec: EstimateSpec) -> Usage:
     key = _checked_key("estimates", pattern)
     for name in ("tokens", "input_tokens", "output_tokens", "wall_ms"):
         _positive(getattr(spec, name), f"{key}.{name}", zero_ok=True)
+    _check_dimensions(spec.dimensions, key)
     cost = _money_micros(spec.cost, f"{key}.cost")
     return Usage(
         tokens=spec.tokens,

@@ -8,11 +8,16 @@ rewrite hint where one exists.
 
 A bank of patterns is compiled into one ``re2.Set`` and matched in a single
 pass over the input bytes; each pattern is also compiled on its own first, to
-validate it and to report its program size (``guardpool lint``).
+validate it with a precise reason and to report its program size
+(``guardpool lint``).
+
+``re2`` ships without type information; this module is the typed wrapper the
+rest of guardpool goes through.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,36 +27,37 @@ from guardpool.policy.errors import PolicyError
 
 DEFAULT_MAX_MEM = 8 << 20
 
-# (substring of the pattern or RE2's message, hint). First match wins.
-_HINTS: tuple[tuple[str, str], ...] = (
+_NO_BACKTRACKING = "RE2 never backtracks, so atomic and possessive forms are unnecessary"
+_NO_BACKREFERENCES = (
+    "RE2 has no backreferences: match the repeated text explicitly, or use a callable guard"
+)
+
+# RE2 reports the offending fragment after the last ": " of its message
+# ("invalid perl operator: (?="); hints are keyed on that fragment's start, so a
+# hint always speaks about the construct RE2 actually refused.
+_FRAGMENT_HINTS: tuple[tuple[str, str], ...] = (
     ("\\Z", "RE2 spells end-of-text '\\z' (lowercase); '\\Z' is Python-only"),
     (
         "(?=",
-        "RE2 has no lookahead: split the check into deny_regex and require_regex, "
-        "or use a callable guard",
+        "RE2 has no lookaround (no lookahead): split the check into deny_regex and "
+        "require_regex, or use a callable guard",
     ),
     (
         "(?!",
-        "RE2 has no negative lookahead: use require_regex for the positive case, "
-        "or a callable guard",
-    ),
-    ("(?<=", "RE2 has no lookbehind: match the preceding text explicitly, or use a callable guard"),
-    ("(?<!", "RE2 has no negative lookbehind: use a callable guard"),
-    ("(?>", "drop the atomic group: RE2 never backtracks, so it is unnecessary"),
-    ("*+", "drop the possessive '+': RE2 never backtracks, so it is unnecessary"),
-    ("++", "drop the possessive '+': RE2 never backtracks, so it is unnecessary"),
-    ("?+", "drop the possessive '+': RE2 never backtracks, so it is unnecessary"),
-    (
-        "invalid repetition size",
-        "RE2 allows at most {1000} repetitions: use a smaller bound, "
-        "or '+'/'*' if any length will do",
+        "RE2 has no lookaround (no negative lookahead): split the check into deny_regex and "
+        "require_regex, or use a callable guard",
     ),
     (
-        "pattern too large",
-        "the compiled program exceeds regex_max_mem: simplify the "
-        "pattern or raise [guards] regex_max_mem",
+        "(?<=",
+        "RE2 has no lookaround (no lookbehind): match the preceding text explicitly, "
+        "or use a callable guard",
     ),
+    ("(?<!", "RE2 has no lookaround (no negative lookbehind): use a callable guard"),
+    ("(?>", f"drop the atomic group '(?>...)' -> '(?:...)': {_NO_BACKTRACKING}"),
+    ("(?P=", _NO_BACKREFERENCES),
 )
+_BACKREFERENCE = re.compile(r"^\\[1-9]")
+_REPETITION = re.compile(r"^\{(\d*)(?:,(\d*))?\}$")
 
 
 def _options(max_mem: int) -> Any:
@@ -62,11 +68,35 @@ def _options(max_mem: int) -> Any:
 
 
 def _hint(pattern: str, message: str) -> str:
-    for needle, hint in _HINTS:
-        if needle in pattern or needle in message:
+    fragment = message.rpartition(": ")[2]
+    for start, hint in _FRAGMENT_HINTS:
+        if fragment.startswith(start):
             return hint
-    if any(f"\\{d}" in pattern for d in "123456789"):
-        return "RE2 has no backreferences: match the repeated text explicitly, or use a callable"
+    # RE2 cuts a named backreference's fragment to "(?P".
+    if fragment == "(?P" and "(?P=" in pattern:
+        return _NO_BACKREFERENCES
+    if message.startswith("bad repetition operator") and fragment.endswith("+"):
+        return f"drop the possessive '+' ({fragment!r} -> {fragment[:-1]!r}): {_NO_BACKTRACKING}"
+    if _BACKREFERENCE.match(fragment):
+        return _NO_BACKREFERENCES
+    if message.startswith("invalid repetition size"):
+        bounds = _REPETITION.match(fragment)
+        if (
+            bounds
+            and bounds.group(2)
+            and bounds.group(1)
+            and int(bounds.group(2)) < int(bounds.group(1))
+        ):
+            return "the upper bound of '{m,n}' must not be below the lower one"
+        return (
+            "RE2 allows at most 1000 repetitions, nested repeats multiplied: use a "
+            "smaller bound, or '+'/'*' if any length will do"
+        )
+    if message.startswith("pattern too large"):
+        return (
+            "the compiled program exceeds [guards] regex_max_mem: simplify the pattern "
+            "or raise regex_max_mem"
+        )
     return ""
 
 
@@ -79,7 +109,10 @@ def rejection(pattern: str, exc: Exception) -> str:
 
 
 def compile_pattern(pattern: str, max_mem: int = DEFAULT_MAX_MEM) -> Any:
-    """One RE2 pattern (for ``ctx.regex``); raises ValueError with RE2's reason."""
+    """One RE2 pattern (for ``ctx.regex``); raises ValueError with RE2's reason and a hint.
+
+    The result is re2's ``re``-like object (``search``, ``match``, ``sub``, ...).
+    """
     try:
         return re2.compile(pattern, _options(max_mem))
     except re2.error as exc:
@@ -87,7 +120,11 @@ def compile_pattern(pattern: str, max_mem: int = DEFAULT_MAX_MEM) -> Any:
 
 
 class RegexBank:
-    """Patterns matched together in one pass over the input's bytes."""
+    """Patterns matched together in one pass over the input's bytes.
+
+    A rejected pattern raises PolicyError with key ``[index]``; the caller
+    prefixes the rest of the key path (``guard[1].deny_regex``).
+    """
 
     def __init__(self, patterns: Sequence[str], max_mem: int = DEFAULT_MAX_MEM) -> None:
         self.patterns = tuple(patterns)
@@ -98,6 +135,8 @@ class RegexBank:
             except re2.error as exc:
                 raise PolicyError(rejection(pattern, exc), key=f"[{index}]") from None
             self._sizes.append(int(compiled.programsize))
+        # Each pattern compiled alone, but the Set (one automaton for all of
+        # them) can still exceed max_mem; RE2 gives no reason beyond that.
         self._set = re2.Set.SearchSet(_options(max_mem))
         for pattern in self.patterns:
             self._set.Add(pattern.encode("utf-8"))
@@ -106,45 +145,73 @@ class RegexBank:
                 self._set.Compile()
             except re2.error:
                 raise PolicyError(
-                    f"the bank of {len(self.patterns)} patterns exceeds regex_max_mem {max_mem}"
+                    f"the bank of {len(self.patterns)} patterns together exceeds "
+                    f"regex_max_mem ({max_mem} bytes): split it across guards or raise "
+                    "[guards] regex_max_mem"
                 ) from None
 
     def first_match(self, data: bytes) -> int | None:
         """Index of the lowest-numbered matching pattern, or None."""
         if not self.patterns:
             return None
-        hits = self._set.Match(data)
+        hits: list[int] | None = self._set.Match(data)
         return min(hits) if hits else None
 
     def program_sizes(self) -> list[int]:
+        """RE2 program size of each pattern compiled alone (a cost measure for lint)."""
         return list(self._sizes)
 
 
+_ASCII_ONLY = {
+    "w": "'\\w' is ASCII-only in RE2 (Python re matches any Unicode letter or digit): "
+    "use [\\pL\\pN_] for Unicode words",
+    "W": "'\\W' matches every non-ASCII character in RE2, letters included (Python re: "
+    "only non-word characters): use [^\\pL\\pN_]",
+    "d": "'\\d' is ASCII-only in RE2 (Python re matches any Unicode digit): use \\pN or \\p{Nd}",
+    "D": "'\\D' matches non-ASCII digits in RE2 (Python re does not): use \\P{Nd}",
+    "s": "'\\s' is ASCII-only in RE2: it does not match non-breaking or other Unicode "
+    "spaces; use [\\s\\p{Z}]",
+    "S": "'\\S' matches Unicode spaces in RE2 (Python re does not): use [^\\s\\p{Z}]",
+    "b": "'\\b' uses ASCII word characters in RE2: a boundary next to 'é' differs from Python re",
+    "B": "'\\B' uses ASCII word characters in RE2: a non-boundary next to 'é' differs from "
+    "Python re",
+}
+_DOLLAR = (
+    "'$' matches only at the very end of the text in RE2 (Python re also matches before a "
+    "final newline): use '\\n?$' if a trailing newline must be tolerated, or '\\z' to be explicit"
+)
+_MULTILINE_FLAG = re.compile(r"\(\?[A-Za-z]*m")
+
+
 def re_semantic_warnings(pattern: str) -> list[str]:
-    """Where this pattern means something different under RE2 than under Python ``re``."""
-    warnings = []
-    for token, meaning in (
-        (
-            "\\w",
-            "'\\w' is ASCII-only in RE2 (Python re matches any Unicode letter): use "
-            "[\\pL\\pN_] for Unicode words",
-        ),
-        (
-            "\\d",
-            "'\\d' is ASCII-only in RE2 (Python re matches any Unicode digit): use \\pN "
-            "for Unicode digits",
-        ),
-        ("\\b", "'\\b' uses ASCII word characters in RE2: a boundary next to 'é' differs"),
-        (
-            "\\s",
-            "'\\s' is ASCII-only in RE2: it does not match non-breaking or other Unicode spaces",
-        ),
-    ):
-        if token in pattern:
-            warnings.append(meaning)
-    if pattern.endswith("$") and not pattern.endswith("\\$"):
-        warnings.append(
-            "'$' matches only at the very end in RE2 (Python re also matches before a final "
-            "newline): use '\\n?$' if a trailing newline must be tolerated"
-        )
+    """Where ``pattern`` means something different under RE2 than under Python ``re``.
+
+    The pattern is scanned escape by escape, so ``\\\\w`` (a literal backslash
+    then ``w``) and ``[$]`` are not reported. One warning per construct.
+    """
+    escapes: list[str] = []
+    bare_dollar = False
+    in_class = False
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\" and i + 1 < len(pattern):
+            escapes.append(pattern[i + 1])
+            i += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+            # A ']' first in a class is a literal, not the end of the class.
+            if pattern.startswith("]", i + 1) or pattern.startswith("^]", i + 1):
+                i += 2 if pattern[i + 1] == "]" else 3
+                continue
+        elif char == "$":
+            bare_dollar = True
+        i += 1
+    warnings = [text for letter, text in _ASCII_ONLY.items() if letter in escapes]
+    # With (?m), '$' means "before any newline or at the end" in both engines.
+    if bare_dollar and not _MULTILINE_FLAG.search(pattern):
+        warnings.append(_DOLLAR)
     return warnings
