@@ -65,9 +65,16 @@ def matches_any(pattern: str, labels: Iterable[str]) -> bool:
 
 
 def specificity(pattern: str) -> tuple[int, int]:
-    """Sort key: more literal segments first, then fewer wildcards (most specific wins)."""
+    """Sort key for "most specific wins" (estimates, prices): higher is more specific.
+
+    Deeper patterns first (segments counted without a trailing ``*``, which adds
+    nothing: ``exe:llm:*`` matches what ``exe:llm`` matches), then at equal
+    depth more literal segments (exact beats wildcard). So for
+    ``exe:llm:gpt-4o``: ``exe:llm:gpt-4o`` > ``exe:*:gpt-4o`` > ``exe:llm`` > ``*``.
+    """
     if pattern == "*":
         return (0, 0)
     segs = pattern.split(":")
-    literal = sum(1 for s in segs if s != "*")
-    return (literal, -sum(1 for s in segs if s == "*"))
+    if segs[-1] == "*":
+        segs.pop()
+    return (len(segs), sum(1 for s in segs if s != "*"))
