@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from guardpool import PolicyError, Usage, Verdict
+from guardpool.policy.config import Config, LimitSpec, PoolConfig
 from guardpool.policy.loader import load_policy
 
 KEY = {"name": "k", "deny_regex": ["AKIA[0-9A-Z]{16}"]}
@@ -104,6 +106,48 @@ KEY = {"name": "k", "deny_regex": ["AKIA[0-9A-Z]{16}"]}
             "Invalid enum value",
         ),
         ({"store": {"backend": "redis"}}, "store.url", "needs url"),
+        ({"limits": {"x": {"calls": 1, "warn_at": 0}}}, 'limits."x".warn_at', "0 < warn_at"),
+        ({"limits": {"x": {"calls": 1, "margin": -0.1}}}, 'limits."x".margin', "0 <= margin"),
+        (
+            {"limits": {"x": {"calls": 1, "window": "60"}}},
+            'limits."x".window',
+            'like "250ms", "60s", "5m", "1h" or "24h" or "run"',
+        ),
+        (
+            {"limits": {"x": {"calls": 1, "scope": "team"}}},
+            'limits."x".scope',
+            "Invalid enum value 'team'",
+        ),
+        ({"limits": {"x": {"calls": 1.5}}}, 'limits."x".calls', "got `float`"),
+        ({"limits": {"x": {"dimensions": {"rows": -1}}}}, 'limits."x".dimensions.rows', ">= 0"),
+        ({"limits": {"x": {"dimensions": {"cost": 1}}}}, 'limits."x".dimensions', "not one of"),
+        ({"prices": {"x": {"per_call": 0.01}}}, 'prices."x".per_call', "not a float"),
+        ({"prices": {"x": {"input_per_mtok": "$-2"}}}, 'prices."x".input_per_mtok', "bad money"),
+        ({"prices": {"a b": {"per_call": "$1"}}}, 'prices."a b"', "bad label pattern"),
+        ({"estimates": {"x": {"tokens": -5}}}, 'estimates."x".tokens', "must be >= 0"),
+        ({"estimates": {"x": {"dimensions": {"Rows": 1}}}}, 'estimates."x".dimensions', "snake"),
+        ({"estimates": {"x": {"tokenz": 5}}}, 'estimates."x".tokenz', "unknown key 'tokenz'"),
+        (
+            {"guard": [{"name": "a", "call": "os:getcwd", "timeout_ms": 0}]},
+            "guard[0].timeout_ms",
+            "> 0",
+        ),
+        ({"guard": [{"name": " ", "call": "os:getcwd"}]}, "guard[0].name", "needs a name"),
+        ({"guard": [{"name": "a", "call": "os.getcwd"}]}, "guard[0].call", "'module:function'"),
+        (
+            {"guard": [{"name": "a", "call": "os:getcwd", "ops": []}]},
+            "guard[0].ops",
+            "at least one",
+        ),
+        ({"guard": [{"call": "os:getcwd"}]}, "guard[0]", "missing required field `name`"),
+        ({"guard": {"name": "a"}}, "guard", "Expected `array`, got `object`"),
+        ({"guards": {"regex_max_mem": 0}}, "guards.regex_max_mem", "> 0"),
+        ({"store": {"op_timeout_ms": -1}}, "store.op_timeout_ms", "> 0"),
+        ({"store": {"backend": "postgres"}}, "store.backend", "Invalid enum value"),
+        ({"audit": {"capture_input": "yes"}}, "audit.capture_input", "Expected `bool`"),
+        ({"pool": {"hardening": "paranoid"}}, "pool.hardening", "Invalid enum value"),
+        ({"pool": {"max_input_bytes": -1}}, "pool.max_input_bytes", "> 0"),
+        ({"colour": "blue"}, "colour", "unknown key 'colour'"),
     ],
 )
 def test_every_bad_config_names_its_key(config: dict[str, Any], key: str, reason: str) -> None:
@@ -205,3 +249,218 @@ def test_most_specific_estimate_and_price_win() -> None:
     assert price.cost_micros(Usage(input_tokens=1000, output_tokens=1000)) == 12_500
     assert price.cost_micros(Usage(tokens=1000)) == 10_000  # all at the output rate
     assert price.cost_micros(Usage()) is None
+
+
+def test_json_errors_carry_line_and_duplicate_keys_are_refused(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text('{\n  "pool": {"workers": 2,}\n}\n')
+    with pytest.raises(PolicyError) as err:
+        load_policy(broken)
+    assert err.value.file == str(broken) and "line 2" in err.value.reason
+    twice = tmp_path / "twice.json"
+    twice.write_text('{"limits": {"x": {"calls": 1, "calls": 100}}}')
+    with pytest.raises(PolicyError, match="duplicate key 'calls'"):
+        load_policy(twice)
+    top = tmp_path / "list.json"
+    top.write_text("[1, 2]")
+    with pytest.raises(PolicyError, match="top level must be a table"):
+        load_policy(top)
+
+
+def test_toml_errors_carry_line_and_column(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[pool]\nworkers = 2\nworkers = 3\n")
+    with pytest.raises(PolicyError) as err:
+        load_policy(bad)
+    assert err.value.file == str(bad) and "line 3" in err.value.reason
+
+
+def test_file_errors_keep_the_key_path(tmp_path: Path) -> None:
+    bad = tmp_path / "p.toml"
+    bad.write_text("[[guard]]\nname = \"a\"\ndeny_regex = ['ok', '(a)\\1']\n")
+    with pytest.raises(PolicyError) as err:
+        load_policy(bad)
+    assert str(err.value).startswith(f"{bad}: guard[0].deny_regex[1]: guard 'a': RE2 rejects")
+
+
+def test_a_hand_built_config_is_checked_like_a_file() -> None:
+    config = Config(pool=PoolConfig(workers="2"))  # type: ignore[arg-type]
+    with pytest.raises(PolicyError) as err:
+        load_policy(config)
+    assert err.value.key == "pool.workers" and "got `str`" in err.value.reason
+    good = load_policy(Config(limits={"x": LimitSpec(calls=1)}))
+    assert good.source == "<config>" and good.limits[0].dimensions == {"calls": 1}
+
+
+def test_limits_compile_to_integer_units() -> None:
+    policy = load_policy(
+        {
+            "limits": {
+                "exe:llm:*": {"calls": 100, "tokens": 200_000, "cost": "$5.00", "wall_ms": 600_000},
+                "op:cmd:*": {"calls": 200, "window": "24h", "scope": "principal"},
+                "db:*": {"dimensions": {"rows": 1000}, "enforcement": "post-hoc"},
+                "whole": {"cost": 3, "margin": 0, "warn_at": None, "on_exceed": "warn"},
+            }
+        }
+    )
+    llm, cmd, db, whole = policy.limits
+    assert llm.dimensions == {
+        "calls": 100,
+        "tokens": 200_000,
+        "wall_ms": 600_000,
+        "cost": 5_000_000,
+    }
+    assert (llm.window, llm.window_ms, llm.scope, llm.warn_at, llm.margin) == (
+        "run",
+        0,
+        "run",
+        0.8,
+        0.05,
+    )
+    assert (cmd.window_ms, cmd.scope) == (86_400_000, "principal")
+    assert db.dimensions == {"rows": 1000} and db.enforcement == "post-hoc"
+    # an integer cost is whole currency units; margin 0 and warn_at None switch those off
+    assert whole.dimensions == {"cost": 3_000_000}
+    assert (whole.margin, whole.warn_at, whole.on_exceed) == (0, None, "warn")
+    assert all(isinstance(v, int) for lim in policy.limits for v in lim.dimensions.values())
+
+
+def test_limits_and_guards_are_selected_by_label_in_config_order() -> None:
+    policy = load_policy(
+        {
+            "guard": [
+                {"name": "all", "deny_regex": ["x"]},
+                {"name": "cmd", "ops": ["op:cmd:*"], "call": "os:getcwd"},
+                {"name": "llm-out", "phase": "after", "ops": ["exe:llm"], "deny_regex": ["y"]},
+                {"name": "git", "ops": ["op:net:w", "op:cmd:git"], "deny_regex": ["z"]},
+            ],
+            "limits": {
+                "op:cmd:*": {"calls": 1},
+                "op:cmd:git:push": {"calls": 2},
+                "*": {"calls": 9},
+            },
+        }
+    )
+    assert list(policy.guards) == ["all", "cmd", "llm-out", "git"]
+    names = [g.spec.name for g in policy.guards_for(["op:cmd:git:push"], "before")]
+    assert names == ["all", "cmd", "git"]
+    assert [g.spec.name for g in policy.guards_for(["exe:llm:gpt-4o"], "after")] == ["llm-out"]
+    assert [g.spec.name for g in policy.guards_for(["op:net:w"], "before")] == ["all", "git"]
+    assert [lim.pattern for lim in policy.limits_for(["op:cmd:git:push"])] == [
+        "op:cmd:*",
+        "op:cmd:git:push",
+        "*",
+    ]
+    assert [lim.pattern for lim in policy.limits_for(["exe:llm:x"])] == ["*"]
+    assert policy.guards["cmd"].kind == "callable" and policy.guards["all"].kind == "regex"
+
+
+def test_guard_specs_resolve_their_defaults() -> None:
+    policy = load_policy(
+        {
+            "guards": {"timeout_ms": 700, "on_timeout": "allow", "on_error": "allow"},
+            "guard": [
+                {"name": "advisory", "call": "os:getcwd"},
+                {
+                    "name": "strict",
+                    "call": "os:getcwd",
+                    "timeout_ms": 50,
+                    "on_timeout": "deny",
+                    "on_error": "deny",
+                    "privileged": True,
+                },
+            ],
+        }
+    )
+    advisory, strict = policy.guards["advisory"].spec, policy.guards["strict"].spec
+    assert (advisory.timeout_ms, advisory.on_timeout, advisory.on_error) == (700, "allow", "allow")
+    assert (strict.timeout_ms, strict.on_timeout, strict.on_error) == (50, "deny", "deny")
+
+
+def test_regex_guard_input_encoding_and_default_reasons() -> None:
+    policy = load_policy(
+        {
+            "guard": [
+                {"name": "keys", "deny_regex": ["nothing", "AKIA[0-9A-Z]{16}"]},
+                {"name": "shape", "require_regex": ['^\\{"a":"x","b":\\[1,2\\]\\}$']},
+            ]
+        }
+    )
+    keys, shape = policy.guards["keys"], policy.guards["shape"]
+    ctx: Any = None  # regex guards never touch the context
+    assert keys.evaluate("id AKIAABCDEFGHIJKLMNOP", ctx) == Verdict.deny(
+        "guard keys: deny_regex[1] matched"
+    )
+    # anything that is not str/bytes is matched as canonical JSON: sorted keys, no spaces
+    assert shape.evaluate({"b": [1, 2], "a": "x"}, ctx) == Verdict.allow()
+    assert shape.evaluate({"a": "x"}, ctx) == Verdict.deny("guard shape: no require_regex matched")
+    assert keys.evaluate(["AKIAABCDEFGHIJKLMNOP"], ctx).action == "deny"  # type: ignore[attr-defined]
+    assert keys.evaluate("AKIA" + "é" * 16, ctx) == Verdict.allow()
+
+
+def test_callables_import_from_beside_the_policy_file(tmp_path: Path) -> None:
+    module = f"local_guards_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text(
+        "def deny_all(value, ctx):\n    return False\n\nNOT_CALLABLE = 3\n"
+    )
+    (tmp_path / "p.toml").write_text(f'[[guard]]\nname = "g"\ncall = "{module}:deny_all"\n')
+    policy = load_policy(tmp_path / "p.toml")
+    assert policy.guards["g"].evaluate("x", None) is False  # type: ignore[arg-type]
+    (tmp_path / "q.toml").write_text(f'[[guard]]\nname = "g"\ncall = "{module}:NOT_CALLABLE"\n')
+    with pytest.raises(PolicyError) as err:
+        load_policy(tmp_path / "q.toml")
+    assert (err.value.file, err.value.key) == (str(tmp_path / "q.toml"), "guard[0].call")
+    assert "is not callable" in err.value.reason
+
+
+def test_a_dict_policy_does_not_touch_sys_path() -> None:
+    before = list(sys.path)
+    load_policy({"guard": [{"name": "g", "call": "os:getcwd"}]})
+    assert sys.path == before
+
+
+def test_a_module_that_fails_on_import_is_a_policy_error(tmp_path: Path) -> None:
+    module = f"exits_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text("import sys\nsys.exit(3)\n")
+    (tmp_path / "p.toml").write_text(f'[[guard]]\nname = "g"\ncall = "{module}:f"\n')
+    with pytest.raises(PolicyError) as err:
+        load_policy(tmp_path / "p.toml")
+    assert err.value.key == "guard[0].call" and "cannot import module" in err.value.reason
+
+
+def test_the_digest_follows_content_not_key_order() -> None:
+    a = {"limits": {"x": {"calls": 1}, "y": {"tokens": 2}}}
+    b = {"limits": {"y": {"tokens": 2}, "x": {"calls": 1}}}
+    c = {"limits": {"x": {"calls": 2}, "y": {"tokens": 2}}}
+    digest = load_policy(a).digest
+    assert len(digest) == 64 and digest == load_policy(b).digest != load_policy(c).digest
+
+
+def test_prices_cost_from_tokens() -> None:
+    policy = load_policy(
+        {
+            "prices": {
+                "exe:llm:in-only": {"input_per_mtok": "$3.00"},
+                "exe:tool:search": {"per_call": "$0.005"},
+                "exe:llm:mixed": {
+                    "input_per_mtok": "$0.15",
+                    "output_per_mtok": "$0.60",
+                    "per_call": "$0.001",
+                },
+            }
+        }
+    )
+    in_only, search, mixed = (
+        policy.price_for([label])
+        for label in ("exe:llm:in-only", "exe:tool:search", "exe:llm:mixed")
+    )
+    assert in_only is not None and search is not None and mixed is not None
+    # a missing output rate charges output tokens at the dearest known rate
+    assert in_only.cost_micros(Usage(input_tokens=1000, output_tokens=1000)) == 6_000
+    assert search.cost_micros(Usage()) == 5_000  # per call, no tokens needed
+    assert search.cost_micros(Usage(tokens=10)) == 5_000  # a per-call price ignores tokens
+    assert in_only.cost_micros(Usage()) is None  # nothing to price
+    # 1 token at $0.15/Mtok is 0.15 micro-units: rounded up to 1, never down to 0
+    assert mixed.cost_micros(Usage(input_tokens=1)) == 1_000 + 1
+    assert mixed.cost_micros(Usage(tokens=1_000_000)) == 1_000 + 600_000
+    assert policy.price_for(["exe:llm:other"]) is None

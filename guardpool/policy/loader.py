@@ -58,28 +58,29 @@ class CompiledPrice(msgspec.Struct, frozen=True, kw_only=True):
     per_call: int
 
     def cost_micros(self, usage: Usage) -> int | None:
-        """Cost of ``usage`` from its tokens, rounding up; None when nothing can be priced.
+        """Cost of one operation with ``usage``, in micro-units rounded up; None if unpriceable.
 
-        With only a token total, every token is priced at the output rate (or the
-        input rate if that is all there is): the conservative side.
+        Input and output tokens are priced at their own rates. With only a token
+        total (no split), every token is priced at the dearer rate (the output
+        rate on every real price list), so that an estimate never under-reserves;
+        a split count whose own rate is missing is priced the same way.
+        ``per_call`` is added once. An entry with no token rates prices calls
+        only and ignores token counts.
         """
+        dearest = self._dearest()
         total = Decimal(self.per_call)
         priced = self.per_call > 0
         inp, out = usage.input_tokens, usage.output_tokens
-        if inp is not None or out is not None:
-            for tokens, rate in ((inp, self.input_per_mtok), (out, self.output_per_mtok)):
-                if tokens:
-                    rate = rate if rate is not None else self._dearest()
-                    if rate is None:
-                        return None
-                    total += Decimal(tokens) * rate / _MTOK
-                    priced = True
-        elif usage.tokens is not None:
-            rate = self._dearest()
-            if rate is None:
-                return None
-            total += Decimal(usage.tokens) * rate / _MTOK
-            priced = True
+        pairs: list[tuple[int | None, int | None]] = (
+            [(inp, self.input_per_mtok), (out, self.output_per_mtok)]
+            if inp is not None or out is not None
+            else [(usage.tokens, dearest)]
+        )
+        for tokens, rate in pairs:
+            rate = rate if rate is not None else dearest
+            if tokens is not None and rate is not None:
+                total += Decimal(tokens) * rate / _MTOK
+                priced = True
         if not priced:
             return None
         return int(total.to_integral_value(rounding="ROUND_CEILING"))
