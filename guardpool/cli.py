@@ -39,6 +39,32 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Third-party module -> the optional extra that installs it. A command whose
+# extra is missing prints the install hint and exits 2 instead of a
+# ModuleNotFoundError traceback (a core install used to die that way on `serve`).
+OPTIONAL_MODULES: dict[str, str] = {
+    "uvicorn": "server",
+    "starlette": "server",
+    "httptools": "server",
+    "prometheus_client": "server",
+    "redis": "redis",
+    "hypothesis": "fuzz",
+    "atheris": "fuzz",
+}
+
+
+def missing_extra_hint(command: str, exc: ModuleNotFoundError) -> str | None:
+    """The install hint for a missing optional module, or None for any other import error."""
+    top = (exc.name or "").split(".")[0]
+    extra = OPTIONAL_MODULES.get(top)
+    if extra is None:
+        return None
+    return (
+        f"guardpool {command} needs the {extra} extra (module {top!r} is not installed): "
+        f"pip install 'guardpool[{extra}]'"
+    )
+
+
 class UsageError(Exception):
     """A user mistake on the command line: printed as one line, exit code 2."""
 
@@ -74,7 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     name, rest = argv[0], argv[1:]
     module_name, help_text = COMMANDS[name]
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        hint = missing_extra_hint(name, exc)
+        if hint is None:
+            raise
+        print(f"guardpool {name}: error: {hint}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     parser = argparse.ArgumentParser(prog=f"guardpool {name}", description=help_text)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
@@ -82,6 +115,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         result: int = module.main(args)
+    except ModuleNotFoundError as exc:
+        hint = missing_extra_hint(name, exc)
+        if hint is None:
+            raise
+        print(f"guardpool {name}: error: {hint}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except (UsageError, PolicyError) as exc:
         print(f"guardpool {name}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -14,7 +14,10 @@ def main(args: argparse.Namespace) -> int:
 
     from guardpool.demo.story import main as story
 
-    console = Console(highlight=False, no_color=args.no_color)
+    # None, not False, when the flag is absent: rich then honours NO_COLOR from the
+    # environment (an explicit False overrode it and the demo printed colour anyway).
+    no_color = True if args.no_color else None
+    console = Console(highlight=False, no_color=no_color)
     if not console.is_terminal:
-        console = Console(highlight=False, no_color=args.no_color, width=120)
+        console = Console(highlight=False, no_color=no_color, width=120)
     return story(console)

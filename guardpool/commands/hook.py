@@ -124,13 +124,31 @@ class _Decider:
             )
 
     def _post(self, path: str, body: dict[str, Any]) -> Decision:
-        import httpx
+        # The standard library's client, not httpx: the hook must work on a core
+        # install (httpx sat in the `server` extra, so a core install denied every
+        # tool call with ModuleNotFoundError).
+        import urllib.error
+        import urllib.request
 
-        headers = {"Authorization": f"Bearer {self.args.token}"} if self.args.token else {}
-        r = httpx.post(self.args.server.rstrip("/") + path, json=body, headers=headers, timeout=30)
-        if r.status_code != 200:
-            raise RuntimeError(f"guardpool server answered {r.status_code}: {r.text[:200]}")
-        return msgspec.json.decode(r.content, type=Decision)
+        url = self.args.server.rstrip("/") + path
+        if not url.startswith(("http://", "https://")):
+            raise UsageError(f"--server {self.args.server}: must be an http:// or https:// URL")
+        headers = {"Content-Type": "application/json"}
+        if self.args.token:
+            headers["Authorization"] = f"Bearer {self.args.token}"
+        request = urllib.request.Request(
+            url,
+            data=msgspec.json.encode(body),
+            headers=headers,
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                content = response.read()
+        except urllib.error.HTTPError as exc:
+            text = exc.read()[:200].decode("utf-8", "replace")
+            raise RuntimeError(f"guardpool server answered {exc.code}: {text}") from None
+        return msgspec.json.decode(content, type=Decision)
 
 
 def pre_tool_use(decider: _Decider, payload: dict[str, Any], state: Path) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""The OpenAPI document, generated from the msgspec bodies (and kept in docs/openapi.json)."""
+"""The OpenAPI document, generated from the msgspec bodies (and kept in docs/openapi.json).
+
+Regenerate the checked-in copy with ``python -m guardpool.server.openapi > docs/openapi.json``;
+``tests/test_openapi.py`` fails when the two differ in meaning.
+"""
 
 from __future__ import annotations
 
@@ -94,3 +98,9 @@ def document() -> dict[str, Any]:
 
 def render() -> bytes:
     return msgspec.json.format(msgspec.json.encode(document()), indent=2) + b"\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.buffer.write(render())
