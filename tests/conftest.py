@@ -109,3 +109,25 @@ def redis_url(redis_server: RedisServer) -> str:
 def sqlite_path(tmp_path: Path) -> Path:
     """A database path in a fresh directory (WAL adds -wal and -shm files beside it)."""
     return tmp_path / "budgets.db"
+
+
+class ManualClock:
+    """A store clock (milliseconds) that moves only when a test moves it.
+
+    Stores read time through the clock they are given, so a test advances it
+    instead of sleeping, as the ``limits`` library's tests freeze time.
+    """
+
+    def __init__(self, start_ms: int = 1_700_000_000_000) -> None:
+        self.now_ms = start_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+    def advance(self, ms: int) -> None:
+        self.now_ms += ms
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()

@@ -20,7 +20,7 @@ from guardpool.store.base import ReserveItem
 from guardpool.store.errors import StoreUnavailable
 from guardpool.store.redis import RedisStore
 
-from .conftest import RedisServer
+from .conftest import ManualClock, RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +42,7 @@ RACER = textwrap.dedent(
     granted = 0
     for i in range(n):
         rid = f"{name}-{i}"
-        if store.reserve(rid, items, 60_000).granted:
+        if store.reserve(rid, items, 60_000).ok:
             granted += 1
             store.settle(rid, {})
     print(json.dumps(granted))
@@ -119,18 +119,22 @@ def test_a_crashed_hosts_reservation_expires_and_is_charged(redis_url: str) -> N
         from guardpool.store.redis import RedisStore
         from guardpool.store.base import ReserveItem
         store = RedisStore(SimpleNamespace(url=sys.argv[1], key_prefix="t",
-                                           connect_timeout_ms=2000, op_timeout_ms=2000))
+                                           connect_timeout_ms=2000, op_timeout_ms=2000),
+                           clock=lambda: 1_000_000)
         item = ReserveItem(key="k", dimension="tokens", limit=1000, amount=400)
-        assert store.reserve("crashed", [item], 100).granted
+        assert store.reserve("crashed", [item], 100).ok
         os._exit(9)
         """
     )
     p = subprocess.run([sys.executable, "-c", crasher, redis_url], cwd=ROOT, check=False)
     assert p.returncode == 9
-    store = RedisStore(settings(redis_url))
+    clock = ManualClock(1_000_000)
+    store = RedisStore(settings(redis_url), clock=clock)
     item = ReserveItem(key="k", dimension="tokens", limit=1000, amount=0)
     assert store.states([item])[0].reserved == 400
-    time.sleep(0.3)
+    clock.advance(99)
+    assert store.expire() == ()
+    clock.advance(2)
     assert [e.reservation_id for e in store.expire()] == ["crashed"]
     s = store.states([item])[0]
     assert (s.used, s.reserved) == (400, 0)
@@ -151,7 +155,7 @@ def test_a_killed_server_is_unavailable_then_the_same_store_recovers(
     redis_server: RedisServer, redis_url: str
 ) -> None:
     store = RedisStore(settings(redis_url))
-    assert store.reserve("before", [cost()], 60_000).granted
+    assert store.reserve("before", [cost()], 60_000).ok
     redis_server.stop()
     try:
         start = time.monotonic()
@@ -161,7 +165,7 @@ def test_a_killed_server_is_unavailable_then_the_same_store_recovers(
     finally:
         redis_server.start()
     # A fresh server without persistence: the pool reconnects and the scripts load again.
-    assert store.reserve("after", [cost()], 60_000).granted
+    assert store.reserve("after", [cost()], 60_000).ok
     assert store.states([cost()])[0].reserved == 250_000
     store.close()
 
@@ -170,7 +174,7 @@ def test_a_hung_server_is_unavailable_within_the_timeout(
     redis_server: RedisServer, redis_url: str
 ) -> None:
     store = RedisStore(settings(redis_url, timeout_ms=250))
-    assert store.reserve("before", [cost()], 60_000).granted
+    assert store.reserve("before", [cost()], 60_000).ok
     redis_server.pause()
     try:
         start = time.monotonic()
@@ -179,17 +183,17 @@ def test_a_hung_server_is_unavailable_within_the_timeout(
         assert time.monotonic() - start < 2.0  # a timeout is not retried with backoff
     finally:
         redis_server.resume()
-    assert store.reserve("after", [cost()], 60_000).granted
+    assert store.reserve("after", [cost()], 60_000).ok
     store.close()
 
 
 def test_scripts_flushed_from_the_server_are_loaded_again(redis_url: str) -> None:
     store = RedisStore(settings(redis_url))
-    assert store.reserve("a", [cost()], 60_000).granted
+    assert store.reserve("a", [cost()], 60_000).ok
     client = redis.Redis.from_url(redis_url)
     client.script_flush()
     client.close()
-    assert store.settle("a", {"cost": 100_000}).applied
+    assert store.settle("a", {"cost": 100_000}).ok
     assert store.states([cost()])[0].used == 100_000
     store.close()
 

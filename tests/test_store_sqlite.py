@@ -35,7 +35,7 @@ RACER = textwrap.dedent(
     granted = 0
     for i in range(n):
         rid = f"{name}-{i}"
-        if store.reserve(rid, items, 60_000).granted:
+        if store.reserve(rid, items, 60_000).ok:
             granted += 1
             if i % 2:
                 store.settle(rid, {})
@@ -58,8 +58,8 @@ LOOPER = textwrap.dedent(
     i = 0
     while True:
         rid = f"{name}-{i}"
-        assert store.reserve(rid, items, 3_600_000).granted
-        assert store.settle(rid, {"tokens": 2}).applied
+        assert store.reserve(rid, items, 3_600_000).ok
+        assert store.settle(rid, {"tokens": 2}).ok
         print(rid, flush=True)
         i += 1
     """
@@ -125,8 +125,8 @@ def test_kill_9_mid_transaction_leaves_consistent_counts(sqlite_path: Path) -> N
     assert live <= rounds
     assert settled <= calls.used <= settled + rounds
     # The reopened file goes on working.
-    assert store.reserve("after", [CALLS, TOKENS], 60_000).granted
-    assert store.settle("after", {}).applied
+    assert store.reserve("after", [CALLS, TOKENS], 60_000).ok
+    assert store.settle("after", {}).ok
     assert store.states([CALLS])[0].used == calls.used + 1
     store.close()
 
@@ -143,7 +143,7 @@ def test_a_database_locked_by_another_process_is_unavailable(sqlite_path: Path) 
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    assert store.reserve("a", [CALLS], 60_000).granted  # the lock is gone, so is the error
+    assert store.reserve("a", [CALLS], 60_000).ok  # the lock is gone, so is the error
     store.close()
 
 

@@ -49,7 +49,7 @@ from guardpool.runner.pool import GuardPool, JobResult
 from guardpool.runner.verdicts import GuardResult, Phase, combine, failed_in_host, from_job
 from guardpool.runner.verdicts import from_verdict as verdict_result
 from guardpool.store import open_store
-from guardpool.store.base import BudgetStore, CounterState, Expired, ReserveItem, ReserveResult
+from guardpool.store.base import BudgetStore, CounterState, Expired, ReserveItem, StoreAnswer
 from guardpool.store.errors import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -545,7 +545,7 @@ class _Check(_Scope):
                 return self.finish([f"budget store unavailable: {exc}"], "deny")
             self.events.extend(e._audit_expired(result.expired))
             refusals, warnings = self.read_reservation(planned, result)
-            if not result.granted:
+            if not result.ok:
                 return self.finish(refusals, "deny")
             self.reserved = True
             reasons.extend(warnings)
@@ -563,7 +563,7 @@ class _Check(_Scope):
         return self.finish(reasons, action, value=value, started=started)
 
     def read_reservation(
-        self, planned: list[budget.PlannedItem], result: ReserveResult
+        self, planned: list[budget.PlannedItem], result: StoreAnswer
     ) -> tuple[list[str], list[str]]:
         """Limit statuses, audit events and reasons from the store's answer."""
         refused = set(result.refused)
@@ -592,7 +592,7 @@ class _Check(_Scope):
                 warnings.append(reason)
                 self.events.append(self.event("warning", reason=reason))
                 self.notify_limit("limit_exceeded", p.limit.pattern, state)
-            elif result.granted and budget.crossed_warning(p.item, state, p.limit.warn_at):
+            elif result.ok and budget.crossed_warning(p.item, state, p.limit.warn_at):
                 reason = (
                     f"limit {p.limit.pattern} {p.item.dimension} passed "
                     f"{p.limit.warn_at:.0%} ({state.used + state.reserved} of {state.limit})"
@@ -600,7 +600,7 @@ class _Check(_Scope):
                 self.events.append(self.event("warning", reason=reason))
                 self.notify_limit("limit_warning", p.limit.pattern, state)
         self.limits = tuple(statuses)
-        if result.granted:
+        if result.ok:
             self.events.append(
                 self.event(
                     "reserve",
@@ -742,7 +742,9 @@ class _Settle(_Scope):
             reasons.append(f"budget store unavailable at settle: {exc}")
             effects.append("warn")
             settled = None
-        if settled is not None and settled.applied:
+        if settled is not None:
+            events.extend(e._audit_expired(settled.expired))
+        if settled is not None and settled.ok:
             events.append(self.event("settle", usage=actual))
             for dim, amount in actual.items():
                 estimate = p.estimates.get(dim, 0)

@@ -2,20 +2,44 @@
 
 The enforcer decides *what* to count (which limits match an operation, their
 counter keys, the amounts); a store only keeps the counters, and performs a
-whole multi-counter reservation as one atomic step. Memory, SQLite and Redis
-implement this one protocol and pass one conformance suite.
+whole multi-counter reservation as one atomic step. Every backend implements
+this one protocol and passes one conformance suite
+(``tests/test_store_conformance.py``).
+
+    reserve(id, items, ttl) ──► StoreAnswer(ok=granted, states, refused, expired)
+    settle(id, actual)      ──► StoreAnswer(ok=applied, states, expired)
+    release(id)             ──► bool
+
+Time: a store reads "now" from a ``Clock`` it is given (milliseconds), so tests
+move time forward instead of sleeping. The default is the wall clock, which
+processes sharing a file agree on; Redis without a clock uses the server's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import msgspec
 
+# Milliseconds since some fixed origin; only differences matter to a store.
+Clock = Callable[[], int]
+
+
+def wall_clock_ms() -> int:
+    """The default clock: shared by every process on the machine (SQLite, memory)."""
+    return time.time_ns() // 1_000_000
+
 
 class ReserveItem(msgspec.Struct, frozen=True, kw_only=True):
-    """One counter touched by a reservation."""
+    """One counter touched by a reservation.
+
+    ``headroom`` is demanded free but not reserved (the no-estimate safety
+    margin); ``check=False`` records the item without ever refusing on it
+    (post-hoc and warn-only limits); ``window_ms == 0`` counts for the
+    counter's lifetime, otherwise over the last ``window_ms``.
+    """
 
     key: str
     dimension: str
@@ -35,32 +59,41 @@ class CounterState(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Expired(msgspec.Struct, frozen=True, kw_only=True):
-    """A reservation whose TTL passed; it was charged at its estimate."""
+    """A reservation whose TTL passed; it was charged at its estimate.
+
+    ``charged`` is the largest estimate per dimension (a reservation over two
+    limits charges each of them; the figure is what one operation cost).
+    """
 
     reservation_id: str
     charged: dict[str, int]
 
 
-class ReserveResult(msgspec.Struct, frozen=True, kw_only=True):
-    """States are after the reservation when granted, as found when refused."""
+class StoreAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer of reserve and of settle: one shape for both.
 
-    granted: bool
-    states: tuple[CounterState, ...]
+    - ``ok``: reserve — granted; settle — applied (False when the reservation
+      is unknown, already settled, released or expired: nothing changed).
+    - ``states``: one per item of the reservation, in item order. After the
+      step when it changed counters; as found otherwise (a refusal, a settle
+      that did not apply).
+    - ``refused``: indexes of the items that refused (reserve only).
+    - ``expired``: other reservations this step found overdue and charged at
+      their estimate; the caller audits them.
+    """
+
+    ok: bool
+    states: tuple[CounterState, ...] = ()
     refused: tuple[int, ...] = ()
     expired: tuple[Expired, ...] = ()
-
-
-class SettleResult(msgspec.Struct, frozen=True, kw_only=True):
-    applied: bool
-    states: tuple[CounterState, ...] = ()
 
 
 class BudgetStore(Protocol):
     def reserve(
         self, reservation_id: str, items: Sequence[ReserveItem], ttl_ms: int
-    ) -> ReserveResult: ...
+    ) -> StoreAnswer: ...
 
-    def settle(self, reservation_id: str, actual: Mapping[str, int]) -> SettleResult: ...
+    def settle(self, reservation_id: str, actual: Mapping[str, int]) -> StoreAnswer: ...
 
     def release(self, reservation_id: str) -> bool: ...
 
@@ -72,7 +105,7 @@ class BudgetStore(Protocol):
 
 
 def refuses(item: ReserveItem, used: int, reserved: int) -> bool:
-    """The grant rule for one checked item.
+    """The grant rule for one item, written once (``lua/common.lua`` has its Lua twin).
 
     ``used + reserved < limit`` makes a counter that stands at its limit refuse
     the next operation even when that operation carries no estimate.

@@ -15,14 +15,7 @@ from typing import Literal, Protocol
 
 import msgspec
 
-from guardpool.store.base import (
-    CounterState,
-    Expired,
-    ReserveItem,
-    ReserveResult,
-    SettleResult,
-    refuses,
-)
+from guardpool.store.base import CounterState, Expired, ReserveItem, StoreAnswer, refuses
 
 State = Literal["live", "settled", "released", "expired", "refused"]
 
@@ -32,11 +25,11 @@ class Reservation(msgspec.Struct, kw_only=True):
     state: State
     deadline_ms: int
     items: tuple[ReserveItem, ...]
-    result: ReserveResult
+    result: StoreAnswer  # the reserve's answer, repeated to a retry
 
 
 class Transaction(Protocol):
-    now_ms: int
+    now_ms: int  # the store's clock, read once when the transaction began
 
     def counter(self, item: ReserveItem) -> tuple[int, int]:
         """(used, reserved) of one counter, in one read."""
@@ -78,7 +71,7 @@ def expire(tx: Transaction) -> tuple[Expired, ...]:
 
 def reserve(
     tx: Transaction, reservation_id: str, items: Sequence[ReserveItem], ttl_ms: int
-) -> ReserveResult:
+) -> StoreAnswer:
     previous = tx.get(reservation_id)
     if previous is not None:  # a retried request: same answer, no second reservation
         return previous.result
@@ -90,9 +83,7 @@ def reserve(
         if refuses(item, s.used, s.reserved)
     )
     if refused:
-        result = ReserveResult(
-            granted=False, states=tuple(before), refused=refused, expired=expired
-        )
+        result = StoreAnswer(ok=False, states=tuple(before), refused=refused, expired=expired)
         state: State = "refused"
     else:
         added: dict[tuple[str, str], int] = {}
@@ -105,7 +96,7 @@ def reserve(
             msgspec.structs.replace(s, reserved=s.reserved + added[(s.key, s.dimension)])
             for s in before
         )
-        result = ReserveResult(granted=True, states=after, expired=expired)
+        result = StoreAnswer(ok=True, states=after, expired=expired)
         state = "live"
     tx.put(
         Reservation(
@@ -119,12 +110,12 @@ def reserve(
     return result
 
 
-def settle(tx: Transaction, reservation_id: str, actual: Mapping[str, int]) -> SettleResult:
-    expire(tx)
+def settle(tx: Transaction, reservation_id: str, actual: Mapping[str, int]) -> StoreAnswer:
+    expired = expire(tx)
     r = tx.get(reservation_id)
     if r is None or r.state != "live":
         current = tuple(state_of(tx, i) for i in r.items) if r is not None else ()
-        return SettleResult(applied=False, states=current)
+        return StoreAnswer(ok=False, states=current, expired=expired)
     states: list[CounterState] = []
     for item in r.items:
         used, reserved = tx.settle_item(item, actual.get(item.dimension, item.amount))
@@ -139,7 +130,7 @@ def settle(tx: Transaction, reservation_id: str, actual: Mapping[str, int]) -> S
         )
     r.state = "settled"
     tx.put(r)
-    return SettleResult(applied=True, states=tuple(states))
+    return StoreAnswer(ok=True, states=tuple(states), expired=expired)
 
 
 def release(tx: Transaction, reservation_id: str) -> bool:

@@ -1,26 +1,34 @@
 """Counters in this process's memory: exact under threads (one lock), gone at exit.
 
 For tests, single-process hosts, and as the reference the other backends are
-checked against.
+checked against. Time comes from the clock it is given (default: the wall
+clock in ms), read once per step.
 """
 
 from __future__ import annotations
 
 import heapq
 import threading
-import time
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 
 from guardpool.store import engine
-from guardpool.store.base import CounterState, Expired, ReserveItem, ReserveResult, SettleResult
+from guardpool.store.base import (
+    Clock,
+    CounterState,
+    Expired,
+    ReserveItem,
+    StoreAnswer,
+    wall_clock_ms,
+)
 
 # Finished reservations are kept for idempotent retries, up to this many.
 _FINISHED_KEPT = 100_000
 
 
 class MemoryStore:
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Clock = wall_clock_ms) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self._used: dict[tuple[str, str], int] = {}
         self._reserved: dict[tuple[str, str], int] = {}
@@ -88,16 +96,16 @@ class MemoryStore:
     # -- BudgetStore
 
     def _begin(self) -> None:
-        self.now_ms = int(time.monotonic() * 1000)
+        self.now_ms = self._clock()
 
     def reserve(
         self, reservation_id: str, items: Sequence[ReserveItem], ttl_ms: int
-    ) -> ReserveResult:
+    ) -> StoreAnswer:
         with self._lock:
             self._begin()
             return engine.reserve(self, reservation_id, items, ttl_ms)
 
-    def settle(self, reservation_id: str, actual: Mapping[str, int]) -> SettleResult:
+    def settle(self, reservation_id: str, actual: Mapping[str, int]) -> StoreAnswer:
         with self._lock:
             self._begin()
             return engine.settle(self, reservation_id, actual)

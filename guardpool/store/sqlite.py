@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -21,7 +20,14 @@ from typing import TypeVar
 import msgspec
 
 from guardpool.store import engine
-from guardpool.store.base import CounterState, Expired, ReserveItem, ReserveResult, SettleResult
+from guardpool.store.base import (
+    Clock,
+    CounterState,
+    Expired,
+    ReserveItem,
+    StoreAnswer,
+    wall_clock_ms,
+)
 from guardpool.store.errors import StoreUnavailable
 
 T = TypeVar("T")
@@ -124,8 +130,12 @@ _PRUNE_EVERY = 1000
 
 
 class SqliteStore:
-    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
+    def __init__(
+        self, path: str | Path, *, busy_timeout_ms: int = 5000, clock: Clock = wall_clock_ms
+    ) -> None:
         self.path = str(path)
+        # The wall clock by default: every process sharing the file must agree on it.
+        self._clock = clock
         self._busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
@@ -178,7 +188,7 @@ class SqliteStore:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                result = step(_Tx(conn, int(time.time() * 1000)))
+                result = step(_Tx(conn, self._clock()))
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -189,7 +199,7 @@ class SqliteStore:
 
     def reserve(
         self, reservation_id: str, items: Sequence[ReserveItem], ttl_ms: int
-    ) -> ReserveResult:
+    ) -> StoreAnswer:
         self._reserves += 1
         if self._reserves % _PRUNE_EVERY == 0:
             self.prune()
@@ -207,7 +217,7 @@ class SqliteStore:
 
         return self._atomic(step)
 
-    def settle(self, reservation_id: str, actual: Mapping[str, int]) -> SettleResult:
+    def settle(self, reservation_id: str, actual: Mapping[str, int]) -> StoreAnswer:
         return self._atomic(lambda tx: engine.settle(tx, reservation_id, actual))
 
     def release(self, reservation_id: str) -> bool:

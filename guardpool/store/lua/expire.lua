@@ -1,0 +1,2 @@
+-- expire: ARGV = now. Answers packed Expired maps.
+return cmsgpack.pack(expire())
