@@ -5,24 +5,43 @@ Generators, cheapest first:
 - **pumping strings** from each ReDoS finding (``pump * n + failer``) at growing n;
 - **literal runs**: every literal character of the guard's patterns, repeated
   and followed by a character the pattern does not expect;
-- **random Unicode**, including astral characters and lone surrogates;
+- **Unicode edge cases** (``EDGE_CASES``) and **random Unicode**, including
+  astral characters and lone surrogates;
 - **size**: an input of exactly ``max_input_bytes``;
 - **invalid UTF-8** bytes.
 
-Also the worker-side helpers the fuzz and bench commands run in the pool.
+The functions the commands run inside workers are in ``probes``.
 """
 
 from __future__ import annotations
 
 import random
 import re
-import resource
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from guardpool.analysis.redos import analyse
 
 _FAILERS = "!\x00~"
+
+# Text that trips naive handling of Unicode: zero-width and bidi controls, combining
+# marks, a BOM, NUL, CR/LF, astral characters, a lone surrogate, case folding
+# that changes length, and a digit that is not ASCII.
+EDGE_CASES: tuple[str, ...] = (
+    "",
+    "\x00",
+    "\ufeffhello",
+    "a\u200bb\u200dc\u2060d",
+    "\u202eexe.txt",
+    "e\u0301" * 64,
+    "\r\n" * 64,
+    "\U0001f600" * 256,
+    "\ud800",
+    "x\udfffy",
+    "\u0130\u00df\ufb03" * 32,
+    "\u0663\u0664",
+    "\u3000\u00a0\u2028\u2029",
+)
 
 
 def literal_chars(pattern: str) -> list[str]:
@@ -81,6 +100,8 @@ def inputs(
             for n in (100, 10_000):
                 for failer in _FAILERS:
                     yield "literal-run", ch * n + failer
+    for text in EDGE_CASES:
+        yield "unicode-edge", text
     yield "max-size", "a" * (max_input_bytes - 64)  # leaves room for the message framing
     yield "invalid-utf8", b"\xff\xfe" + bytes(rng.randrange(256) for _ in range(64))
     while True:
@@ -96,17 +117,3 @@ def inputs(
             yield "literal-run", rng.choice(chars) * rng.randint(10, 5000) + rng.choice(_FAILERS)
         else:
             yield "random-unicode", random_unicode(rng, 32)
-
-
-# -- run inside pool workers (see guardpool fuzz / guardpool bench)
-
-
-def re_search_any(job: dict[str, Any]) -> bool:
-    """Python ``re`` verdict for a bank: does any pattern match? Runs under a pool deadline."""
-    text: str = job["text"]
-    return any(re.search(p, text) for p in job["patterns"])
-
-
-def peak_rss_mb(_: object) -> float:
-    """The worker's peak resident set so far, in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

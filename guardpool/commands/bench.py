@@ -101,9 +101,9 @@ def main(args: argparse.Namespace) -> int:
                     break
             results[name] = (wall, cpu, timeouts)
         for _ in range(2 * (policy.config.pool.workers or 2)):
-            probe = pool.submit("guardpool.analysis.fuzzgen:peak_rss_mb", None).result()
+            probe = pool.submit("guardpool.analysis.probes:memory", None).result()
             if probe.outcome == "ok":
-                peak_rss = max(peak_rss, float(probe.value))
+                peak_rss = max(peak_rss, probe.value["VmHWM"] / 1024)
     print(f"{'guard':24}{'runs':>7}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'cpu p99':>9}")
     snippet = ["# recommended by guardpool bench", ""]
     pool_timeout = pool_cpu = 50

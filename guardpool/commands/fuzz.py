@@ -1,222 +1,248 @@
-"""``guardpool fuzz``: attack every guard with adversarial inputs through the real pool.
+"""``guardpool fuzz``: attack every guard through the real pool; report what the author can fix.
 
-Every guard — regex bank or callable — runs in the pool under the policy's own
-limits, so a finding here is what an attacker would get in production. Any
-timeout, crash or error is written as a reproducer; for regex banks, RE2's
-verdict is also compared with Python ``re`` on the same input (``re`` runs in
-the pool too, under a deadline, because it may not come back).
+    guardpool fuzz --config F [--seconds N] [--guard NAME] [--findings DIR] [--json] [--sarif FILE]
+    guardpool fuzz --replay DIR/NAME.json
+
+Each guard — regex bank or callable — runs in the pool under the policy's own
+limits, so a finding is what an attacker would get in production. Findings
+(see ``guardpool.analysis.fuzzing``) are de-duplicated by guard and kind,
+minimised, confirmed and written as reproducers that replay from anywhere.
+
+Exit codes: 0 nothing found (or, with ``--replay``, no longer reproduces), 1
+something found (still reproduces), 2 bad input. Progress goes to stderr; the
+summary table to stdout, or to stderr with ``--json`` (stdout is then JSON).
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
-import re
 import statistics
+import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from guardpool.analysis.astscan import scan_module
-from guardpool.analysis.fuzzgen import inputs
-from guardpool.cli import UsageError
-from guardpool.policy.guards import CompiledGuard
+from guardpool import __version__
+from guardpool.analysis import findings as fs
+from guardpool.analysis.fuzzing import KINDS, GuardFuzzer, default_labels
+from guardpool.cli import EXIT_DENIED, EXIT_OK, UsageError
+from guardpool.commands.reporting import Steps, console
 from guardpool.policy.loader import Policy, load_policy
-from guardpool.policy.verdict import Verdict
-from guardpool.runner.pool import GuardPool, JobResult
-
-_RE_CAP_MS = 200
+from guardpool.runner.pool import GuardPool
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="policy file (TOML or JSON)")
-    parser.add_argument("--seconds", type=float, default=30.0, help="time budget (default 30)")
+    parser.add_argument("--config", help="policy file (TOML or JSON)")
+    parser.add_argument(
+        "--seconds", type=float, default=30.0, help="fuzzing time, shared by the guards (30)"
+    )
     parser.add_argument("--guard", action="append", help="only this guard (repeatable)")
-    parser.add_argument("--out", default="fuzz-findings", help="where reproducers go")
-    parser.add_argument("--seed", type=int, default=0)
-
-
-@dataclass
-class GuardReport:
-    runs: int = 0
-    ms: list[float] = field(default_factory=list)
-    timeouts: int = 0
-    errors: int = 0
-    crashes: int = 0
-    disagreements: int = 0
-    re_skipped: int = 0
-
-    @property
-    def findings(self) -> int:
-        return self.timeouts + self.errors + self.crashes + self.disagreements
-
-
-def patterns_of(guard: CompiledGuard) -> list[str]:
-    """The patterns an attacker would aim at: the bank's, or the ``re`` calls in the module."""
-    if guard.kind == "regex":
-        return [p for bank in guard.banks.values() for p in bank.patterns]
-    module = (guard.spec.call or "").partition(":")[0]
-    return [use.pattern for use in scan_module(module)]
-
-
-def _encode(value: str | bytes) -> dict[str, str]:
-    if isinstance(value, bytes):
-        return {"base64": base64.b64encode(value).decode()}
-    return {"text": value}
-
-
-class Fuzzer:
-    def __init__(self, policy: Policy, pool: GuardPool, out: Path, config: str) -> None:
-        self.policy = policy
-        self.pool = pool
-        self.out = out
-        self.config = config
-        self.written = 0
-
-    def reproduce(self, name: str, value: str | bytes, what: str, job: JobResult | None) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.written += 1
-        path = self.out / f"{name}-{self.written:04d}.json"
-        labels = self.policy.guards[name].spec.ops[0].replace("*", "fuzz")
-        replay = (
-            f"guardpool check --config {self.config} --label {labels} --input - < {path.stem}.txt"
-        )
-        record = {
-            "guard": name,
-            "finding": what,
-            "input": _encode(value) | {"length": len(value)},
-            "outcome": job.outcome if job else None,
-            "limit": job.limit if job else None,
-            "wall_ms": job.wall_ms if job else None,
-            "error": job.error if job else None,
-            "replay": replay,
-        }
-        path.write_text(json.dumps(record, indent=2), encoding="utf-8")
-        if isinstance(value, str):
-            path.with_suffix(".txt").write_text(value, encoding="utf-8", errors="surrogatepass")
-
-    def run_one(self, name: str, value: str | bytes, report: GuardReport) -> None:
-        guard = self.policy.guards[name]
-        job = self.pool.submit_guard(name, value, labels=("fuzz",)).result()
-        if job.outcome == "error" and job.limit == "input":
-            return  # refused before it reached the guard: not the guard's finding
-        report.runs += 1
-        report.ms.append(job.wall_ms)
-        if job.outcome == "timeout":
-            report.timeouts += 1
-            self.reproduce(name, value, f"timeout ({job.limit})", job)
-        elif job.outcome == "crash":
-            report.crashes += 1
-            self.reproduce(name, value, "crash", job)
-        elif job.outcome == "error":
-            report.errors += 1
-            self.reproduce(name, value, "error", job)
-        elif guard.kind == "regex" and isinstance(value, str) and value.isascii():
-            self.compare_with_re(name, guard, value, job, report)
-
-    def compare_with_re(
-        self, name: str, guard: CompiledGuard, value: str, job: JobResult, report: GuardReport
-    ) -> None:
-        # Only a deny-only bank has a verdict that means "some pattern matched".
-        bank = guard.banks.get("deny_regex")
-        if bank is None or "require_regex" in guard.banks or not isinstance(job.value, Verdict):
-            return
-        try:
-            for p in bank.patterns:
-                re.compile(p)
-        except re.error:  # an RE2-only spelling: no common subset to compare
-            report.re_skipped += 1
-            return
-        theirs = self.pool.submit(
-            "guardpool.analysis.fuzzgen:re_search_any",
-            {"patterns": list(bank.patterns), "text": value},
-            timeout_ms=_RE_CAP_MS,
-        ).result()
-        if theirs.outcome != "ok":  # re too slow (or worse): nothing to compare
-            report.re_skipped += 1
-            return
-        if bool(theirs.value) != (job.value.action == "deny"):
-            report.disagreements += 1
-            self.reproduce(name, value, f"RE2 and re disagree (re matched: {theirs.value})", job)
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not console.is_terminal,
+    parser.add_argument(
+        "--findings",
+        "--out",
+        dest="findings",
+        default="fuzz-findings",
+        metavar="DIR",
+        help="where reproducers go (default fuzz-findings/)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="input generator seed (0)")
+    parser.add_argument(
+        "--minimise-seconds",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="time to shrink each finding (10)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    parser.add_argument("--sarif", metavar="FILE", help="also write findings as SARIF 2.1.0")
+    parser.add_argument(
+        "--replay",
+        metavar="FILE",
+        help="re-run one reproducer through the real pool; exit 1 while it still reproduces",
     )
 
 
+def _start(policy: Policy) -> GuardPool:
+    pool = GuardPool.from_config(policy)
+    try:
+        return pool.start()
+    except RuntimeError as exc:
+        raise UsageError(f"cannot start the worker pool for this policy: {exc}") from None
+
+
 def main(args: argparse.Namespace) -> int:
+    if args.replay:
+        return replay(Path(args.replay), as_json=args.json)
+    if not args.config:
+        raise UsageError("--config is required (or --replay FILE)")
+    if args.seconds <= 0:
+        raise UsageError("--seconds must be > 0")
+    if args.minimise_seconds < 0:
+        raise UsageError("--minimise-seconds must be >= 0")
     policy = load_policy(args.config)
     names = args.guard or list(policy.guards)
     unknown = [n for n in names if n not in policy.guards]
     if unknown:
         raise UsageError(f"no guard named {', '.join(unknown)} in {args.config}")
-    if args.seconds <= 0:
-        raise UsageError("--seconds must be > 0")
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console = Console(highlight=False, width=140)
-    reports = {n: GuardReport() for n in names}
-    streams: dict[str, Iterator[tuple[str, str | bytes]]] = {
-        n: inputs(patterns_of(policy.guards[n]), policy.config.pool.max_input_bytes, args.seed)
-        for n in names
-    }
+    if not names:
+        raise UsageError(f"{args.config} has no guards to fuzz")
+    out_dir = Path(args.findings)
+    err = console(stderr=True)
     share = args.seconds / len(names)
-    with GuardPool.from_config(policy) as pool:
-        fuzzer = Fuzzer(policy, pool, Path(args.out), args.config)
-        with _progress(console) as progress:
+    fuzzers: dict[str, GuardFuzzer] = {}
+    records: list[dict[str, Any]] = []
+    pool = _start(policy)
+    try:
+        with Steps(err) as steps:
             for name in names:
-                task = progress.add_task(f"fuzzing {name}", total=share)
-                start = time.monotonic()
-                while (elapsed := time.monotonic() - start) < share:
-                    _, value = next(streams[name])
-                    fuzzer.run_one(name, value, reports[name])
-                    progress.update(task, completed=min(elapsed, share))
-                progress.update(task, completed=share)
-    table = Table(title="guardpool fuzz", show_edge=False)
-    for column in (
-        "guard",
-        "runs",
-        "p50 ms",
-        "p99 ms",
-        "max ms",
-        "timeouts",
-        "errors",
-        "crashes",
-        "re disagree",
-        "re skipped",
-    ):
-        table.add_column(column, justify="right" if column != "guard" else "left")
-    for name, r in reports.items():
-        ordered = sorted(r.ms) or [0.0]
-        table.add_row(
-            name,
-            str(r.runs),
-            f"{statistics.median(ordered):.2f}",
-            f"{ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]:.2f}",
-            f"{ordered[-1]:.2f}",
-            str(r.timeouts),
-            str(r.errors),
-            str(r.crashes),
-            str(r.disagreements),
-            str(r.re_skipped),
+                labels = default_labels(policy.guards[name])
+                fuzzer = fuzzers[name] = GuardFuzzer(policy, pool, name, labels)
+                steps.start(f"fuzzing {name}", share)
+
+                def progress(elapsed: float, f: GuardFuzzer = fuzzer) -> None:
+                    steps.advance(
+                        elapsed, f"{f.stats.runs} runs, {sum(f.stats.counts.values())} found"
+                    )
+
+                first = fuzzer.run(share, seed=args.seed, on_progress=progress)
+                steps.done(f"{fuzzer.stats.runs} runs, {len(first)} kind(s) of finding")
+                for kind in KINDS:
+                    if kind not in first:
+                        continue
+                    value, obs = first[kind]
+                    steps.start(f"minimising {name} {kind} ({len(value)} chars)", 1)
+                    found = fuzzer.finding(kind, value, obs, args.minimise_seconds)
+                    path = out_dir / fs.file_name(name, kind)
+                    data = fs.record(
+                        found,
+                        policy_path=Path(args.config),
+                        policy_digest=policy.digest,
+                        labels=labels,
+                        path=path,
+                    )
+                    fs.write(out_dir, data)
+                    records.append(data)
+                    steps.done(
+                        f"{len(value)} -> {len(found.value)} chars, "
+                        f"reproduced {found.confirmed}/{found.attempts}"
+                    )
+    finally:
+        pool.shutdown()
+    if args.sarif:
+        locations = {n: fs.guard_location(policy.guards[n], Path(args.config)) for n in names}
+        Path(args.sarif).write_text(
+            json.dumps(fs.sarif(records, locations, __version__), indent=2) + "\n",
+            encoding="utf-8",
         )
-    console.print(table)
-    found = sum(r.findings for r in reports.values())
-    if found:
-        console.print(f"{found} finding(s); reproducers in {args.out}/")
-        return 1
-    console.print("no guard timed out, crashed, errored or disagreed with re")
-    return 0
+    report = _report(fuzzers, records, args)
+    out = console(stderr=args.json)
+    out.print(_table(report))
+    if records:
+        out.print(f"{len(records)} finding(s); reproducers in {out_dir}/:")
+        for r in records:
+            out.print(f"  {r['guard']} {r['kind']}: {r['detail']}\n    {r['replay']}")
+    else:
+        out.print(
+            "nothing found: no guard timed out, crashed, ran out of memory, raised, "
+            "or disagreed with re"
+        )
+    if args.json:
+        sys.stdout.write(json.dumps(report, indent=2, ensure_ascii=True) + "\n")
+    return EXIT_DENIED if records else EXIT_OK
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+def _report(
+    fuzzers: dict[str, GuardFuzzer], records: list[dict[str, Any]], args: argparse.Namespace
+) -> dict[str, Any]:
+    guards = []
+    for name, f in fuzzers.items():
+        ordered = sorted(f.stats.ms)
+        guards.append(
+            {
+                "guard": name,
+                "runs": f.stats.runs,
+                "refused_by_enforcer": f.stats.refused,
+                "p50_ms": round(statistics.median(ordered), 3) if ordered else 0.0,
+                "p99_ms": round(_percentile(ordered, 0.99), 3),
+                "max_ms": round(ordered[-1], 3) if ordered else 0.0,
+                "occurrences": dict(f.stats.counts),
+                "re_skipped": f.stats.re_skipped,
+                "findings": [r["kind"] for r in records if r["guard"] == name],
+            }
+        )
+    return {
+        "policy": str(Path(args.config).resolve()),
+        "seconds": args.seconds,
+        "seed": args.seed,
+        "guards": guards,
+        "findings": records,
+    }
+
+
+def _table(report: dict[str, Any]) -> Table:
+    table = Table(title="guardpool fuzz", show_edge=False)
+    columns = ["guard", "runs", "refused", "p50 ms", "p99 ms", "max ms", "findings"]
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("guard", "findings") else "right")
+    for g in report["guards"]:
+        found = ", ".join(f"{k} ×{g['occurrences'].get(k, 0)}" for k in g["findings"]) or "-"
+        table.add_row(
+            g["guard"],
+            str(g["runs"]),
+            str(g["refused_by_enforcer"]),
+            f"{g['p50_ms']:.2f}",
+            f"{g['p99_ms']:.2f}",
+            f"{g['max_ms']:.2f}",
+            found,
+        )
+    return table
+
+
+def replay(path: Path, *, as_json: bool) -> int:
+    try:
+        data = fs.read(path)
+    except fs.BadReproducer as exc:
+        raise UsageError(str(exc)) from None
+    for entry in data.get("sys_path") or []:
+        if isinstance(entry, str) and entry not in sys.path:
+            sys.path.append(entry)  # after the policy's own directories (see fs docstring)
+    policy = load_policy(data["policy"])
+    name, kind = data["guard"], data["kind"]
+    if name not in policy.guards:
+        raise UsageError(f"{data['policy']} no longer has a guard named {name!r}")
+    err = console(stderr=True)
+    if data.get("policy_digest") and data["policy_digest"] != policy.digest:
+        err.print(f"note: {data['policy']} changed since this finding was recorded")
+    pool = _start(policy)
+    try:
+        fuzzer = GuardFuzzer(policy, pool, name, tuple(data["labels"]))
+        started = time.monotonic()
+        obs = fuzzer.observe(data["value"])
+        ms = (time.monotonic() - started) * 1000
+    finally:
+        pool.shutdown()
+    still = obs.kind == kind
+    if obs.refused:
+        now = f"refused by the enforcer before any guard ran: {obs.refused}"
+    elif obs.kind is None:
+        now = f"ran fine ({obs.job.outcome if obs.job else 'ok'}, {ms:.1f} ms)"
+    else:
+        now = f"{obs.kind}: {obs.detail}"
+    if as_json:
+        sys.stdout.write(
+            json.dumps(
+                {"guard": name, "kind": kind, "reproduces": still, "now": now, "file": str(path)}
+            )
+            + "\n"
+        )
+    else:
+        verdict = "still reproduces" if still else "no longer reproduces"
+        print(f"{name} {kind}: {verdict} — {now}")
+    return EXIT_DENIED if still else EXIT_OK
