@@ -54,3 +54,12 @@ def sees_context(value: Any, ctx: Any) -> Verdict:
     if ctx.run_id == "forbidden-run" or "op:cmd:rm" in ctx.labels:
         return Verdict.deny(f"run {ctx.run_id} principal {ctx.principal}")
     return Verdict.allow()
+
+
+def crash(value: Any, ctx: Any) -> Verdict:
+    """Kills its own worker, as a segfault in a C extension would."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+    return Verdict.allow()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +15,11 @@ import pytest
 
 from guardpool import Decision, Enforcer, Operation, Usage
 from guardpool.audit.ledger import Ledger
+from guardpool.policy.loader import load_policy
 from guardpool.runner.enforcer import HookEvent, OperationDenied
+from guardpool.store.sqlite import SqliteStore
+
+from .conftest import ManualClock
 
 G = "tests.enforcer_guards"
 
@@ -233,39 +238,67 @@ def test_warn_at_fires_once_when_crossing(make: Any) -> None:
     assert seen[0].detail["used"] + seen[0].detail["reserved"] == 5
 
 
-def test_rolling_window_frees_budget_after_it_passes(make: Any) -> None:
-    e = make(limits={"exe:llm:*": {"calls": 2, "window": "1s"}})
-    run = e.run("roll")
-    for _ in range(2):
-        run.settle(run.check(llm()), Usage())
-    assert not run.check(llm()).allowed
-    time.sleep(1.3)
-    assert run.check(llm()).allowed
+def clocked(tmp_path: Path, clock: ManualClock, **sections: Any) -> Enforcer:
+    """An enforcer whose SQLite store runs on a manual clock (no sleeping in tests)."""
+    policy = load_policy(config(tmp_path, **sections))
+    store = SqliteStore(policy.config.store.path, clock=clock)
+    return Enforcer(policy, store=store).start()
 
 
-def test_unsettled_reservations_expire_and_are_charged(make: Any, tmp_path: Path) -> None:
+def test_rolling_window_frees_budget_after_it_passes(tmp_path: Path, clock: ManualClock) -> None:
+    with clocked(tmp_path, clock, limits={"exe:llm:*": {"calls": 2, "window": "1s"}}) as e:
+        run = e.run("roll")
+        for _ in range(2):
+            run.settle(run.check(llm()), Usage())
+        assert not run.check(llm()).allowed
+        clock.advance(999)
+        assert not run.check(llm()).allowed
+        clock.advance(1)
+        assert run.check(llm()).allowed
+
+
+def test_unsettled_reservations_expire_and_are_charged(tmp_path: Path, clock: ManualClock) -> None:
     seen: list[HookEvent] = []
-    e = make(
+    e = clocked(
+        tmp_path,
+        clock,
         limits={"exe:llm:*": {"tokens": 1000}},
         store={"reservation_ttl_ms": 100},
     )
-    e.on("reservation_expired", seen.append)
-    run = e.run("ttl")
-    d = run.check(llm(tokens=400))
-    assert d.allowed
-    time.sleep(0.3)
-    e.expire()
-    (status,) = [s for s in run.usage() if s.dimension == "tokens"]
-    assert (status.used, status.reserved) == (400, 0)
-    assert [h.decision_id for h in seen] == [d.id]
-    assert run.settle(d, Usage(tokens=10)).reasons == ()  # too late: nothing changes
-    (status,) = [s for s in run.usage() if s.dimension == "tokens"]
-    assert status.used == 400
+    with e:
+        e.on("reservation_expired", seen.append)
+        run = e.run("ttl")
+        d = run.check(llm(tokens=400))
+        assert d.allowed
+        clock.advance(101)
+        e.expire()
+        (status,) = [s for s in run.usage() if s.dimension == "tokens"]
+        assert (status.used, status.reserved) == (400, 0)
+        assert [h.decision_id for h in seen] == [d.id]
+        assert run.settle(d, Usage(tokens=10)).reasons == ()  # too late: nothing changes
+        (status,) = [s for s in run.usage() if s.dimension == "tokens"]
+        assert status.used == 400
     ledger = Ledger(tmp_path / "guardpool.db")
     try:
         assert [ev.event.decision_id for ev in ledger.events(kinds=["expire"])] == [d.id]
     finally:
         ledger.close()
+
+
+def test_a_reservation_that_expires_before_its_settle_is_audited_by_that_settle(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """Settle expires overdue reservations first; those expiries reach the ledger too."""
+    with clocked(
+        tmp_path, clock, limits={"exe:llm:*": {"calls": 10}}, store={"reservation_ttl_ms": 100}
+    ) as e:
+        run = e.run("late")
+        d = run.check(llm())
+        clock.advance(101)
+        after = run.settle(d, Usage())
+        assert after.limits == ()  # nothing applied: the reservation had expired
+    with Ledger(tmp_path / "guardpool.db") as ledger:
+        assert [ev.event.decision_id for ev in ledger.events(kinds=["expire"])] == [d.id]
 
 
 # --------------------------------------------------------------------- guards
@@ -501,3 +534,24 @@ def test_custom_dimensions_are_counted(make: Any) -> None:
     assert run.check(
         Operation(labels=("op:db:query",), input="", estimate=Usage(extra={"rows": 5}))
     ).allowed
+
+
+def test_a_callable_beside_the_policy_file_runs_in_the_workers_without_sys_path(
+    tmp_path: Path,
+) -> None:
+    """The zygote gets the policy's import path explicitly; the host's sys.path is untouched."""
+    module = f"beside_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text(
+        "from guardpool import Verdict\n\n"
+        "def deny_all(value, ctx):\n    return Verdict.deny('denied from beside the file')\n"
+    )
+    db = tmp_path / "g.db"
+    (tmp_path / "p.toml").write_text(
+        f'[pool]\nworkers = 1\n[store]\npath = "{db}"\n[audit]\npath = "{db}"\n'
+        f'[[guard]]\nname = "g"\ncall = "{module}:deny_all"\n'
+    )
+    before = list(sys.path)
+    with Enforcer.from_config(tmp_path / "p.toml") as e:
+        d = e.run("beside").check(llm())
+    assert sys.path == before
+    assert d.reasons == ("denied from beside the file",)

@@ -241,10 +241,10 @@ def test_most_specific_estimate_and_price_win() -> None:
             },
         }
     )
-    assert policy.estimate_for(["exe:llm:gpt-4o"]) == Usage(tokens=100)
-    assert policy.estimate_for(["exe:llm:claude"]) == Usage(tokens=4000)
-    assert policy.estimate_for(["op:cmd:ls"]) is None
-    price = policy.price_for(["exe:llm:gpt-4o"])
+    assert policy.match(["exe:llm:gpt-4o"]).estimate == Usage(tokens=100)
+    assert policy.match(["exe:llm:claude"]).estimate == Usage(tokens=4000)
+    assert policy.match(["op:cmd:ls"]).estimate is None
+    price = policy.match(["exe:llm:gpt-4o"]).price
     assert price is not None
     assert price.cost_micros(Usage(input_tokens=1000, output_tokens=1000)) == 12_500
     assert price.cost_micros(Usage(tokens=1000)) == 10_000  # all at the output rate
@@ -342,16 +342,16 @@ def test_limits_and_guards_are_selected_by_label_in_config_order() -> None:
         }
     )
     assert list(policy.guards) == ["all", "cmd", "llm-out", "git"]
-    names = [g.spec.name for g in policy.guards_for(["op:cmd:git:push"], "before")]
+    names = [g.spec.name for g in policy.match(["op:cmd:git:push"]).before]
     assert names == ["all", "cmd", "git"]
-    assert [g.spec.name for g in policy.guards_for(["exe:llm:gpt-4o"], "after")] == ["llm-out"]
-    assert [g.spec.name for g in policy.guards_for(["op:net:w"], "before")] == ["all", "git"]
-    assert [lim.pattern for lim in policy.limits_for(["op:cmd:git:push"])] == [
+    assert [g.spec.name for g in policy.match(["exe:llm:gpt-4o"]).after] == ["llm-out"]
+    assert [g.spec.name for g in policy.match(["op:net:w"]).before] == ["all", "git"]
+    assert [lim.pattern for lim in policy.match(["op:cmd:git:push"]).limits] == [
         "op:cmd:*",
         "op:cmd:git:push",
         "*",
     ]
-    assert [lim.pattern for lim in policy.limits_for(["exe:llm:x"])] == ["*"]
+    assert [lim.pattern for lim in policy.match(["exe:llm:x"]).limits] == ["*"]
     assert policy.guards["cmd"].kind == "callable" and policy.guards["all"].kind == "regex"
 
 
@@ -404,7 +404,10 @@ def test_callables_import_from_beside_the_policy_file(tmp_path: Path) -> None:
         "def deny_all(value, ctx):\n    return False\n\nNOT_CALLABLE = 3\n"
     )
     (tmp_path / "p.toml").write_text(f'[[guard]]\nname = "g"\ncall = "{module}:deny_all"\n')
+    before = list(sys.path)
     policy = load_policy(tmp_path / "p.toml")
+    assert sys.path == before  # found through the policy's own import path
+    assert policy.import_path == (str(tmp_path), str(tmp_path.parent))
     assert policy.guards["g"].evaluate("x", None) is False  # type: ignore[arg-type]
     (tmp_path / "q.toml").write_text(f'[[guard]]\nname = "g"\ncall = "{module}:NOT_CALLABLE"\n')
     with pytest.raises(PolicyError) as err:
@@ -451,7 +454,7 @@ def test_prices_cost_from_tokens() -> None:
         }
     )
     in_only, search, mixed = (
-        policy.price_for([label])
+        policy.match([label]).price
         for label in ("exe:llm:in-only", "exe:tool:search", "exe:llm:mixed")
     )
     assert in_only is not None and search is not None and mixed is not None
@@ -463,4 +466,31 @@ def test_prices_cost_from_tokens() -> None:
     # 1 token at $0.15/Mtok is 0.15 micro-units: rounded up to 1, never down to 0
     assert mixed.cost_micros(Usage(input_tokens=1)) == 1_000 + 1
     assert mixed.cost_micros(Usage(tokens=1_000_000)) == 1_000 + 600_000
-    assert policy.price_for(["exe:llm:other"]) is None
+    assert policy.match(["exe:llm:other"]).price is None
+
+
+def test_match_is_computed_once_per_label_set_and_refuses_bad_labels() -> None:
+    policy = load_policy(
+        {
+            "guard": [{"name": "g", "ops": ["op:cmd:*"], "deny_regex": ["x"]}],
+            "limits": {"op:cmd:*": {"calls": 3}},
+        }
+    )
+    first = policy.match(("op:cmd:ls",))
+    assert policy.match(["op:cmd:ls"]) is first  # a list hits the tuple's entry
+    assert [g.spec.name for g in first.before] == ["g"] and first.after == ()
+    assert policy.match(("op:net:w",)).limits == ()
+    with pytest.raises(ValueError, match="label"):
+        policy.match(("op::bad",))
+    with pytest.raises(ValueError, match="label"):
+        policy.match(("op::bad",))  # not cached: refused again
+
+
+def test_the_match_cache_is_bounded() -> None:
+    from guardpool.policy import runtime
+
+    policy = load_policy({"limits": {"*": {"calls": 3}}})
+    for i in range(runtime._MATCH_CACHE + 10):
+        policy.match((f"op:n{i}",))
+    assert len(policy._matches) == runtime._MATCH_CACHE
+    assert ("op:n0",) not in policy._matches  # the oldest went first

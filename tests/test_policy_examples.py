@@ -53,9 +53,9 @@ def test_the_example_policy_covers_what_the_demo_needs(policy: Policy) -> None:
     (llm,) = [lim for lim in policy.limits if lim.pattern == "exe:llm:*"]
     assert {"calls", "tokens", "cost"} <= set(llm.dimensions)
     assert any(lim.pattern == "op:cmd:*" for lim in policy.limits)
-    price = policy.price_for(["exe:llm:gpt-4o"])
+    price = policy.match(["exe:llm:gpt-4o"]).price
     assert price is not None and price.output_per_mtok == 10_000_000
-    assert policy.estimate_for(["exe:llm:gpt-4o"]) is not None
+    assert policy.match(["exe:llm:gpt-4o"]).estimate is not None
     assert not any(
         g.spec.privileged and "allow" in (g.spec.on_timeout, g.spec.on_error)
         for g in policy.guards.values()

@@ -6,12 +6,19 @@ function ``(input, ctx) -> Verdict | bool`` named ``"module:function"``.
 
 Compilation happens in the host (to validate the policy) and again in the
 worker zygote (which imports the callables once, before forking workers).
+The host imports a callable's top-level package from the policy's
+``import_path`` first, without touching ``sys.path``; the zygote gets the same
+directories at the front of its own ``sys.path`` from the pool.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable
+import importlib.machinery
+import importlib.util
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from types import ModuleType
 from typing import Any, Literal, Protocol
 
 import msgspec
@@ -51,13 +58,35 @@ def input_bytes(value: Any) -> bytes:
     return msgspec.json.encode(value, order="sorted")
 
 
-def resolve_callable(ref: str) -> GuardFunction:
+def import_module(name: str, import_path: Sequence[str] = ()) -> ModuleType:
+    """Import ``name``, looking for its top-level package in ``import_path`` first.
+
+    Only the top-level package is found by hand (``PathFinder`` over the given
+    directories); its submodules then import normally through the package's
+    ``__path__``. A top-level package already imported is used as it is.
+    """
+    top = name.partition(".")[0]
+    if import_path and top not in sys.modules:
+        spec = importlib.machinery.PathFinder.find_spec(top, list(import_path))
+        if spec is not None:
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[top] = module
+            try:
+                if spec.loader is not None:  # None: a namespace package, nothing to run
+                    spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[top]
+                raise
+    return importlib.import_module(name)
+
+
+def resolve_callable(ref: str, import_path: Sequence[str] = ()) -> GuardFunction:
     """Import ``"module:function"``; ValueError with the reason when it cannot be used."""
     module_name, sep, attr = ref.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"{ref!r} is not of the form 'module:function'")
     try:
-        module = importlib.import_module(module_name)
+        module = import_module(module_name, import_path)
     except (Exception, SystemExit) as exc:  # a module that exits on import is a bad reference too
         raise ValueError(f"cannot import module {module_name!r}: {exc}") from None
     target: Any = module
@@ -76,7 +105,9 @@ class CompiledGuard:
 
     __slots__ = ("_deny", "_fn", "_require", "kind", "spec")
 
-    def __init__(self, spec: GuardSpec, defaults: GuardDefaults) -> None:
+    def __init__(
+        self, spec: GuardSpec, defaults: GuardDefaults, import_path: Sequence[str] = ()
+    ) -> None:
         self.spec = msgspec.structs.replace(
             spec,
             timeout_ms=spec.timeout_ms if spec.timeout_ms is not None else defaults.timeout_ms,
@@ -89,7 +120,7 @@ class CompiledGuard:
         self._require: RegexBank | None = None
         if spec.call:
             try:
-                self._fn = resolve_callable(spec.call)
+                self._fn = resolve_callable(spec.call, import_path)
             except ValueError as exc:
                 raise PolicyError(str(exc), key="call") from None
         else:
@@ -129,12 +160,14 @@ def _bank(guard: str, patterns: list[str], max_mem: int, key: str) -> RegexBank 
         raise named.located(key_prefix=key) from None
 
 
-def compile_guards(specs: Iterable[GuardSpec], defaults: GuardDefaults) -> dict[str, CompiledGuard]:
+def compile_guards(
+    specs: Iterable[GuardSpec], defaults: GuardDefaults, *, import_path: Sequence[str] = ()
+) -> dict[str, CompiledGuard]:
     """Compile specs in order; errors carry the key path ``guard[i]...``."""
     compiled: dict[str, CompiledGuard] = {}
     for index, spec in enumerate(specs):
         try:
-            compiled[spec.name] = CompiledGuard(spec, defaults)
+            compiled[spec.name] = CompiledGuard(spec, defaults, import_path)
         except PolicyError as exc:
             raise exc.located(key_prefix=f"guard[{index}]") from None
     return compiled

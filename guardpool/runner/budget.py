@@ -4,10 +4,10 @@ The store does atomic arithmetic on named counters; this module decides which
 counters an operation touches and by how much (the ``limits`` library's split
 of strategy from storage):
 
-    labels ──► policy.limits_for ──► one counter key per (limit, scope value)
-    estimate ─┐                         │
-    [estimates] ─► amounts per dimension ┴─► ReserveItem(key, dim, limit, amount, headroom, ...)
-    [prices] ─┘
+    Policy.match(labels).limits ──► one counter key per (limit, scope value)
+    estimate ─┐                             │
+    match.estimate ─► amounts per dimension ┴─► PlannedItem(ReserveItem(key, dim, limit,
+    match.price ─┘                                           amount, headroom, ...), limit)
 
 Estimate source order (design §5): the operation's own estimate, then the most
 specific ``[estimates]`` entry, then ``[prices]`` applied to estimated tokens.
@@ -19,28 +19,24 @@ fail-fast issue's safety margin), documented in docs/spec/limits.md.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
+import msgspec
+
+from guardpool.policy.compile import CompiledLimit, CompiledPrice
 from guardpool.policy.model import LimitStatus, Usage
-from guardpool.policy.money import to_micros
+from guardpool.policy.money import format_micros, to_micros
+from guardpool.policy.runtime import PolicyMatch
 from guardpool.store.base import CounterState, ReserveItem
-
-if TYPE_CHECKING:
-    from guardpool.policy.loader import CompiledLimit, CompiledPrice, Policy
 
 # Every operation is one call; the host never has to say so.
 CALLS = "calls"
 
 
-class PlannedItem:
-    """A ReserveItem plus the limit it came from (for reporting and hooks)."""
+class PlannedItem(msgspec.Struct, frozen=True):
+    """A ReserveItem plus the limit it came from (for reporting, overruns and hooks)."""
 
-    __slots__ = ("item", "limit")
-
-    def __init__(self, item: ReserveItem, limit: CompiledLimit) -> None:
-        self.item = item
-        self.limit = limit
+    item: ReserveItem
+    limit: CompiledLimit
 
 
 def scope_key(limit: CompiledLimit, run_id: str, principal: str) -> str:
@@ -93,20 +89,16 @@ def merge_estimate(own: Usage | None, configured: Usage | None) -> Usage | None:
 
 
 def plan_reservation(
-    policy: Policy,
-    labels: Sequence[str],
-    estimate: Usage | None,
-    run_id: str,
-    principal: str,
+    match: PolicyMatch, estimate: Usage | None, run_id: str, principal: str
 ) -> list[PlannedItem]:
-    """One ReserveItem per matching limit and dimension."""
-    limits = policy.limits_for(labels)
-    if not limits:
+    """One item per matching limit and dimension (``estimate=None`` and no configured
+    estimate: nothing reserved, headroom demanded instead)."""
+    if not match.limits:
         return []
-    full_estimate = merge_estimate(estimate, policy.estimate_for(labels))
-    amounts = usage_amounts(full_estimate, policy.price_for(labels))
+    full_estimate = merge_estimate(estimate, match.estimate)
+    amounts = usage_amounts(full_estimate, match.price)
     planned: list[PlannedItem] = []
-    for limit in limits:
+    for limit in match.limits:
         key = scope_key(limit, run_id, principal)
         for dimension, value in limit.dimensions.items():
             amount = amounts.get(dimension)
@@ -136,6 +128,7 @@ def plan_reservation(
 
 
 def limit_status(planned: PlannedItem, state: CounterState, *, exceeded: bool) -> LimitStatus:
+    """Every LimitStatus is built here."""
     return LimitStatus(
         pattern=planned.limit.pattern,
         dimension=state.dimension,
@@ -147,12 +140,6 @@ def limit_status(planned: PlannedItem, state: CounterState, *, exceeded: bool) -
         window=planned.limit.window,
         exceeded=exceeded,
     )
-
-
-def would_refuse(item: ReserveItem, state: CounterState) -> bool:
-    """The store's grant rule for one item, evaluated on a state *before* reserving."""
-    total = state.used + state.reserved
-    return total >= item.limit or total + item.amount + item.headroom > item.limit
 
 
 def crossed_warning(item: ReserveItem, state: CounterState, warn_at: float | None) -> bool:
@@ -186,7 +173,5 @@ def describe_refusal(planned: PlannedItem, state: CounterState) -> str:
 
 def _format(dimension: str, value: int) -> str:
     if dimension == "cost":
-        from guardpool.policy.money import format_micros
-
         return format_micros(value)
     return str(value)

@@ -180,6 +180,7 @@ class _Limits(msgspec.Struct, frozen=True):
     max_input_bytes: int
     preload: tuple[str, ...]
     hardening: Hardening
+    import_path: tuple[str, ...] = ()  # put before sys.path in the zygote (guard modules)
 
 
 _local = threading.local()
@@ -233,7 +234,7 @@ class _Manager:
         self, child_ctrl: socket.socket, guards: bytes, guard_defaults: bytes
     ) -> subprocess.Popen[bytes]:
         cwd = os.getcwd()
-        sys_path = [p or cwd for p in sys.path]
+        sys_path = [*self.limits.import_path, *(p or cwd for p in sys.path)]
         setup = protocol.Setup(
             sys_path=sys_path,
             preload=list(self.limits.preload),
@@ -911,6 +912,7 @@ class GuardPool:
         hardening: Hardening = "standard",
         guard_specs: Iterable[GuardSpec] = (),
         guard_defaults: GuardDefaults | None = None,
+        import_path: Sequence[str] = (),
     ) -> None:
         n = workers if workers is not None else (os.cpu_count() or 1)
         for name, value in (
@@ -937,6 +939,7 @@ class GuardPool:
             max_input_bytes=max_input_bytes,
             preload=tuple(preload),
             hardening=hardening,
+            import_path=tuple(import_path),
         )
         specs = list(guard_specs)
         default_timeout = guard_defaults.timeout_ms if guard_defaults is not None else 1000
@@ -973,11 +976,16 @@ class GuardPool:
             policy.config.pool,
             [g.spec for g in policy.guards.values()],
             policy.config.guards,
+            policy.import_path,
         )
 
     @classmethod
     def _from_pool(
-        cls, pool: PoolConfig, specs: Iterable[GuardSpec], defaults: GuardDefaults | None
+        cls,
+        pool: PoolConfig,
+        specs: Iterable[GuardSpec],
+        defaults: GuardDefaults | None,
+        import_path: Sequence[str] = (),
     ) -> GuardPool:
         return cls(
             workers=pool.workers,
@@ -991,6 +999,7 @@ class GuardPool:
             hardening=pool.hardening,
             guard_specs=specs,
             guard_defaults=defaults,
+            import_path=import_path,
         )
 
     @property

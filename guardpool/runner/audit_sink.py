@@ -1,0 +1,76 @@
+"""The audit sink: the ledger, the fail-closed rule, and the events written in one place.
+
+    check / settle ──► events ──► AuditSink.append ──► Ledger (one transaction per batch)
+                                      │ LedgerWriteError ─► log + audit_failure hook
+                                      └► may the decision stand?  written, or on_failure = allow
+
+A guard's event is written here for both phases (kind ``verdict``, or
+``timeout`` / ``crash`` when the pool ended the job, with the matching
+``guard_timeout`` / ``guard_crash`` / ``guard_error`` hook), and so are expiries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from guardpool.audit.events import AuditEvent
+from guardpool.audit.ledger import Ledger, LedgerWriteError
+from guardpool.runner.hooks import HookBus
+from guardpool.runner.scope import Scope
+from guardpool.runner.verdicts import GuardResult
+from guardpool.store.base import Expired
+
+log = logging.getLogger("guardpool")
+
+
+class AuditSink:
+    def __init__(self, ledger: Ledger, hooks: HookBus, *, fail_closed: bool) -> None:
+        self.ledger = ledger
+        self.hooks = hooks
+        self.fail_closed = fail_closed
+
+    def input_fields(self, value: Any) -> dict[str, Any]:
+        return self.ledger.input_fields(value)
+
+    def append(self, events: Sequence[AuditEvent]) -> bool:
+        """Write ``events``; True when the decision may stand (written, or failures allowed)."""
+        try:
+            self.ledger.append(events)
+        except LedgerWriteError as exc:
+            log.error("guardpool: audit ledger write failed: %s", exc)
+            self.hooks.emit("audit_failure", error=str(exc))
+            return not self.fail_closed
+        return True
+
+    def guard(self, scope: Scope, result: GuardResult) -> AuditEvent:
+        """One guard's event, before or after, and its failure hook if it failed."""
+        v = result.verdict
+        if v.outcome == "timeout":
+            self.hooks.emit("guard_timeout", scope, guard=v.guard, reason=v.reason)
+        elif v.outcome == "error":
+            hook = "guard_crash" if result.kind == "crash" else "guard_error"
+            self.hooks.emit(hook, scope, guard=v.guard, reason=v.reason)
+        return scope.event(
+            result.kind,
+            guard=v.guard,
+            outcome=v.outcome,
+            reason=v.reason,
+            duration_ms=v.ms,
+            detail={"effect": result.effect, "phase": v.phase, **result.job},
+        )
+
+    def expired(self, expired: Sequence[Expired]) -> list[AuditEvent]:
+        """Events (and hooks) for reservations a store step charged at their estimate."""
+        events = []
+        for e in expired:
+            events.append(
+                AuditEvent(kind="expire", decision_id=e.reservation_id, usage=dict(e.charged))
+            )
+            self.hooks.emit(
+                "reservation_expired",
+                Scope(e.reservation_id, "", "", ()),
+                charged=dict(e.charged),
+            )
+        return events

@@ -1,0 +1,112 @@
+"""The guard runner: runs one phase's guards and answers GuardResults.
+
+    guards (from Policy.match) ─┬─ callables ─► GuardPool.submit_guard ─► JobResult ─► from_job
+                                └─ regex banks ─► evaluated here (RE2, linear time) ─► from_verdict
+                                                                     └─► [GuardResult], final value
+
+Before-guards run concurrently (callables are submitted first, then the banks
+run while the workers work) and the last rewrite in config order wins;
+after-guards run in order, each seeing the previous one's rewrite.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from guardpool.policy.verdict import Verdict
+from guardpool.runner.verdicts import GuardResult, Phase, failed_in_host, from_job, from_verdict
+
+if TYPE_CHECKING:
+    from guardpool.policy.guards import CompiledGuard
+    from guardpool.runner.pool import GuardPool, JobResult
+    from guardpool.runner.scope import Scope
+
+
+class GuardRunner:
+    def __init__(self, pool: GuardPool | None) -> None:
+        self.pool = pool
+
+    def run(
+        self, phase: Phase, guards: Sequence[CompiledGuard], value: Any, scope: Scope
+    ) -> tuple[list[GuardResult], Any]:
+        """Results in config order and the value after rewrites."""
+        if phase == "after":
+            results: list[GuardResult] = []
+            for guard in guards:
+                result = self._one(guard, value, scope, phase)
+                results.append(result)
+                if result.has_rewrite:
+                    value = result.rewrite
+            return results, value
+        futures: dict[int, Future[JobResult]] = {}
+        for i, guard in enumerate(guards):
+            if guard.kind == "callable":
+                futures[i] = self._submit(guard, value, scope, phase)
+        ordered: list[GuardResult] = []
+        for i, guard in enumerate(guards):
+            future = futures.get(i)
+            if future is None:
+                ordered.append(_regex(guard, value, phase))
+            else:
+                ordered.append(from_job(guard, future.result(), phase))
+        for result in ordered:
+            if result.has_rewrite:
+                value = result.rewrite
+        return ordered, value
+
+    def _one(self, guard: CompiledGuard, value: Any, scope: Scope, phase: Phase) -> GuardResult:
+        if guard.kind == "callable":
+            return from_job(guard, self._submit(guard, value, scope, phase).result(), phase)
+        return _regex(guard, value, phase)
+
+    def _submit(
+        self, guard: CompiledGuard, value: Any, scope: Scope, phase: Phase
+    ) -> Future[JobResult]:
+        assert self.pool is not None  # a policy with a callable guard always brings a pool
+        return self.pool.submit_guard(
+            guard.spec.name,
+            value,
+            labels=scope.labels,
+            run_id=scope.run_id,
+            principal=scope.principal,
+            phase=phase,
+            timeout_ms=guard.spec.timeout_ms,
+        )
+
+
+def _regex(guard: CompiledGuard, value: Any, phase: Phase) -> GuardResult:
+    # RE2 runs in linear time over an input already capped at max_input_bytes,
+    # so a process hop (and its ~50 µs) buys nothing here.
+    start = time.perf_counter()
+    try:
+        verdict = guard.evaluate(value, _NO_CONTEXT)
+    except Exception as exc:
+        return failed_in_host(guard, exc, phase)
+    ms = (time.perf_counter() - start) * 1000
+    if not isinstance(verdict, Verdict):  # pragma: no cover - regex banks return Verdicts
+        return failed_in_host(guard, TypeError("regex guard returned no Verdict"), phase)
+    return from_verdict(guard, verdict, ms, phase)
+
+
+class _NoContext:
+    """Regex banks never consult the context; this placeholder satisfies the protocol."""
+
+    labels: tuple[str, ...] = ()
+    run_id = ""
+    principal = ""
+    phase = "before"
+
+    def remaining_ms(self) -> float:
+        return float("inf")
+
+    def regex(self, pattern: str) -> Any:
+        raise RuntimeError("regex banks have no context")
+
+    def guard(self, name: str, value: Any) -> Verdict:
+        raise RuntimeError("regex banks have no context")
+
+
+_NO_CONTEXT = _NoContext()
