@@ -1,43 +1,66 @@
 """``guardpool lint``: compile a policy and flag what an attacker could exploit.
 
-Dangers (exit 1): a ReDoS-prone ``re``/``regex`` pattern in a callable guard's
-module. Warnings (exit 0): fail-open guards, privileged guards with long
-timeouts, limits that will fall back to the safety margin, oversized inputs,
-RE2-vs-re semantic differences.
+Data flow: the policy file -> ``load_policy``. If it loads: its RE2 banks
+(semantic differences, program sizes), its callable guards' modules
+(``analysis.modcheck``: ReDoS in ``re``/``regex`` patterns, timed against the
+real engine) and its settings. If it does not: the loader's error (GP001),
+then the raw file is read again so that every other refused pattern (GP002)
+and every guard module is still checked — all problems in one run.
+
+Every issue has a rule code (``analysis.rules``), a place (``path:line:col``
+or a config key), a message and a fix hint. Exit 2 when the policy is bad
+input, else 1 when there are dangers, else 0; ``--json`` prints one JSON
+document in every case, also on a config error.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-from dataclasses import asdict, dataclass
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
 
 import msgspec
 
-from guardpool.analysis.astscan import scan_module
-from guardpool.analysis.redos import analyse, confirm
+from guardpool.analysis.modcheck import check_modules
+from guardpool.analysis.rules import RULES, Issue, issue
+from guardpool.policy.errors import PolicyError
 from guardpool.policy.labels import match
 from guardpool.policy.loader import Policy, load_policy
-from guardpool.policy.regex import re_semantic_warnings
+from guardpool.policy.regex import compile_pattern, re_semantic_warnings
 
 _LONG_PRIVILEGED_MS = 5000
 _HUGE_INPUT = 16 << 20
-
-
-@dataclass(frozen=True)
-class Issue:
-    level: str  # "danger" | "warning" | "info"
-    where: str
-    message: str
+EXIT_OK, EXIT_FOUND, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="policy file (TOML or JSON)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--json", action="store_true", help="one JSON document on stdout (also on errors)"
+    )
     parser.add_argument(
         "--no-confirm",
         action="store_true",
-        help="do not time suspected patterns against Python re (faster, less certain)",
+        help="report static ReDoS findings as dangers without timing them against Python re "
+        "(faster; may include false alarms)",
+    )
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="time budget for confirming one finding (default 2)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="confirmations run in parallel (default: cores)",
     )
 
 
@@ -49,40 +72,8 @@ def check_regexes(policy: Policy) -> list[Issue]:
                 zip(bank.patterns, bank.program_sizes(), strict=True)
             ):
                 where = f"guard {name} {key}[{i}]"
-                issues.append(Issue("info", where, f"RE2 program size {size}"))
-                issues.extend(Issue("warning", where, w) for w in re_semantic_warnings(pattern))
-    return issues
-
-
-def check_callables(policy: Policy, *, confirm_findings: bool) -> list[Issue]:
-    issues = []
-    modules = sorted({g.spec.call.partition(":")[0] for g in policy.guards.values() if g.spec.call})
-    for module in modules:
-        for use in scan_module(module):
-            for finding in analyse(use.pattern):
-                where = f"{use.file}:{use.line} {use.call}({use.pattern!r})"
-                attack = finding.attack(32 if finding.exponential else 20_000)
-                verdict = "suspected"
-                if confirm_findings:
-                    c = confirm(use.pattern, finding)
-                    attack = c.attack
-                    verdict = (
-                        f"confirmed: >= {c.ms:.0f} ms at length {c.length}"
-                        if c.confirmed
-                        else f"suspected ({c.ms:.0f} ms at length {c.length})"
-                    )
-                shown = (
-                    attack
-                    if len(attack) <= 60
-                    else f"{finding.pump!r} * {len(attack) - 1} + {attack[-1]!r}"
-                )
-                issues.append(
-                    Issue(
-                        "danger",
-                        where,
-                        f"{finding.kind}: {finding.why}; attack: {shown} ({verdict})",
-                    )
-                )
+                issues.append(issue("GP302", where, f"RE2 program size {size}"))
+                issues.extend(issue("GP301", where, w) for w in re_semantic_warnings(pattern))
     return issues
 
 
@@ -94,16 +85,16 @@ def check_settings(policy: Policy) -> list[Issue]:
         for field in ("on_timeout", "on_error"):
             if getattr(spec, field) == "allow":
                 issues.append(
-                    Issue(
-                        "warning",
+                    issue(
+                        "GP201",
                         f"guard {name}",
                         f'{field} = "allow": this guard fails open (allowed, audited as warn)',
                     )
                 )
         if spec.privileged and (spec.timeout_ms or 0) > _LONG_PRIVILEGED_MS:
             issues.append(
-                Issue(
-                    "warning",
+                issue(
+                    "GP202",
                     f"guard {name}",
                     f"privileged guard with timeout_ms = {spec.timeout_ms}: a slow input holds "
                     "every matching operation that long",
@@ -117,8 +108,8 @@ def check_settings(policy: Policy) -> list[Issue]:
         needs = [d for d in limit.dimensions if d != "calls"]
         if needs and not estimated and limit.enforcement == "fail-fast":
             issues.append(
-                Issue(
-                    "warning",
+                issue(
+                    "GP203",
                     f'limits."{limit.pattern}"',
                     f"no [estimates] or [prices] for {', '.join(needs)}: operations without their "
                     f"own estimate fall back to the {limit.margin:.0%} safety margin",
@@ -126,8 +117,8 @@ def check_settings(policy: Policy) -> list[Issue]:
             )
     if cfg.pool.max_input_bytes > _HUGE_INPUT:
         issues.append(
-            Issue(
-                "warning",
+            issue(
+                "GP204",
                 "pool.max_input_bytes",
                 f"{cfg.pool.max_input_bytes} bytes: every guard must handle this",
             )
@@ -135,31 +126,116 @@ def check_settings(policy: Policy) -> list[Issue]:
     cores = os.cpu_count() or 1
     if cfg.pool.workers and cfg.pool.workers > cores * 4:
         issues.append(
-            Issue("warning", "pool.workers", f"{cfg.pool.workers} workers on {cores} cores")
+            issue("GP205", "pool.workers", f"{cfg.pool.workers} workers on {cores} cores")
         )
     return issues
 
 
+def _raw(path: Path) -> dict[str, Any] | None:
+    """The policy file as plain data, when it parses at all."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _raw_guards(data: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    guards = data.get("guard", [])
+    if not isinstance(guards, list):
+        return []
+    return [(i, g) for i, g in enumerate(guards) if isinstance(g, dict)]
+
+
+def check_broken(path: Path, error: PolicyError) -> tuple[list[Issue], list[str]]:
+    """What can still be checked in a policy that does not load: the other
+    refused patterns, and the modules its guards name."""
+    where = ": ".join(p for p in (error.file, error.key) if p) or str(path)
+    issues = [issue("GP001", where, error.reason)]
+    data = _raw(path)
+    if data is None:
+        return issues, []
+    defaults = data.get("guards", {})
+    max_mem = defaults.get("regex_max_mem") if isinstance(defaults, dict) else None
+    modules: list[str] = []
+    for i, g in _raw_guards(data):
+        for bank in ("deny_regex", "require_regex"):
+            patterns = g.get(bank, [])
+            for j, pattern in enumerate(patterns if isinstance(patterns, list) else []):
+                key = f"guard[{i}].{bank}[{j}]"
+                if key == error.key or not isinstance(pattern, str):
+                    continue
+                try:
+                    if isinstance(max_mem, int) and max_mem > 0:
+                        compile_pattern(pattern, max_mem)
+                    else:
+                        compile_pattern(pattern)
+                except ValueError as exc:
+                    issues.append(issue("GP002", f"{path}: {key}", str(exc)))
+        call = g.get("call")
+        if isinstance(call, str) and ":" in call:
+            modules.append(call.partition(":")[0])
+    # Guard modules resolve beside the policy file and its parent, as the loader does.
+    base = path.resolve().parent
+    for entry in (str(base.parent), str(base)):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    return issues, modules
+
+
+def _report(issues: list[Issue], as_json: bool, summary: dict[str, Any]) -> None:
+    counts = {level: sum(i.level == level for i in issues) for level in _LEVELS}
+    if as_json:
+        doc = {"issues": issues, **summary}
+        doc |= {_PLURAL[k]: v for k, v in counts.items()}
+        doc["rules"] = {i.code: RULES[i.code].title for i in issues}
+        sys.stdout.write(msgspec.json.encode(doc).decode() + "\n")
+        return
+    for level in _LEVELS:
+        group = [i for i in issues if i.level == level]
+        if not group:
+            continue
+        if level == "suspected":
+            print("-- suspected (not confirmed by timing; does not fail lint):")
+        for i in group:
+            print(f"{i.where}: {i.code} {i.level}: {i.message}")
+            if level in ("error", "danger", "suspected"):
+                print(f"    hint: {i.hint}")
+    parts = [f"{v} {_PLURAL[k] if v != 1 else k}" for k, v in counts.items() if v]
+    print(
+        f"{summary['guards']} guards, {summary['limits']} limits: " + (", ".join(parts) or "clean")
+    )
+
+
+_LEVELS = ("error", "danger", "suspected", "warning", "info")
+_PLURAL = {"error": "errors", "danger": "dangers", "suspected": "suspected"}
+_PLURAL |= {"warning": "warnings", "info": "infos"}
+
+
 def main(args: argparse.Namespace) -> int:
-    policy = load_policy(args.config)
+    path = Path(args.config)
+    confirm = not args.no_confirm
+    if args.deadline <= 0 or args.jobs < 1:
+        issues = [issue("GP001", "command line", "--deadline must be > 0 and --jobs >= 1")]
+        _report(issues, args.json, {"guards": 0, "limits": 0})
+        return EXIT_BAD_INPUT
+    try:
+        policy = load_policy(path)
+    except PolicyError as exc:
+        issues, modules = check_broken(path, exc)
+        issues += check_modules(
+            modules, confirm=confirm, parallel=args.jobs, deadline_s=args.deadline
+        )
+        _report(issues, args.json, {"guards": 0, "limits": 0})
+        if not args.json:
+            print(f"guardpool lint: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    modules = sorted({g.spec.call.partition(":")[0] for g in policy.guards.values() if g.spec.call})
     issues = [
         *check_regexes(policy),
-        *check_callables(policy, confirm_findings=not args.no_confirm),
+        *check_modules(modules, confirm=confirm, parallel=args.jobs, deadline_s=args.deadline),
         *check_settings(policy),
     ]
-    dangers = sum(i.level == "danger" for i in issues)
-    warnings = sum(i.level == "warning" for i in issues)
-    if args.json:
-        print(
-            msgspec.json.encode(
-                {"issues": [asdict(i) for i in issues], "dangers": dangers, "warnings": warnings}
-            ).decode()
-        )
-    else:
-        for issue in issues:
-            print(f"{issue.level:8} {issue.where}: {issue.message}")
-        print(
-            f"{len(policy.guards)} guards, {len(policy.limits)} limits: "
-            f"{dangers} dangerous, {warnings} warnings"
-        )
-    return 1 if dangers else 0
+    _report(issues, args.json, {"guards": len(policy.guards), "limits": len(policy.limits)})
+    return EXIT_FOUND if any(i.level == "danger" for i in issues) else EXIT_OK

@@ -1,0 +1,444 @@
+"""Degree of ambiguity of a pattern's NFA, and the attack strings that exploit it.
+
+Data flow: ``nfa.build`` -> strongly connected components of the state graph ->
+
+- **EDA** (exponential degree of ambiguity): a state ``p`` with two different
+  paths ``p -> p`` on the same word ``w``. Found in the product automaton
+  ``A x A`` restricted to one component: a cycle from ``(p, p)`` back to
+  ``(p, p)`` that leaves the diagonal (or takes one of two parallel ε-paths)
+  on the way. A backtracking engine that fails after ``w^n`` tries ``2^n`` paths.
+- **IDA** (polynomial degree): two different components ``C1 -> C2`` with
+  states ``p in C1``, ``q in C2`` and one word ``w`` such that ``p -w-> p``,
+  ``p -w-> q`` and ``q -w-> q`` (a search from ``(p, p, q)`` to ``(p, q, q)`` in
+  ``A x A x A``). A chain of ``k`` components linked that way costs ``n^k`` steps
+  on a failing input; ``re.search``'s implicit ``.*?`` is one of the components,
+  which is why an unanchored ``\\s+$`` is quadratic.
+
+This is the analysis of Weideman, van der Merwe, Berglund and Watson
+("Analyzing matching time behavior of backtracking regular expression
+matchers by using ambiguity of NFA", 2016), on CPython's own parse tree. An
+ambiguity only hurts when the input can then *fail*: for each one we build
+``prefix + pump^n + suffix`` and keep it only if simulating the NFA shows no
+path reaching success on it (``(a+)+`` without an anchor succeeds at once and
+is not reported). Timing the real engine (``confirm``) has the last word.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+from guardpool.analysis.nfa import Nfa
+
+Kind = Literal["exponential", "polynomial"]
+_BUDGET = 400_000  # product-automaton steps per pattern before giving up on a check
+
+
+@dataclass(frozen=True)
+class Attack:
+    """``prefix + (pump * n + connector for each part) + suffix``."""
+
+    prefix: str
+    parts: tuple[tuple[str, str], ...]
+    suffix: str
+
+    def text(self, n: int) -> str:
+        return self.prefix + "".join(p * n + c for p, c in self.parts) + self.suffix
+
+    def show(self, n: int | None = None) -> str:
+        reps = "n" if n is None else str(n)
+        body = " + ".join(f"{p!r} * {reps}" + (f" + {c!r}" if c else "") for p, c in self.parts)
+        pre = f"{self.prefix!r} + " if self.prefix else ""
+        suf = f" + {self.suffix!r}" if self.suffix else ""
+        return pre + body + suf
+
+
+@dataclass(frozen=True)
+class Ambiguity:
+    kind: Kind
+    degree: int  # loops in the chain (polynomial: time ~ n^degree); 0 when exponential
+    attack: Attack
+
+
+class _Budget:
+    def __init__(self) -> None:
+        self.left = _BUDGET
+        self.exhausted = False
+
+    def spend(self, n: int = 1) -> bool:
+        self.left -= n
+        if self.left < 0:
+            self.exhausted = True
+        return not self.exhausted
+
+
+def _reachable(nfa: Nfa) -> set[int]:
+    seen = {nfa.start}
+    todo = [nfa.start]
+    while todo:
+        s = todo.pop()
+        for t in nfa.edges[s]:
+            if t not in seen and nfa.label(s, t):
+                seen.add(t)
+                todo.append(t)
+    return seen
+
+
+def _sccs(nfa: Nfa, states: set[int]) -> list[list[int]]:
+    """Tarjan's algorithm, iterative; components in reverse topological order."""
+    index: dict[int, int] = {}
+    low: dict[int, int] = {}
+    stack: list[int] = []
+    on: set[int] = set()
+    out: list[list[int]] = []
+    counter = 0
+    for root in sorted(states):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(nfa.edges[root])))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on.add(root)
+        while work:
+            v, it = work[-1]
+            advanced = False
+            for w in it:
+                if w not in states or not nfa.label(v, w):
+                    continue
+                if w not in index:
+                    index[w] = low[w] = counter
+                    counter += 1
+                    stack.append(w)
+                    on.add(w)
+                    work.append((w, iter(sorted(nfa.edges[w]))))
+                    advanced = True
+                    break
+                if w in on:
+                    low[v] = min(low[v], index[w])
+            if advanced:
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                out.append(comp)
+    return out
+
+
+def _is_loop(nfa: Nfa, comp: list[int]) -> bool:
+    members = set(comp)
+    return len(comp) > 1 or any(t in members for t in nfa.edges[comp[0]])
+
+
+def _pick(nfa: Nfa, mask: int, avoid: int = 0) -> str:
+    """A representative character of ``mask``, preferring ones outside ``avoid``."""
+    preferred = mask & ~avoid or mask
+    for i, ch in enumerate(nfa.alphabet):
+        if preferred >> i & 1:
+            return ch
+    raise ValueError("empty mask")
+
+
+def _shortest(nfa: Nfa, src: int, dst: int, allowed: set[int] | None) -> str | None:
+    """Shortest word from src to dst, through ``allowed`` states only (None: any)."""
+    if src == dst:
+        return ""
+    prev: dict[int, tuple[int, int]] = {src: (-1, 0)}
+    todo = deque([src])
+    while todo:
+        s = todo.popleft()
+        for t in nfa.edges[s]:
+            if t in prev or (allowed is not None and t not in allowed):
+                continue
+            lab = nfa.label(s, t)
+            if not lab:
+                continue
+            prev[t] = (s, lab)
+            if t == dst:
+                word = []
+                cur = t
+                while cur != src:
+                    p, m = prev[cur]
+                    word.append(_pick(nfa, m))
+                    cur = p
+                return "".join(reversed(word))
+            todo.append(t)
+    return None
+
+
+def _prefix(nfa: Nfa, target: int, reach: set[int]) -> str | None:
+    if target == nfa.loop:
+        return ""
+    without_loop = reach - {nfa.loop} if nfa.loop is not None else reach
+    word = _shortest(nfa, nfa.start, target, without_loop)
+    return word if word is not None else _shortest(nfa, nfa.start, target, reach)
+
+
+def _eda(nfa: Nfa, comp: list[int], budget: _Budget) -> tuple[int, str] | None:
+    """(p, pump) with two distinct p -> p paths on pump inside ``comp``, if any."""
+    members = {s for s in comp if not nfa.atomic[s]}
+    for p in sorted(members):
+        start = (p, p, False)
+        prev: dict[tuple[int, int, bool], tuple[tuple[int, int, bool], int] | None] = {start: None}
+        todo = deque([start])
+        while todo:
+            if not budget.spend():
+                return None
+            x, y, div = todo.popleft()
+            for x2, (mx, _rx) in nfa.edges[x].items():
+                if x2 not in members:
+                    continue
+                lx = nfa.label(x, x2)
+                for y2, (my, _ry) in nfa.edges[y].items():
+                    if y2 not in members:
+                        continue
+                    lab = lx & nfa.label(y, y2)
+                    if not lab:
+                        continue
+                    # Two parallel ε-paths to the same state also diverge.
+                    split = div or x2 != y2 or (x == y and x2 == y2 and mx > 1 and my > 1)
+                    nxt = (x2, y2, split)
+                    if nxt in prev:
+                        continue
+                    prev[nxt] = ((x, y, div), lab)
+                    if nxt == (p, p, True):
+                        return p, _word(nfa, prev, nxt)
+                    todo.append(nxt)
+    return None
+
+
+def _word(nfa: Nfa, prev: dict, node: object) -> str:  # type: ignore[type-arg]
+    chars = []
+    while prev[node] is not None:
+        node, lab = prev[node]
+        chars.append(_pick(nfa, lab))
+    return "".join(reversed(chars))
+
+
+def _ida(
+    nfa: Nfa, c1: list[int], c2: list[int], between: set[int], budget: _Budget
+) -> tuple[int, int, str] | None:
+    """(p, q, w) with p -w-> p in c1, p -w-> q, q -w-> q in c2, if any."""
+    m1 = {s for s in c1 if not nfa.atomic[s]}
+    m2 = {s for s in c2 if not nfa.atomic[s]}
+    for p in sorted(m1):
+        for q in sorted(m2):
+            start = (p, p, q)
+            goal = (p, q, q)
+            prev: dict[tuple[int, int, int], tuple[tuple[int, int, int], int] | None] = {
+                start: None
+            }
+            todo = deque([start])
+            while todo:
+                if not budget.spend():
+                    return None
+                x, y, z = todo.popleft()
+                for x2 in nfa.edges[x]:
+                    if x2 not in m1:
+                        continue
+                    lx = nfa.label(x, x2)
+                    for y2 in nfa.edges[y]:
+                        if y2 not in between:
+                            continue
+                        lxy = lx & nfa.label(y, y2)
+                        if not lxy:
+                            continue
+                        for z2 in nfa.edges[z]:
+                            if z2 not in m2:
+                                continue
+                            lab = lxy & nfa.label(z, z2)
+                            if not lab:
+                                continue
+                            nxt = (x2, y2, z2)
+                            if nxt in prev:
+                                continue
+                            prev[nxt] = ((x, y, z), lab)
+                            if nxt == goal:
+                                return p, q, _word(nfa, prev, nxt)
+                            todo.append(nxt)
+    return None
+
+
+def _attempt_succeeds(nfa: Nfa, text: str, begin: int) -> bool:
+    """Does the match attempt that starts at ``begin`` reach success on any path?"""
+    pos = {ch: i for i, ch in enumerate(nfa.alphabet)}
+    # After position 0, an attempt starts where the implicit .*? hands over.
+    first = nfa.start if begin == 0 or nfa.loop is None else nfa.loop
+    current = {first}
+    for i in range(begin, len(text) + 1):
+        nxt = text[i] if i < len(text) else None
+        for s in current:
+            kind = nfa.final[s]
+            if kind == "any" or (kind == "end" and nxt is None):
+                return True
+            if kind == "nl" and (nxt is None or nxt == "\n"):
+                return True
+        if nxt is None or not current:
+            return False
+        bit = 1 << pos[nxt]
+        current = {
+            t for s in current for t in nfa.edges[s] if t != nfa.loop and nfa.label(s, t) & bit
+        }
+    return False
+
+
+def _fails(nfa: Nfa, attack: Attack, k: int, from_loop: bool) -> bool:
+    """Do the attempts that do the ambiguous work fail on ``attack.text(k)``?
+
+    ``re.search`` tries start positions in order and stops at the first success,
+    so a later success (``\\s*$`` matches at the very end) comes too late to
+    help: only the attempt at 0 matters, or, when the chain begins with the
+    implicit ``.*?``, every attempt that starts inside the first pumped block.
+    """
+    text = attack.text(k)
+    last = len(attack.prefix) + len(attack.parts[0][0]) * k if from_loop else 0
+    return not any(_attempt_succeeds(nfa, text, b) for b in range(0, min(last, len(text)) + 1))
+
+
+def _failing(
+    nfa: Nfa, prefix: str, parts: tuple[tuple[str, str], ...], from_loop: bool = False
+) -> Attack | None:
+    """The attack with a suffix that makes every path fail, if one exists."""
+    used = {c for p, c2 in parts for c in p + c2}
+    pump_mask = sum(1 << i for i, ch in enumerate(nfa.alphabet) if ch in used)
+    candidates = [""] + [ch for i, ch in enumerate(nfa.alphabet) if not pump_mask >> i & 1]
+    candidates += [ch for i, ch in enumerate(nfa.alphabet) if pump_mask >> i & 1]
+    for suffix in candidates[:80]:
+        attack = Attack(prefix, parts, suffix)
+        if all(_fails(nfa, attack, k, from_loop) for k in (2, 3, 4)):
+            return attack
+    return None
+
+
+def analyse_nfa(nfa: Nfa) -> tuple[list[Ambiguity], bool]:
+    """Ambiguities worth attacking, worst first, and whether the budget ran out."""
+    budget = _Budget()
+    reach = _reachable(nfa)
+    comps = [c for c in _sccs(nfa, reach) if _is_loop(nfa, c)]
+    found: list[Ambiguity] = []
+    for comp in comps:
+        hit = _eda(nfa, comp, budget)
+        if hit is None:
+            continue
+        p, pump = hit
+        prefix = _prefix(nfa, p, reach)
+        if prefix is None:
+            continue
+        attack = _failing(nfa, prefix, ((pump, ""),), p == nfa.loop)
+        if attack is not None:
+            found.append(Ambiguity("exponential", 0, attack))
+    found.extend(_chains(nfa, comps, reach, budget))
+    found.sort(key=lambda a: (a.kind != "exponential", -a.degree))
+    return found, budget.exhausted
+
+
+def _chains(nfa: Nfa, comps: list[list[int]], reach: set[int], budget: _Budget) -> list[Ambiguity]:
+    """The longest IDA chain (degree >= 2) with a failing attack, if any."""
+    comp_of = {s: i for i, c in enumerate(comps) for s in c}
+    # comps come in reverse topological order: successors have lower indices.
+    order = list(reversed(range(len(comps))))
+    forward = {i: _forward(nfa, comps[i]) for i in order}
+    backward = {i: _backward(nfa, comps[i], reach) for i in order}
+    best: dict[int, tuple[int, list[tuple[int, int, str]]]] = {i: (1, []) for i in order}
+    for i in order:
+        for j in order:
+            if j == i or comps[j][0] not in forward[i]:
+                continue
+            if best[i][0] + 1 <= best[j][0]:
+                continue
+            between = forward[i] & backward[j]
+            link = _ida(nfa, comps[i], comps[j], between, budget)
+            if link is not None:
+                best[j] = (best[i][0] + 1, [*best[i][1], link])
+    del comp_of
+    out: list[Ambiguity] = []
+    for _i, (degree, links) in sorted(best.items(), key=lambda kv: -kv[1][0]):
+        if degree < 2:
+            break
+        attack = _chain_attack(nfa, comps, links, reach)
+        if attack is not None:
+            out.append(Ambiguity("polynomial", degree, attack))
+            break
+    return out
+
+
+def _forward(nfa: Nfa, comp: list[int]) -> set[int]:
+    seen = set(comp)
+    todo = list(comp)
+    while todo:
+        s = todo.pop()
+        for t in nfa.edges[s]:
+            if t not in seen and nfa.label(s, t):
+                seen.add(t)
+                todo.append(t)
+    return seen
+
+
+def _backward(nfa: Nfa, comp: list[int], reach: set[int]) -> set[int]:
+    rev: dict[int, list[int]] = {}
+    for s in reach:
+        for t in nfa.edges[s]:
+            if nfa.label(s, t):
+                rev.setdefault(t, []).append(s)
+    seen = set(comp)
+    todo = list(comp)
+    while todo:
+        s = todo.pop()
+        for t in rev.get(s, []):
+            if t not in seen:
+                seen.add(t)
+                todo.append(t)
+    return seen
+
+
+def _chain_attack(
+    nfa: Nfa, comps: list[list[int]], links: list[tuple[int, int, str]], reach: set[int]
+) -> Attack | None:
+    prefix = _prefix(nfa, links[0][0], reach)
+    if prefix is None:
+        return None
+    from_loop = links[0][0] == nfa.loop
+    parts: list[tuple[str, str]] = []
+    for k, (_p, q, w) in enumerate(links):
+        connector = ""
+        if k + 1 < len(links):
+            nxt = links[k + 1][0]
+            comp = next(c for c in comps if q in c)
+            found = _shortest(nfa, q, nxt, set(comp))
+            if found is None:
+                return None
+            connector = found
+        parts.append((w, connector))
+    # One pump for the whole chain when a single one serves every link: a^n, not a^n b^n.
+    pumps = {w for w, _ in parts}
+    if len(pumps) == 1 and all(not c for _, c in parts):
+        return _failing(nfa, prefix, ((parts[0][0], ""),), from_loop)
+    if len(pumps) > 1 and all(not c for _, c in parts[:-1]):
+        for w in sorted(pumps, key=len):
+            uniform = _failing(nfa, prefix, ((w, ""),), from_loop)
+            if uniform is not None and _pumps_every_link(nfa, links, w):
+                return uniform
+    return _failing(nfa, prefix, tuple(parts), from_loop)
+
+
+def _pumps_every_link(nfa: Nfa, links: list[tuple[int, int, str]], w: str) -> bool:
+    """Does ``w`` loop on every state of the chain (so ``w^n`` alone is the pump)?"""
+    pos = {ch: i for i, ch in enumerate(nfa.alphabet)}
+
+    def loops(state: int) -> bool:
+        current = {state}
+        for ch in w:
+            bit = 1 << pos[ch]
+            current = {t for s in current for t in nfa.edges[s] if nfa.label(s, t) & bit}
+        return state in current
+
+    return all(loops(p) and loops(q) for p, q, _ in links)
