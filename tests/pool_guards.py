@@ -6,12 +6,11 @@ Each one misbehaves in one specific way; the tests check the pool survives it.
 from __future__ import annotations
 
 import ctypes
+import encodings.idna  # noqa: F401  (socket.create_connection needs it; see PRELOAD in tests)
 import hashlib
 import logging
 import os
 import socket
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -86,14 +85,14 @@ def hold(mb: int) -> int:
 
 
 def escaping_grandchild(pidfile: str) -> None:
-    """Start a grandchild in a new session (out of our process group), then hang."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(60)"],
-        start_new_session=True,
-        stdin=subprocess.DEVNULL,
-    )
+    """Start a child in a new session (out of our process group), then hang."""
+    child = os.fork()
+    if child == 0:
+        os.setsid()
+        time.sleep(60)
+        os._exit(0)
     with open(pidfile, "w") as f:
-        f.write(str(child.pid))
+        f.write(str(child))
     time.sleep(60)
 
 
@@ -159,3 +158,61 @@ def guard_nested_slow(value: Any, ctx: Any) -> Verdict:
 
 def guard_nested_regex(value: Any, ctx: Any) -> Verdict:
     return ctx.guard("keys", value)  # type: ignore[no-any-return]
+
+
+def real_fork_bomb(_: Any) -> None:
+    """Forks without end; every child forks too. Only a pids cgroup bounds it."""
+    while True:
+        try:
+            os.fork()
+        except OSError:
+            time.sleep(0.001)
+
+
+# -- return values that cannot be encoded or described ----------------------------------
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ raised")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("__repr__ raised")
+
+
+class Opaque:
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ raised")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("__repr__ raised")
+
+
+def big_int(_: Any) -> int:
+    return 2**64
+
+
+def self_list(_: Any) -> list[Any]:
+    loop: list[Any] = []
+    loop.append(loop)
+    return loop
+
+
+def opaque(_: Any) -> object:
+    return Opaque()
+
+
+def raises_unprintable(_: Any) -> None:
+    raise Unprintable()
+
+
+def surrogate(_: Any) -> str:
+    return "abc\udcff"
+
+
+def raises_surrogate(_: Any) -> None:
+    raise ValueError("bad \udcff input")
+
+
+def exits(_: Any) -> None:
+    raise SystemExit(3)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -32,6 +34,13 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 G = "tests.pool_guards:"
+# Preloaded in the zygote (as root): workers run as an unprivileged uid, which may not
+# be able to read the interpreter's own library (e.g. a pyenv under /root).
+PRELOAD = ["tests.pool_guards"]
+
+
+def make_pool(**kw: Any) -> GuardPool:
+    return GuardPool(preload=PRELOAD, **kw)
 
 
 def wait_for(predicate: Any, timeout: float = 3.0) -> bool:
@@ -61,7 +70,7 @@ def pool_processes() -> list[int]:
 
 @pytest.fixture(scope="module")
 def pool() -> Iterator[GuardPool]:
-    with GuardPool(workers=2, job_timeout_ms=2000, job_cpu_ms=2000, memory_mb=256) as p:
+    with make_pool(workers=2, job_timeout_ms=2000, job_cpu_ms=2000, memory_mb=256) as p:
         yield p
 
 
@@ -143,15 +152,24 @@ def test_cpu_budget_is_distinct_from_wall_deadline(pool: GuardPool) -> None:
 
 
 def test_memory_bomb_hits_the_address_space_limit() -> None:
-    with GuardPool(workers=1, memory_mb=160, job_timeout_ms=10_000, job_cpu_ms=10_000) as p:
+    with make_pool(workers=1, memory_mb=160, job_timeout_ms=10_000, job_cpu_ms=10_000) as p:
         result = p.submit(G + "memory_bomb", None).result(timeout=20)
         assert result.outcome == "error"
         assert result.limit == "memory"
         assert p.submit(G + "double", 5).result(timeout=10).value == 10
 
 
-def test_bounded_fork_bomb_leaves_no_descendant(pool: GuardPool, tmp_path: Path) -> None:
-    pidfile = tmp_path / "pids"
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory the workers can write to: as root they run as an unprivileged uid."""
+    path = Path(tempfile.mkdtemp(prefix="guardpool-test-"))
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_bounded_fork_bomb_leaves_no_descendant(pool: GuardPool, shared_dir: Path) -> None:
+    pidfile = shared_dir / "pids"
     result = run(pool, "fork_bomb", [50, str(pidfile)], timeout_ms=1500)
     assert result.outcome == "timeout"
     pids = [int(p) for p in pidfile.read_text().split()]
@@ -159,8 +177,8 @@ def test_bounded_fork_bomb_leaves_no_descendant(pool: GuardPool, tmp_path: Path)
     assert wait_for(lambda: all(gone(p) for p in pids))
 
 
-def test_escaping_grandchild_is_killed(pool: GuardPool, tmp_path: Path) -> None:
-    pidfile = tmp_path / "pid"
+def test_escaping_grandchild_is_killed(pool: GuardPool, shared_dir: Path) -> None:
+    pidfile = shared_dir / "pid"
     result = run(pool, "escaping_grandchild", str(pidfile), timeout_ms=1500)
     assert result.outcome == "timeout"
     grandchild = int(pidfile.read_text())
@@ -168,7 +186,7 @@ def test_escaping_grandchild_is_killed(pool: GuardPool, tmp_path: Path) -> None:
 
 
 def test_input_too_large_is_refused_before_sending() -> None:
-    with GuardPool(workers=1, max_input_bytes=1000) as p:
+    with make_pool(workers=1, max_input_bytes=1000) as p:
         future = p.submit(G + "echo", "y" * 2000)
         assert future.done()
         result = future.result()
@@ -178,7 +196,7 @@ def test_input_too_large_is_refused_before_sending() -> None:
 
 
 def test_deadline_counts_from_submit_not_from_start() -> None:
-    with GuardPool(workers=1, job_timeout_ms=5000) as p:
+    with make_pool(workers=1, job_timeout_ms=5000) as p:
         blocker = p.submit(G + "sleep", 0.6)
         started = time.monotonic()
         queued = p.submit(G + "double", 1, timeout_ms=100).result(timeout=5)
@@ -198,7 +216,7 @@ def test_neighbours_are_unaffected_by_a_kill(pool: GuardPool) -> None:
 
 
 def test_jobs_waiting_behind_a_killed_job_run_elsewhere_not_twice() -> None:
-    with GuardPool(workers=2, job_timeout_ms=5000) as p:
+    with make_pool(workers=2, job_timeout_ms=5000) as p:
         hung = [p.submit(G + "spin", None, timeout_ms=300) for _ in range(2)]
         waiting = [p.submit(G + "pid", None) for _ in range(4)]  # pipelined behind the spins
         results = [f.result(timeout=10) for f in waiting]
@@ -213,7 +231,7 @@ def test_jobs_waiting_behind_a_killed_job_run_elsewhere_not_twice() -> None:
 
 
 def test_worker_recycled_after_max_jobs() -> None:
-    with GuardPool(workers=1, max_jobs_per_worker=3) as p:
+    with make_pool(workers=1, max_jobs_per_worker=3) as p:
         pids = [p.submit(G + "pid", None).result(timeout=5).value for _ in range(7)]
         assert len(set(pids[:3])) == 1
         assert pids[3] != pids[2]
@@ -222,7 +240,7 @@ def test_worker_recycled_after_max_jobs() -> None:
 
 
 def test_worker_recycled_when_rss_passes_threshold() -> None:
-    with GuardPool(workers=1, memory_mb=256, max_rss_mb=60) as p:
+    with make_pool(workers=1, memory_mb=256, max_rss_mb=60) as p:
         first = p.submit(G + "hold", 80).result(timeout=10)
         assert first.outcome == "ok"
         second = p.submit(G + "pid", None).result(timeout=10)
@@ -286,7 +304,7 @@ def test_worker_logs_reach_host_handlers(pool: GuardPool) -> None:
 
 def test_standard_hardening_measures_are_in_force(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GUARDPOOL_TEST_SECRET", "hunter2")
-    with GuardPool(workers=1, memory_mb=200) as p:
+    with make_pool(workers=1, memory_mb=200) as p:
         info = p.submit("guardpool.worker.probe:probe", None).result(timeout=5).value
         workdir = info["cwd"]
     assert info["own_process_group"] is True
@@ -307,10 +325,10 @@ def test_strict_blocks_network() -> None:
     port = listener.getsockname()[1]
     listener.settimeout(0.3)
     try:
-        with GuardPool(workers=1, hardening="standard") as p:
+        with make_pool(workers=1, hardening="standard") as p:
             assert p.submit(G + "connect", port).result(timeout=5).value == "connected"
             listener.accept()[0].close()
-        with GuardPool(workers=1, hardening="strict") as p:
+        with make_pool(workers=1, hardening="strict") as p:
             result = p.submit(G + "connect", port).result(timeout=5)
             info = p.submit("guardpool.worker.probe:probe", None).result(timeout=5).value
         assert result.outcome == "error"
@@ -326,7 +344,7 @@ def test_strict_blocks_network() -> None:
 # -- guard jobs ----------------------------------------------------------------------------
 
 GUARDS: dict[str, Any] = {
-    "pool": {"workers": 1, "job_timeout_ms": 2000},
+    "pool": {"workers": 1, "job_timeout_ms": 2000, "preload": PRELOAD},
     "guard": [
         {"name": "ctx", "call": G + "guard_context"},
         {"name": "none", "call": G + "guard_none"},
@@ -397,7 +415,7 @@ def test_100_timeouts_leak_no_process_and_no_fd() -> None:
     shm_before = set(os.listdir("/dev/shm"))
     procs_before = set(pool_processes())
     fds_before = open_fds()
-    with GuardPool(workers=2, job_timeout_ms=30) as p:
+    with make_pool(workers=2, job_timeout_ms=30) as p:
         p.submit(G + "double", 1).result(timeout=5)
         fds_running = open_fds()
         for _ in range(50):
@@ -416,7 +434,7 @@ def test_100_timeouts_leak_no_process_and_no_fd() -> None:
 def test_shutdown_leaves_nothing_behind() -> None:
     fds_before = open_fds()
     procs_before = set(pool_processes())
-    p = GuardPool(workers=2).start()
+    p = make_pool(workers=2).start()
     info = p.submit("guardpool.worker.probe:probe", None).result(timeout=5).value
     workdir_root = os.path.dirname(info["cwd"])
     assert len(set(pool_processes()) - procs_before) == 3
@@ -435,7 +453,7 @@ HOST_SCRIPT = textwrap.dedent(
     import os, sys, time
     sys.path.insert(0, {root!r})
     from guardpool import GuardPool
-    pool = GuardPool(workers=2).start()
+    pool = GuardPool(workers=2, preload=["tests.pool_guards"]).start()
     busy = pool.submit("tests.pool_guards:sleep", 30)
     pids = [pool.submit("tests.pool_guards:pid", None).result().value]
     print(pool._manager.zygote.pid, *pids, flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -27,6 +28,13 @@ def test_doctor_strict_reports_every_measure(capsys: pytest.CaptureFixture[str])
     if report["probe"]["uid"] == 0:
         assert nproc["active"] is False
         assert "root" in nproc["detail"]
+    if os.geteuid() == 0:
+        # A root host: the worker dropped privileges and sits in its own cgroup.
+        assert report["probe"]["uid"] != 0
+        assert by_name["unprivileged worker"]["active"] is True
+        assert nproc["active"] is True
+        assert by_name["cgroup per worker"]["active"] is True, by_name["cgroup per worker"]
+        assert by_name["cgroup per worker"]["detail"].startswith("cgroup v")
 
 
 def test_doctor_standard_says_why_strict_measures_are_off(

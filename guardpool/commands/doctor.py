@@ -64,19 +64,47 @@ def measures(info: dict[str, Any], hardening: str, memory_mb: int) -> list[dict[
         ),
         _measure("RLIMIT_CORE", limits["CORE"] == 0, "no core dumps (memory holds hostile input)"),
     ]
-    if info["uid"] == 0:
+    host_root = os.geteuid() == 0
+    if info["uid"] != 0:
+        how = (
+            f"started as root, workers dropped to uid {info['uid']} gid {info['gid']}, "
+            f"supplementary groups {info['groups'] or 'cleared'}"
+            if host_root
+            else f"host is not root: workers run as its uid {info['uid']} (nothing to drop)"
+        )
+        out.append(_measure("unprivileged worker", True, how))
+        out.append(_measure("RLIMIT_NPROC", True, f"{limits['NPROC']} processes for this uid"))
+    else:
+        out.append(_measure("unprivileged worker", False, "workers run as root"))
         out.append(
             _measure(
                 "RLIMIT_NPROC",
                 False,
-                f"set to {limits['NPROC']}, but not enforced: running as root, and the kernel "
-                "exempts root (CAP_SYS_ADMIN/CAP_SYS_RESOURCE) from RLIMIT_NPROC; the process "
-                "group kill and the descendant sweep still bound a fork bomb to the deadline",
+                f"set to {limits['NPROC']}, but the kernel exempts root from it",
+            )
+        )
+    if info.get("unreadable"):
+        out.append(
+            _measure(
+                "import path readable",
+                False,
+                f"uid {info['uid']} cannot read {', '.join(info['unreadable'])}: guard modules "
+                "from there must be preloaded ([pool] preload) or made readable",
                 expected=False,
             )
         )
-    else:
-        out.append(_measure("RLIMIT_NPROC", True, f"{limits['NPROC']} processes for this uid"))
+    mode = status.get("cgroup_mode", "")
+    out.append(
+        _measure(
+            "cgroup per worker",
+            bool(mode),
+            f"cgroup {mode}: pids.max {info.get('pids_max')}, memory capped, killed as a group"
+            if mode
+            else f"not available: {status.get('cgroup') or 'unknown'}; a fork bomb is bounded "
+            "only by RLIMIT_NPROC (not for root) and the deadline kill",
+            expected=host_root,
+        )
+    )
     env = info["environment"]
     out += [
         _measure(

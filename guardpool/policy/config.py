@@ -20,6 +20,8 @@ class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class PoolConfig(_Section):
+    """``[pool]``: the one place its defaults live; ``policy/poolsettings.py`` checks them."""
+
     workers: int | None = None
     job_timeout_ms: int = 1000
     job_cpu_ms: int = 1000
@@ -29,6 +31,8 @@ class PoolConfig(_Section):
     max_input_bytes: int = 1_048_576
     preload: list[str] = msgspec.field(default_factory=list)
     hardening: Literal["standard", "strict"] = "standard"
+    user: str | int | None = None  # started as root, workers drop to this (default: nobody)
+    pids_max: int = 64  # per-worker cgroup cap on processes and threads
 
 
 class GuardDefaults(_Section):

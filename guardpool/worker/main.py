@@ -9,12 +9,14 @@ is inside a C call that never returns to the interpreter.
 
 from __future__ import annotations
 
+import collections
 import importlib
 import logging
 import os
 import resource
 import signal
 import socket
+import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from guardpool.policy.verdict import normalize
-from guardpool.worker import context, protocol, sandbox
+from guardpool.worker import cgroups, context, protocol, sandbox
 
 if TYPE_CHECKING:
     from guardpool.policy.guards import CompiledGuard
@@ -34,25 +36,23 @@ class Channel:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.buf = bytearray()
+        self.reader = protocol.FrameReader()
+        self.decoder = msgspec.msgpack.Decoder(protocol.HostMsg)
+        self.pending: collections.deque[protocol.HostMsg] = collections.deque()
         self.encoder = msgspec.msgpack.Encoder()
 
     def send(self, msg: msgspec.Struct) -> None:
         self.sock.sendall(protocol.frame(self.encoder, msg))
 
-    def recv(self) -> bytes | None:
-        """One frame body, or None at EOF (the host closed our pipe: stop)."""
-        while True:
-            if len(self.buf) >= 4:
-                (n,) = protocol.HEADER.unpack_from(self.buf)
-                if len(self.buf) >= 4 + n:
-                    body = bytes(self.buf[4 : 4 + n])
-                    del self.buf[: 4 + n]
-                    return body
+    def recv(self) -> protocol.HostMsg | None:
+        """The next job, or None at EOF (the host closed our pipe: stop)."""
+        while not self.pending:
             chunk = self.sock.recv(1 << 18)
             if not chunk:
                 return None
-            self.buf += chunk
+            self.reader.feed(chunk)
+            self.pending.extend(self.reader.decode_all(self.decoder))
+        return self.pending.popleft()
 
 
 class ForwardingHandler(logging.Handler):
@@ -98,8 +98,19 @@ def _cpu_ms() -> float:
     return time.process_time() * 1000.0
 
 
-def setup_worker(sock_fd: int, workdir: str, setup: protocol.Setup, seccomp: bool) -> socket.socket:
-    """Make this freshly forked process a sandboxed worker; returns its socket."""
+def setup_worker(
+    sock_fd: int,
+    workdir: str,
+    setup: protocol.Setup,
+    seccomp: bool,
+    cgroup: cgroups.WorkerCgroup,
+) -> socket.socket:
+    """Make this freshly forked process a sandboxed worker; returns its socket.
+
+    Everything that needs root (the cgroup, rlimits) happens first, then the privilege
+    drop, then the measures that must outlive it; no guard code has run yet.
+    """
+    zygote = os.getppid()
     # Die with the zygote (and so with the host): no orphaned worker can outlive them.
     sandbox.set_pdeathsig()
     os.setpgid(0, 0)  # own process group: one killpg takes the worker and its children
@@ -118,7 +129,14 @@ def setup_worker(sock_fd: int, workdir: str, setup: protocol.Setup, seccomp: boo
     import tempfile
 
     tempfile.tempdir = workdir
+    cgroups.join(cgroup)
     sandbox.apply_rlimits(setup.memory_mb)
+    _EXISTING[:] = [p for p in sys.path if os.path.exists(p)]  # as root: what there is
+    if setup.uid >= 0:
+        sandbox.drop_privileges(setup.uid, setup.gid)
+        sandbox.set_pdeathsig()  # a uid change cleared it
+        if os.getppid() != zygote:
+            raise SystemExit(1)  # the zygote died in between: the death signal came too late
     sandbox.prctl(sandbox.PR_SET_NO_NEW_PRIVS, 1)
     if seccomp:
         try:
@@ -139,9 +157,9 @@ class Worker:
         log_level: int,
     ) -> None:
         self.channel = Channel(sock)
+        self.pid = os.getpid()
         self.guards = guards
         self.regex_max_mem = regex_max_mem
-        self.decoder = msgspec.msgpack.Decoder(protocol.HostMsg)
         self.targets: dict[str, Callable[[Any], Any]] = {}
         root = logging.getLogger()
         for h in list(root.handlers):  # inherited from preload; output belongs to the host
@@ -151,12 +169,13 @@ class Worker:
         context.install_alarm_handler()
 
     def serve(self) -> None:
-        self.channel.send(protocol.Ready(pid=os.getpid(), cpu_total_ms=_cpu_ms()))
+        self.channel.send(
+            protocol.Ready(pid=os.getpid(), cpu_total_ms=_cpu_ms(), unreadable=_unreadable())
+        )
         while True:
-            body = self.channel.recv()
-            if body is None:
+            job = self.channel.recv()
+            if job is None:
                 return
-            job = self.decoder.decode(body)
             self.run(job)
 
     def _target(self, target: str) -> Callable[[Any], Any]:
@@ -194,9 +213,7 @@ class Worker:
         start = _cpu_ms()
         if time.monotonic() >= job.deadline:
             # It waited in our pipe behind a slow job and the host already answered it.
-            self.channel.send(
-                protocol.Failed(job.id, "deadline passed before start", "expired", 0.0, start, 0)
-            )
+            self._fail(job.id, "deadline passed before start", "expired", 0.0, start)
             return
         signal.setitimer(signal.ITIMER_PROF, job.cpu_ms / 1000.0)
         error: str | None = None
@@ -207,30 +224,76 @@ class Worker:
             value, error, kind = None, "MemoryError: worker memory limit reached", "memory"
         except _BadReturn as exc:
             value, error = None, str(exc)
-        except (Exception, context.GuardTimeout) as exc:
+        except BaseException as exc:  # GuardTimeout, SystemExit too: the worker lives on
             value, error = None, _describe(exc)
         finally:
+            if os.getpid() != self.pid:
+                # A child the guard forked came back up into our code: it must never
+                # answer on the worker's channel (the host would see a second answer).
+                os._exit(0)
             signal.setitimer(signal.ITIMER_PROF, 0)
         total = _cpu_ms()
         if error is None:
             try:
-                self.channel.send(protocol.Done(job.id, value, total - start, total, _rss_kb()))
+                frame = protocol.frame(
+                    self.channel.encoder,
+                    protocol.Done(job.id, value, total - start, total, _rss_kb()),
+                )
+            except BaseException as exc:
+                # An int >= 2**64 (OverflowError), a list that contains itself
+                # (RecursionError), a str with a lone surrogate (ValueError), an object
+                # msgspec cannot encode (TypeError): the job failed, not the worker.
+                error = f"result is not serialisable: {_describe(exc, where=False)}"
+            else:
+                self.channel.sock.sendall(frame)
                 return
-            except (TypeError, ValueError, msgspec.EncodeError) as exc:
-                # ValueError: a str with a lone surrogate, e.g. a rewrite of hostile text.
-                error = f"result is not serialisable: {exc}"
-        self.channel.send(protocol.Failed(job.id, error, kind, total - start, total, _rss_kb()))
+        self._fail(job.id, error, kind, total - start, total)
+
+    def _fail(
+        self, job_id: int, error: str, kind: protocol.FailKind, cpu: float, total: float
+    ) -> None:
+        # The reason may quote hostile input: a lone surrogate must not stop the answer.
+        text = error.encode("utf-8", "backslashreplace").decode("utf-8")
+        self.channel.send(protocol.Failed(job_id, text, kind, cpu, total, _rss_kb()))
+
+
+_EXISTING: list[str] = []  # sys.path entries that exist, seen before the privilege drop
+
+
+def _unreadable() -> list[str]:
+    """Import path entries this (unprivileged) process cannot reach: imports from there fail."""
+    out: list[str] = []
+    for entry in _EXISTING:
+        try:
+            os.stat(entry)
+        except PermissionError:
+            out.append(entry)
+        except OSError:
+            pass  # absent for root too (e.g. pythonXY.zip): nothing lost
+    return out
 
 
 class _BadReturn(Exception):
     pass
 
 
-def _describe(exc: BaseException) -> str:
+def _text(obj: object) -> str:
+    """``str(obj)``, or a placeholder when its ``__str__`` raises (never raises itself)."""
+    try:
+        return str(obj)
+    except BaseException:
+        return f"<unprintable {type(obj).__name__}>"
+
+
+def _describe(exc: BaseException, *, where: bool = True) -> str:
     """``Type: message`` plus the innermost frame, enough to find the bug without a traceback."""
-    text = f"{type(exc).__name__}: {exc}"
-    tb = traceback.extract_tb(exc.__traceback__)
-    if tb:
-        last = tb[-1]
-        text += f" ({os.path.basename(last.filename)}:{last.lineno} in {last.name})"
+    text = f"{type(exc).__name__}: {_text(exc)}"
+    if where:
+        try:
+            tb = traceback.extract_tb(exc.__traceback__)
+        except BaseException:
+            tb = traceback.StackSummary()
+        if tb:
+            last = tb[-1]
+            text += f" ({os.path.basename(last.filename or '?')}:{last.lineno} in {last.name})"
     return text

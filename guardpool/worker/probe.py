@@ -38,15 +38,48 @@ def _network_blocked() -> str:
     return ""
 
 
+def _cgroup_lines() -> list[str]:
+    with open("/proc/self/cgroup") as f:
+        return [line.strip() for line in f if "pids" in line or line.startswith("0::")]
+
+
+def _pids_max() -> int | None:
+    """pids.max of this worker's own cgroup (v1 pids hierarchy or v2), None without one."""
+    from guardpool.worker import cgroups
+
+    try:
+        mounts, own = cgroups._mounts(), cgroups._own_paths()
+    except OSError:
+        return None
+    for key, mount in (("pids", mounts.get("pids")), ("", mounts.get("cgroup2"))):
+        if mount and key in own:
+            try:
+                with open(f"{mount}{own[key]}/pids.max") as f:
+                    text = f.read().strip()
+            except OSError:
+                continue
+            return int(text) if text.isdigit() else None
+    return None
+
+
 def probe(_: Any = None) -> dict[str, Any]:
     pid = os.getpid()
     limits = {
         name: resource.getrlimit(getattr(resource, f"RLIMIT_{name}"))[0]
         for name in ("AS", "NOFILE", "NPROC", "FSIZE", "CORE")
     }
+    from guardpool.worker.main import _unreadable
+
     return {
         "pid": pid,
         "uid": os.getuid(),
+        "euid": os.geteuid(),
+        "gid": os.getgid(),
+        "groups": os.getgroups(),
+        "cwd_owner": os.stat(".").st_uid,
+        "unreadable": _unreadable(),
+        "cgroup": _cgroup_lines(),
+        "pids_max": _pids_max(),
         "own_process_group": os.getpgid(0) == pid,
         "no_new_privs": _status_field("NoNewPrivs") == "1",
         "seccomp_mode": int(_status_field("Seccomp") or 0),

@@ -18,11 +18,14 @@ when decoding a union, and array encoding keeps the hot path small and fast.
 from __future__ import annotations
 
 import struct
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
+from guardpool.worker.cgroups import Layout, WorkerCgroup
+
 HEADER = struct.Struct(">I")
+T = TypeVar("T")
 
 
 # -- host -> worker ------------------------------------------------------------------------
@@ -61,6 +64,7 @@ HostMsg = CallJob | GuardJob
 class Ready(msgspec.Struct, tag=True, array_like=True, frozen=True):
     pid: int
     cpu_total_ms: float
+    unreadable: list[str] = []  # sys.path entries this worker's uid cannot read
 
 
 class Done(msgspec.Struct, tag=True, array_like=True, frozen=True):
@@ -115,6 +119,9 @@ class Setup(msgspec.Struct, tag=True, array_like=True, frozen=True):
     memory_mb: int
     hardening: Literal["standard", "strict"]
     log_level: int
+    uid: int  # workers drop to this uid/gid before any guard code; -1: keep (host not root)
+    gid: int
+    pids_max: int  # per-worker cgroup cap on processes (and threads)
 
 
 class Spawn(msgspec.Struct, tag=True, array_like=True, frozen=True):
@@ -124,14 +131,26 @@ class Spawn(msgspec.Struct, tag=True, array_like=True, frozen=True):
 
 
 class ZygoteReady(msgspec.Struct, tag=True, array_like=True, frozen=True):
+    """Start-up done; ``error`` non-empty means a configuration that cannot work."""
+
     pid: int
     error: str
+    cgroup: Layout = Layout("")
 
 
 class Spawned(msgspec.Struct, tag=True, array_like=True, frozen=True):
     token: int
     pid: int
     error: str
+    cgroup: WorkerCgroup = WorkerCgroup("", (), "")
+
+
+class ForkFailed(msgspec.Struct, tag=True, array_like=True, frozen=True):
+    """fork() failed (EAGAIN/ENOMEM: pids or memory exhausted); the zygote retries it."""
+
+    token: int
+    error: str
+    retry_ms: float
 
 
 class Exited(msgspec.Struct, tag=True, array_like=True, frozen=True):
@@ -142,10 +161,43 @@ class Exited(msgspec.Struct, tag=True, array_like=True, frozen=True):
     signal: int | None
 
 
-ZygoteMsg = ZygoteReady | Spawned | Exited
+ZygoteMsg = ZygoteReady | Spawned | Exited | ForkFailed
 
 
 def frame(encoder: msgspec.msgpack.Encoder, msg: msgspec.Struct) -> bytes:
     """``msg`` as one length-prefixed frame for a worker pipe."""
     body = encoder.encode(msg)
     return HEADER.pack(len(body)) + body
+
+
+class FrameReader:
+    """Splits a byte stream into length-prefixed frames: the one reader for both ends.
+
+    The host feeds it whatever a non-blocking ``recv`` returned; the worker feeds it
+    from a blocking one. Frames are decoded in place (no copy of the body).
+    """
+
+    __slots__ = ("buf",)
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        self.buf += chunk
+
+    def decode_all(self, decoder: msgspec.msgpack.Decoder[T]) -> list[T]:
+        """Every complete frame, decoded; an incomplete tail stays for the next feed."""
+        buf = self.buf
+        out: list[T] = []
+        pos = 0
+        end = len(buf)
+        with memoryview(buf) as view:
+            while end - pos >= 4:
+                (n,) = HEADER.unpack_from(buf, pos)
+                if end - pos - 4 < n:
+                    break
+                out.append(decoder.decode(view[pos + 4 : pos + 4 + n]))
+                pos += 4 + n
+        if pos:
+            del buf[:pos]
+        return out

@@ -13,7 +13,7 @@ import platform
 import resource
 import signal
 import struct
-from typing import Final
+from typing import Final, NamedTuple
 
 PR_SET_PDEATHSIG: Final = 1
 PR_GET_PDEATHSIG: Final = 2
@@ -97,9 +97,25 @@ def set_workdir(workdir: str) -> None:
     os.environ["TMPDIR"] = workdir
 
 
+# -- privileges -----------------------------------------------------------------------------
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    """Become ``uid``/``gid`` for good: supplementary groups cleared, real = effective = saved.
+
+    Order matters: groups and gid while still root, uid last. A uid change clears
+    ``PR_SET_PDEATHSIG`` and the dumpable flag (the kernel's rule), so the caller sets
+    the death signal again afterwards.
+    """
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.getresuid() != (uid, uid, uid) or os.getgroups():
+        raise OSError(f"privilege drop to uid {uid} did not hold")
+
+
 # -- seccomp --------------------------------------------------------------------------------
 
-_AUDIT_ARCH_X86_64: Final = 0xC000003E
 _RET_ALLOW: Final = 0x7FFF0000
 _RET_KILL_PROCESS: Final = 0x80000000
 _RET_EPERM: Final = 0x00050000 | 1
@@ -108,60 +124,86 @@ _JEQ_K: Final = 0x15
 _JGE_K: Final = 0x35
 _RET_K: Final = 0x06
 _X32_BIT: Final = 0x40000000
-
-# x86_64 syscall numbers a guard never needs: kernel/namespace/mount administration,
-# debugging other processes, eBPF, io_uring (bypasses seccomp argument checks), keyrings.
-DENIED_SYSCALLS_X86_64: Final[dict[str, int]] = {
-    "ptrace": 101,
-    "acct": 163,
-    "mount": 165,
-    "umount2": 166,
-    "pivot_root": 155,
-    "chroot": 161,
-    "swapon": 167,
-    "swapoff": 168,
-    "reboot": 169,
-    "sethostname": 170,
-    "setdomainname": 171,
-    "iopl": 172,
-    "ioperm": 173,
-    "init_module": 175,
-    "delete_module": 176,
-    "quotactl": 179,
-    "kexec_load": 246,
-    "add_key": 248,
-    "request_key": 249,
-    "keyctl": 250,
-    "unshare": 272,
-    "perf_event_open": 298,
-    "name_to_handle_at": 303,
-    "open_by_handle_at": 304,
-    "setns": 308,
-    "process_vm_readv": 310,
-    "process_vm_writev": 311,
-    "finit_module": 313,
-    "kexec_file_load": 320,
-    "bpf": 321,
-    "userfaultfd": 323,
-    "io_uring_setup": 425,
-    "io_uring_enter": 426,
-    "io_uring_register": 427,
-    "open_tree": 428,
-    "move_mount": 429,
-    "fsopen": 430,
-    "fsconfig": 431,
-    "fsmount": 432,
-    "fspick": 433,
-}
-_SYS_SOCKET: Final = 41
 _AF_INET: Final = 2
 _AF_INET6: Final = 10
+
+# Syscalls a guard never needs: kernel/namespace/mount administration, debugging other
+# processes, eBPF, io_uring (bypasses seccomp argument checks), keyrings. Names map to
+# (x86_64, aarch64) numbers; None where the architecture has no such call. The aarch64
+# numbers are the generic table (include/uapi/asm-generic/unistd.h).
+_DENIED: Final[dict[str, tuple[int | None, int | None]]] = {
+    "ptrace": (101, 117),
+    "acct": (163, 89),
+    "mount": (165, 40),
+    "umount2": (166, 39),
+    "pivot_root": (155, 41),
+    "chroot": (161, 51),
+    "swapon": (167, 224),
+    "swapoff": (168, 225),
+    "reboot": (169, 142),
+    "sethostname": (170, 161),
+    "setdomainname": (171, 162),
+    "iopl": (172, None),
+    "ioperm": (173, None),
+    "init_module": (175, 105),
+    "delete_module": (176, 106),
+    "quotactl": (179, 60),
+    "kexec_load": (246, 104),
+    "add_key": (248, 217),
+    "request_key": (249, 218),
+    "keyctl": (250, 219),
+    "unshare": (272, 97),
+    "perf_event_open": (298, 241),
+    "name_to_handle_at": (303, 264),
+    "open_by_handle_at": (304, 265),
+    "setns": (308, 268),
+    "process_vm_readv": (310, 270),
+    "process_vm_writev": (311, 271),
+    "finit_module": (313, 273),
+    "kexec_file_load": (320, 294),
+    "bpf": (321, 280),
+    "userfaultfd": (323, 282),
+    "io_uring_setup": (425, 425),
+    "io_uring_enter": (426, 426),
+    "io_uring_register": (427, 427),
+    "open_tree": (428, 428),
+    "move_mount": (429, 429),
+    "fsopen": (430, 430),
+    "fsconfig": (431, 431),
+    "fsmount": (432, 432),
+    "fspick": (433, 433),
+}
+
+
+class _Arch(NamedTuple):
+    audit: int  # AUDIT_ARCH_* the kernel reports in seccomp_data.arch
+    column: int  # index into _DENIED's tuples
+    socket: int  # socket(2)'s number
+    x32: bool  # x86_64 only: refuse the x32 ABI's aliased numbers
+
+
+ARCHES: Final[dict[str, _Arch]] = {
+    "x86_64": _Arch(0xC000003E, 0, 41, True),
+    "aarch64": _Arch(0xC00000B7, 1, 198, False),
+}
+
+
+def strict_unsupported_reason(machine: str | None = None) -> str:
+    """Why ``hardening = "strict"`` cannot hold on this CPU architecture, "" when it can."""
+    machine = machine if machine is not None else platform.machine()
+    if machine in ARCHES:
+        return ""
+    return (
+        f'hardening = "strict" needs the seccomp filter, written for '
+        f"{' and '.join(sorted(ARCHES))}; this machine is {machine or 'unknown'}"
+    )
 
 
 def seccomp_unavailable_reason() -> str:
     """Why the seccomp filter cannot be installed here, or "" when it can."""
-    if platform.machine() != "x86_64":
-        return f"filter is written for x86_64, this machine is {platform.machine()}"
+    reason = strict_unsupported_reason()
+    if reason:
+        return reason
     try:
         with open("/proc/self/status") as f:
             if "Seccomp:" not in f.read():
@@ -171,29 +213,31 @@ def seccomp_unavailable_reason() -> str:
     return ""
 
 
-def _seccomp_program() -> list[tuple[int, int, int, int]]:
+def seccomp_program(machine: str | None = None) -> list[tuple[int, int, int, int]]:
     """A classic-BPF deny-list: EPERM for the syscalls above and for AF_INET/AF_INET6 sockets.
 
     Kept as a deny-list (not an allow-list) so that any pure-Python guard and the
     C extensions it imports keep working; the network namespace does the heavy lifting
     for network access, this is the second lock.
     """
-    denied = sorted(DENIED_SYSCALLS_X86_64.values())
+    arch = ARCHES[machine if machine is not None else platform.machine()]
+    denied = sorted({nr for nrs in _DENIED.values() if (nr := nrs[arch.column]) is not None})
     prog: list[tuple[int, int, int, int]] = []
-    # [0] arch check: another ABI would reinterpret every number below.
+    # [0] arch check: another ABI (32-bit compat) would reinterpret every number below.
     prog.append((_LD_W_ABS, 0, 0, 4))
-    prog.append((_JEQ_K, 1, 0, _AUDIT_ARCH_X86_64))
+    prog.append((_JEQ_K, 1, 0, arch.audit))
     prog.append((_RET_K, 0, 0, _RET_KILL_PROCESS))
     prog.append((_LD_W_ABS, 0, 0, 0))  # syscall nr
-    # x32 syscalls alias the x86_64 ones with bit 30 set: refuse them all.
     n_tail = 5  # socket-check block (4) + ALLOW (1) between the list and the EPERM return
-    prog.append((_JGE_K, len(denied) + 1 + n_tail - 1, 0, _X32_BIT))
+    if arch.x32:
+        # x32 syscalls alias the x86_64 ones with bit 30 set: refuse them all.
+        prog.append((_JGE_K, len(denied) + 1 + n_tail - 1, 0, _X32_BIT))
     for i, nr in enumerate(denied):
         to_eperm = (len(denied) - i - 1) + 1 + n_tail - 1
         prog.append((_JEQ_K, to_eperm, 0, nr))
     # socket(AF_INET|AF_INET6, ...) -> EPERM; other families (AF_UNIX) stay allowed.
-    prog.append((_JEQ_K, 0, 3, _SYS_SOCKET))
-    prog.append((_LD_W_ABS, 0, 0, 16))  # args[0], low 32 bits (little endian)
+    prog.append((_JEQ_K, 0, 3, arch.socket))
+    prog.append((_LD_W_ABS, 0, 0, 16))  # args[0], low 32 bits (both are little endian)
     prog.append((_JEQ_K, 2, 0, _AF_INET))
     prog.append((_JEQ_K, 1, 0, _AF_INET6))
     prog.append((_RET_K, 0, 0, _RET_ALLOW))
@@ -207,7 +251,7 @@ class _SockFprog(ctypes.Structure):
 
 def install_seccomp() -> None:
     """Install the filter on the calling process (needs PR_SET_NO_NEW_PRIVS first)."""
-    prog = _seccomp_program()
+    prog = seccomp_program()
     raw = b"".join(struct.pack("=HBBI", *ins) for ins in prog)
     buf = ctypes.create_string_buffer(raw, len(raw))
     fprog = _SockFprog(len(prog), ctypes.cast(buf, ctypes.c_void_p).value)

@@ -16,11 +16,18 @@ Lifetime rules:
   exit code or signal.
 * The zygote is a child subreaper: a guard's escaped grandchild is re-parented
   here when its worker dies, and killed here rather than left to pid 1.
+* A fork that fails (EAGAIN: the pids cgroup or pid space is full; ENOMEM) is not
+  fatal: the request waits and is retried with exponential backoff, and the host
+  hears ``ForkFailed`` each time. The zygote exits only when the host goes away.
+* Each worker gets its own cgroup (``cgroups.py``) when the machine allows it; the
+  zygote creates it before the fork and removes it after the reap.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import errno
 import os
 import selectors
 import shutil
@@ -28,16 +35,20 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 import traceback
 from typing import TYPE_CHECKING
 
 import msgspec
 
+from guardpool.worker import cgroups, procfs, protocol, sandbox
 from guardpool.worker import main as worker_main
-from guardpool.worker import protocol, sandbox
 
 if TYPE_CHECKING:
     from guardpool.policy.guards import CompiledGuard
+
+
+_OWN_JOBS = ("guardpool.worker.probe", "guardpool.analysis.fuzzgen")
 
 
 def _read_setup() -> protocol.Setup:
@@ -66,7 +77,14 @@ class Zygote:
         self.setup = setup
         self.encoder = msgspec.msgpack.Encoder()
         self.decoder = msgspec.msgpack.Decoder(protocol.Spawn)
-        self.workers: dict[int, str] = {}  # pid -> work directory
+        self.workers: dict[int, tuple[str, cgroups.WorkerCgroup]] = {}  # pid -> dir, cgroup
+        self.stale: list[cgroups.WorkerCgroup] = []  # still busy at reap; retried
+        self.cgroup = cgroups.Layout("")
+        self.forked = 0
+        # Spawn requests waiting for a fork to succeed again (EAGAIN/ENOMEM).
+        self.retry: collections.deque[tuple[int, int]] = collections.deque()
+        self.retry_at = 0.0
+        self.backoff = 0.0
         self.guards: dict[str, CompiledGuard] = {}
         self.regex_max_mem = 8 << 20
         self.root = tempfile.mkdtemp(prefix="guardpool-")
@@ -83,16 +101,28 @@ class Zygote:
 
     def prepare(self) -> None:
         """Imports, guard compilation and process-wide measures; failures go to the host."""
+        for name in _OWN_JOBS:
+            # guardpool's own worker-side jobs, imported here (possibly as root) because an
+            # unprivileged worker may be unable to read the interpreter's library.
+            with contextlib.suppress(Exception):
+                __import__(name)
         try:
             for name in self.setup.preload:
                 __import__(name)
             self.guards, self.regex_max_mem = _compile_guards(self.setup)
             sandbox.set_child_subreaper()
             sandbox.scrub_environment()
+            if self.setup.uid >= 0:
+                # Workers run as another uid: they must be able to enter their own
+                # directory below ours, and list nothing else in it.
+                os.chmod(self.root, 0o711)
         except BaseException as exc:
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             self.send(protocol.ZygoteReady(os.getpid(), detail))
             raise SystemExit(1) from None
+        self.cgroup = cgroups.pool_layout(f"guardpool-{os.getpid()}")
+        sandbox.STATUS["cgroup"] = self.cgroup.reason if not self.cgroup.mode else ""
+        sandbox.STATUS["cgroup_mode"] = self.cgroup.mode
         if self.setup.hardening == "strict":
             # Once here, not per worker: creating a netns costs milliseconds and its
             # teardown is asynchronous; every forked worker inherits this one.
@@ -107,7 +137,7 @@ class Zygote:
         else:
             for measure in ("netns", "seccomp"):
                 sandbox.STATUS[measure] = 'hardening is "standard" (strict enables it)'
-        self.send(protocol.ZygoteReady(os.getpid(), ""))
+        self.send(protocol.ZygoteReady(os.getpid(), "", self.cgroup))
 
     def run(self) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -117,12 +147,15 @@ class Zygote:
         self.sel.register(self.wake_r, selectors.EVENT_READ, "chld")
         try:
             while not self.host_gone:
-                for key, _mask in self.sel.select():
+                timeout = max(0.0, self.retry_at - time.monotonic()) if self.retry else None
+                for key, _mask in self.sel.select(timeout):
                     if key.data == "chld":
                         self._drain_wake()
                         self._reap()
                     elif not self._on_control():
                         return
+                if self.retry and time.monotonic() >= self.retry_at:
+                    self._retry_forks()
         finally:
             self._shutdown()
 
@@ -146,16 +179,42 @@ class Zygote:
         if not fds:
             self.send(protocol.Spawned(msg.token, 0, "spawn request carried no socket"))
             return True
-        self._fork(msg.token, fds[0])
+        if self.retry:
+            self.retry.append((msg.token, fds[0]))  # keep the order; the timer retries
+        else:
+            self._fork(msg.token, fds[0])
         return True
 
-    def _fork(self, token: int, sock_fd: int) -> None:
-        workdir = tempfile.mkdtemp(dir=self.root)
-        pid = os.fork()
+    def _retry_forks(self) -> None:
+        while self.retry and not self.host_gone:
+            token, fd = self.retry.popleft()
+            if not self._fork(token, fd):
+                return
+
+    def _fork(self, token: int, sock_fd: int) -> bool:
+        """Fork one worker; False (request queued for a retry) when the kernel refuses."""
+        workdir = ""
+        cgroup = cgroups.NONE
+        try:
+            workdir = tempfile.mkdtemp(dir=self.root)
+            if self.setup.uid >= 0:
+                os.chown(workdir, self.setup.uid, self.setup.gid)
+            self.forked += 1
+            cgroup = cgroups.create_worker(
+                self.cgroup, self.forked, self.setup.pids_max, self.setup.memory_mb << 20
+            )
+            pid = os.fork()
+        except OSError as exc:
+            if workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
+            if cgroup.mode:
+                cgroups.remove(cgroup)
+            self._fork_failed(token, sock_fd, exc)
+            return False
         if pid == 0:
             code = 0
             try:
-                sock = worker_main.setup_worker(sock_fd, workdir, self.setup, self.seccomp)
+                sock = worker_main.setup_worker(sock_fd, workdir, self.setup, self.seccomp, cgroup)
                 worker_main.Worker(
                     sock, self.guards, self.regex_max_mem, self.setup.log_level
                 ).serve()
@@ -164,61 +223,87 @@ class Zygote:
                 code = 70
             finally:
                 os._exit(code)
+        self.backoff = 0.0
         os.close(sock_fd)
         # Also from the parent, so the group exists before the host can ever killpg it.
         # (OSError: the child already did it, or already died: Exited will say which.)
         with contextlib.suppress(OSError):
             os.setpgid(pid, pid)
-        self.workers[pid] = workdir
-        self.send(protocol.Spawned(token, pid, ""))
+        self.workers[pid] = (workdir, cgroup)
+        self.send(protocol.Spawned(token, pid, "", cgroup))
+        return True
+
+    def _fork_failed(self, token: int, sock_fd: int, exc: OSError) -> None:
+        # EAGAIN (pids cgroup or pid space full) and ENOMEM heal when the guard that
+        # caused them is killed: wait and retry rather than die and break the pool.
+        self.backoff = min(max(self.backoff * 2, 0.002), 0.5)
+        self.retry_at = time.monotonic() + self.backoff
+        self.retry.appendleft((token, sock_fd))
+        name = errno.errorcode.get(exc.errno or 0, "error")
+        self.send(protocol.ForkFailed(token, f"{name}: {exc.strerror or exc}", self.backoff * 1000))
 
     def _reap(self) -> None:
+        reaped = False
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
-            workdir = self.workers.pop(pid, None)
-            if workdir is None:
+                break
+            reaped = True
+            entry = self.workers.pop(pid, None)
+            if entry is None:
                 continue  # a re-parented descendant of a dead worker
+            workdir, cgroup = entry
             shutil.rmtree(workdir, ignore_errors=True)
             code = os.waitstatus_to_exitcode(status)
             if code < 0:
                 self.send(protocol.Exited(pid, None, -code))
             else:
                 self.send(protocol.Exited(pid, code, None))
+            if cgroup.mode:
+                self.stale.append(cgroup)
+        if reaped:
             self._kill_orphans()
+            # A cgroup is removable once its last member is reaped; members are our
+            # descendants (we are their subreaper), so each death brings us back here.
+            self.stale = [cg for cg in self.stale if not _remove_quietly(cg)]
 
     def _kill_orphans(self) -> None:
         """Kill re-parented descendants of dead workers (they are our children, not workers)."""
-        for pid in _children(os.getpid()):
+        for pid in procfs.children(os.getpid()):
             if pid not in self.workers:
                 _kill(pid)
 
     def _shutdown(self) -> None:
-        for pid in list(self.workers):
+        for pid, (_workdir, cgroup) in list(self.workers.items()):
             try:
                 os.killpg(pid, signal.SIGKILL)
             except OSError:
                 _kill(pid)
-        for pid in _children(os.getpid()):
+            cgroups.kill(cgroup)
+            self.stale.append(cgroup)
+        for pid in procfs.children(os.getpid()):
             _kill(pid)
         while True:
             try:
                 os.waitpid(-1, 0)
             except ChildProcessError:
                 break
+        for _token, fd in self.retry:
+            os.close(fd)
+        for cgroup in self.stale:
+            _remove_quietly(cgroup)
+        cgroups.remove_pool(self.cgroup)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _children(pid: int) -> list[int]:
+def _remove_quietly(cgroup: cgroups.WorkerCgroup) -> bool:
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
+        return cgroups.remove(cgroup)
     except OSError:
-        return []
+        return True  # not ours to keep trying (e.g. removed under us)
 
 
 def _kill(pid: int) -> None:

@@ -1,0 +1,94 @@
+"""Every check of the ``[pool]`` settings, in one place.
+
+``PoolConfig`` (``config.py``) holds the defaults. ``check_pool`` is called by
+``GuardPool`` for every pool, however it was built (keyword arguments, a policy
+file, a hand-built ``Config``), and raises ``PolicyError`` naming ``pool.<key>``.
+``worker_identity`` resolves ``user`` when the pool starts, because the account
+database of the machine that runs the pool is the one that counts.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+
+from guardpool.policy.config import PoolConfig
+from guardpool.policy.errors import PolicyError
+
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_POSITIVE = (
+    "workers",
+    "job_timeout_ms",
+    "job_cpu_ms",
+    "memory_mb",
+    "max_rss_mb",
+    "max_jobs_per_worker",
+    "max_input_bytes",
+    "pids_max",
+)
+DEFAULT_USER = "nobody"
+NOBODY_ID = 65534  # nobody/nogroup on Linux when the account database has no entry
+
+
+def check_pool(pool: PoolConfig, *, machine: str | None = None) -> None:
+    """Raise ``PolicyError`` for the first bad setting. ``machine`` overrides the arch (tests)."""
+    from guardpool.worker.sandbox import strict_unsupported_reason
+
+    for field in _POSITIVE:
+        value = getattr(pool, field)
+        if value is None and field in ("workers", "max_rss_mb"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise PolicyError(f"must be a positive integer, not {value!r}", key=f"pool.{field}")
+    for i, module in enumerate(pool.preload):
+        if not isinstance(module, str) or not _MODULE.fullmatch(module):
+            raise PolicyError(f"{module!r} is not a module name", key=f"pool.preload[{i}]")
+    if pool.hardening not in ("standard", "strict"):
+        raise PolicyError(
+            f"must be 'standard' or 'strict', not {pool.hardening!r}", key="pool.hardening"
+        )
+    if pool.hardening == "strict":
+        reason = strict_unsupported_reason(machine)
+        if reason:
+            raise PolicyError(reason, key="pool.hardening")
+    user = pool.user
+    if user is None:
+        return
+    if isinstance(user, bool) or not isinstance(user, (str, int)):
+        raise PolicyError(f"must be a user name or uid, not {user!r}", key="pool.user")
+    if isinstance(user, str) and not user.strip():
+        raise PolicyError("must be a user name or uid, not empty", key="pool.user")
+    if user in ("root", 0, "0"):
+        raise PolicyError(
+            "workers never run guards as root; name an unprivileged user", key="pool.user"
+        )
+    if isinstance(user, int) and user < 0:
+        raise PolicyError(f"must be a uid >= 1, not {user}", key="pool.user")
+
+
+def worker_identity(pool: PoolConfig) -> tuple[int, int]:
+    """(uid, gid) workers drop to, or (-1, -1) when the host is not root (nothing to drop)."""
+    if os.geteuid() != 0:
+        return -1, -1
+    user = pool.user if pool.user is not None else DEFAULT_USER
+    try:
+        if isinstance(user, int) or user.isdigit():
+            uid = int(user)
+            try:
+                gid = pwd.getpwuid(uid).pw_gid
+            except KeyError:
+                gid = uid  # a bare numeric uid owning nothing: its own group number
+        else:
+            entry = pwd.getpwnam(user)
+            uid, gid = entry.pw_uid, entry.pw_gid
+    except KeyError:
+        if pool.user is None:
+            return NOBODY_ID, NOBODY_ID
+        raise PolicyError(f"no such user {user!r} on this machine", key="pool.user") from None
+    if uid == 0 or gid == 0:
+        raise PolicyError(
+            f"{user!r} is root (uid {uid}, gid {gid}); workers never run guards as root",
+            key="pool.user",
+        )
+    return uid, gid
