@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -21,11 +19,6 @@ def test_readme_has_the_pool_example() -> None:
     assert any("GuardPool(" in b and ".submit(" in b for b in _blocks())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a GuardPool dropped with a job pending shuts down under it (issue 11 fixes; "
-    "remove this marker then)",
-)
 def test_readme_pool_example_runs_as_written() -> None:
     block = next(b for b in _blocks() if "GuardPool(" in b and ".submit(" in b)
     done = subprocess.run(

@@ -120,8 +120,13 @@ def measures(info: dict[str, Any], hardening: str, memory_mb: int) -> list[dict[
         _measure("stdin from /dev/null", info["stdin"] == "/dev/null", info["stdin"]),
         _measure(
             "no inherited descriptors",
-            len(info["open_fds"]) <= 5,
-            f"open fds: {info['open_fds']} (stdio, the worker's own pipe)",
+            len(set(info["open_fds"]) - set(info.get("import_dir_fds", ()))) <= 5,
+            f"open fds: {info['open_fds']} (stdio, the worker's own pipe"
+            + (
+                f"; O_PATH import directories {info['import_dir_fds']})"
+                if info.get("import_dir_fds")
+                else ")"
+            ),
         ),
         _measure("CPU budget (ITIMER_PROF)", True, "SIGPROF at default disposition per job"),
         _measure("wall deadline (SIGKILL)", True, "enforced by the host's pool manager"),

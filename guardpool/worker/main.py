@@ -10,6 +10,7 @@ is inside a C call that never returns to the interpreter.
 from __future__ import annotations
 
 import collections
+import contextlib
 import importlib
 import logging
 import os
@@ -133,7 +134,9 @@ def setup_worker(
     sandbox.apply_rlimits(setup.memory_mb)
     _EXISTING[:] = [p for p in sys.path if os.path.exists(p)]  # as root: what there is
     if setup.uid >= 0:
+        dirs = _open_import_dirs()
         sandbox.drop_privileges(setup.uid, setup.gid)
+        _reach_import_dirs(dirs)
         sandbox.set_pdeathsig()  # a uid change cleared it
         if os.getppid() != zygote:
             raise SystemExit(1)  # the zygote died in between: the death signal came too late
@@ -258,12 +261,50 @@ class Worker:
 
 
 _EXISTING: list[str] = []  # sys.path entries that exist, seen before the privilege drop
+IMPORT_DIR_FDS: list[int] = []  # O_PATH fds standing in for unreachable sys.path entries
+
+
+def _open_import_dirs() -> dict[str, int]:
+    """An O_PATH fd for each import directory, opened while still root."""
+    fds: dict[str, int] = {}
+    for entry in sys.path:
+        if entry and entry not in fds:
+            with contextlib.suppress(OSError):  # absent, or a zip file: nothing to keep
+                fds[entry] = os.open(entry, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    return fds
+
+
+def _reach_import_dirs(fds: dict[str, int]) -> None:
+    """Swap sys.path entries the new uid cannot reach for ``/proc/self/fd/N``.
+
+    An interpreter installed below a private directory (pyenv under /root, mode 0700)
+    is unreachable for an unprivileged uid, so every import not already done in the
+    zygote would fail. The magic link jumps straight to the directory the fd holds;
+    only the directories below it are permission-checked, and those are the world-
+    readable library. Nothing else under the private directory becomes reachable.
+    """
+    used: set[int] = set()
+    for i, entry in enumerate(sys.path):
+        fd = fds.get(entry)
+        if fd is None:
+            continue
+        try:
+            os.stat(entry)
+        except PermissionError:
+            sys.path[i] = f"/proc/self/fd/{fd}"
+            used.add(fd)
+        except OSError:
+            pass
+    for fd in fds.values():
+        if fd not in used:
+            os.close(fd)
+    IMPORT_DIR_FDS[:] = sorted(used)
 
 
 def _unreadable() -> list[str]:
     """Import path entries this (unprivileged) process cannot reach: imports from there fail."""
     out: list[str] = []
-    for entry in _EXISTING:
+    for entry in (p for p in sys.path if p in _EXISTING or p.startswith("/proc/self/fd/")):
         try:
             os.stat(entry)
         except PermissionError:

@@ -68,7 +68,7 @@ def probe(_: Any = None) -> dict[str, Any]:
         name: resource.getrlimit(getattr(resource, f"RLIMIT_{name}"))[0]
         for name in ("AS", "NOFILE", "NPROC", "FSIZE", "CORE")
     }
-    from guardpool.worker.main import _unreadable
+    from guardpool.worker.main import IMPORT_DIR_FDS, _unreadable
 
     return {
         "pid": pid,
@@ -78,6 +78,7 @@ def probe(_: Any = None) -> dict[str, Any]:
         "groups": os.getgroups(),
         "cwd_owner": os.stat(".").st_uid,
         "unreadable": _unreadable(),
+        "import_dir_fds": list(IMPORT_DIR_FDS),
         "cgroup": _cgroup_lines(),
         "pids_max": _pids_max(),
         "own_process_group": os.getpgid(0) == pid,

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from guardpool.policy.guards import CompiledGuard
 
 
-_OWN_JOBS = ("guardpool.worker.probe", "guardpool.analysis.fuzzgen")
+_OWN_JOBS = ("guardpool.worker.probe", "guardpool.analysis.probes")
 
 
 def _read_setup() -> protocol.Setup:
