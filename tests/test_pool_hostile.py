@@ -188,8 +188,9 @@ def test_job_submitted_while_healing_is_answered_by_its_deadline() -> None:
     with GuardPool(workers=1, preload=PRELOAD) as pool:
         manager = pool._manager
         assert manager is not None
-        # Make the next starts fail: the zygote cannot import the preload any more.
         os.kill(manager.zygote.pid, signal.SIGKILL)
+        # Healing lasts at least the 50 ms backoff plus a zygote start.
+        assert wait_for(lambda: pool.state == "healing")
         started = time.monotonic()
         result = pool.submit(G + "double", 1, timeout_ms=1).result(timeout=10)
         assert result.outcome == "timeout"
