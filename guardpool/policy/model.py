@@ -15,8 +15,8 @@ import msgspec
 
 from guardpool.policy.money import parse_money
 
-Action = Literal["allow", "deny", "warn"]
-Outcome = Literal["allow", "deny", "warn", "timeout", "error"]
+Action = Literal["allow", "deny", "ask", "warn"]
+Outcome = Literal["allow", "deny", "ask", "warn", "timeout", "error"]
 
 
 class Usage(msgspec.Struct, kw_only=True, omit_defaults=True):

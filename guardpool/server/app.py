@@ -38,6 +38,7 @@ from guardpool.server.bodies import (
     RunReport,
     SettleRequest,
 )
+from guardpool.server.hooks import routes as hook_routes
 from guardpool.server.metrics import Metrics
 from guardpool.server.openapi import render as render_openapi
 
@@ -216,6 +217,7 @@ def build_app(enforcer: Enforcer, *, token: str | None, max_body: int) -> Starle
             Route("/healthz", sidecar.healthz, methods=["GET"]),
             Route("/metrics", guarded(sidecar.metrics_route), methods=["GET"]),
             Route("/openapi.json", sidecar.openapi_route, methods=["GET"]),
+            *hook_routes(sidecar),
         ],
         exception_handlers={404: not_found, 405: not_allowed},
         lifespan=lifespan,

@@ -1,0 +1,108 @@
+"""``POST /v1/hooks/claude-code``: the sidecar as a Claude Code ``type: "http"`` hook.
+
+    Claude Code ──POST (the hook payload)──► auth ──► bounded read ──► claude_code.handle
+                                              │          │               (enforcer in a thread)
+                                              └──────────┴──► any failure: 200 + deny / block
+
+Claude Code treats a non-2xx answer, a timeout or a refused connection as a
+*non-blocking* error: the tool call goes on. So this route never answers an
+error status for a request it received. A wrong token, a body that is too
+large or not a payload, an enforcer failure: each is a 200 whose JSON denies
+the PreToolUse (or blocks the PostToolUse) with the reason. The one thing
+no route can cover is a sidecar that is not running at all; docs/integrations.md
+says how to fail closed then (the command hook with ``--server``).
+
+Decisions travel from Pre to Post in memory (``MemoryPending``), keyed by
+session and tool_use_id; the optional ``?principal=`` query names the principal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from guardpool.integrations import claude_code as cc
+from guardpool.policy.model import Decision, Operation, Usage
+from guardpool.runner.enforcer import Enforcer
+
+if TYPE_CHECKING:
+    from guardpool.server.app import Sidecar
+
+PATH = "/v1/hooks/claude-code"
+
+
+class EnforcerBackend:
+    """The claude_code backend over an in-process Enforcer."""
+
+    def __init__(self, enforcer: Enforcer, principal: str = "") -> None:
+        self.enforcer = enforcer
+        self.principal = principal
+
+    def check(self, run_id: str, op: Operation) -> Decision:
+        return self.enforcer.run(run_id, self.principal).check(op)
+
+    def approve(self, run_id: str, pending: cc.Pending, by: str) -> None:
+        approve = getattr(self.enforcer, "approve", None)
+        if approve is not None:  # the ask action and its approval
+            approve(pending.decision_id, by=by, run_id=run_id, principal=self.principal)
+
+    def settle(self, run_id: str, pending: cc.Pending, usage: Usage, output: Any) -> Decision:
+        return self.enforcer.settle(
+            pending.decision_id,
+            usage,
+            output,
+            run_id=run_id,
+            principal=self.principal,
+            labels=pending.labels,
+        )
+
+
+class ClaudeCodeRoute:
+    def __init__(self, sidecar: Sidecar) -> None:
+        self.sidecar = sidecar
+        self.pending = cc.MemoryPending()
+
+    async def handle(self, request: Request) -> Response:
+        event = cc.PRE
+        try:
+            raw = await self._read(request)
+            call = cc.parse(raw)
+            event = call.hook_event_name  # known before auth, so a refusal has the right shape
+            try:
+                self.sidecar.authorise(request)
+            except Exception:  # HTTPError(401); no other failure is possible here
+                return _answer(cc.cannot_decide(event, "unauthorized: check the hook's headers"))
+            backend = EnforcerBackend(
+                self.sidecar.enforcer, request.query_params.get("principal", "")
+            )
+            answer = await asyncio.to_thread(cc.handle, call, backend, self.pending)
+        except Exception as exc:  # fail closed, and in a form Claude Code obeys
+            return _answer(cc.cannot_decide(event, str(exc) or type(exc).__name__))
+        return _answer(answer)
+
+    async def _read(self, request: Request) -> bytes:
+        cap = self.sidecar.max_body
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise cc.PayloadError(f"payload larger than {cap} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _answer(body: dict[str, Any]) -> Response:
+    return Response(_encode(body), status_code=200, media_type="application/json")
+
+
+def routes(sidecar: Sidecar) -> list[Route]:
+    return [Route(PATH, ClaudeCodeRoute(sidecar).handle, methods=["POST"])]

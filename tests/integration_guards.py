@@ -1,0 +1,24 @@
+"""Callable guards used by the integration tests (imported in real worker processes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from guardpool import Verdict
+
+
+def warn_force_push(value: Any, ctx: Any) -> Verdict:
+    """A policy *warning*: a force-push is allowed, but someone should look first."""
+    if "--force" in str(value):
+        return Verdict.warn("force-push rewrites shared history")
+    return Verdict.allow()
+
+
+def no_rm_rf(value: Any, ctx: Any) -> Verdict | bool:
+    if "rm -rf" in str(value):
+        return Verdict.deny("recursive delete")
+    return True
+
+
+def upper(value: Any, ctx: Any) -> Verdict:
+    return Verdict.rewrite(str(value).upper())
