@@ -234,6 +234,8 @@ def walk(send: Send, db: Path) -> None:
     # a tool that failed is settled too
     assert send(payload("webfetch_pre")) == {}
     assert send(payload("webfetch_postfail")) == {}
+    assert send(payload("bash_fails_pre")) == {}
+    assert send(payload("bash_fails_postfail")) == {}
     # a Post without its Pre (or a repeated one) settles nothing and says nothing
     assert send(payload("bash_git_push_post")) == {}
 
@@ -241,8 +243,10 @@ def walk(send: Send, db: Path) -> None:
     try:
         events = [e.event for e in ledger.events()]
         settles = [e for e in events if e.kind == "settle"]
-        # git push (op:cmd), /etc write (op:fs:w), echo (op:mcp): three reserved and settled
-        assert len(settles) == 3
+        # git push and cat (op:cmd), /etc write (op:fs:w), echo (op:mcp): reserved and settled
+        assert len(settles) == 4
+        # the failed command's settle is charged with the duration Claude Code measured
+        assert any(e.usage == {"calls": 1, "wall_ms": 8} for e in settles)
         assert any(
             e.kind == "verdict" and e.guard == "injection" and e.outcome == "deny" for e in events
         )
