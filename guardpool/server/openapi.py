@@ -79,6 +79,22 @@ def document() -> dict[str, Any]:
                     ],
                 }
             },
+            "/v1/hooks/claude-code": {
+                "post": {
+                    "summary": "a Claude Code PreToolUse/PostToolUse(Failure) HTTP hook; always "
+                    "answers 200 (Claude Code ignores other statuses), failures as deny/block",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "the hook answer",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
             "/healthz": {
                 "get": {
                     "summary": "liveness",
