@@ -31,6 +31,8 @@ import msgspec
 from guardpool.policy.model import Decision, Operation, Usage
 from guardpool.runner.enforcer import OperationDenied, Run
 
+__all__ = ["OperationDenied", "guarded"]
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 Labels = str | Sequence[str] | Callable[..., str | Sequence[str]]

@@ -1,0 +1,145 @@
+"""Every snippet in docs/integrations.md runs as written.
+
+A ``<!-- snippet: NAME -->`` line marks the fenced block after it. Python
+snippets run in a fresh interpreter in a directory holding the page's own
+policy snippet as ``guardpool.toml``; settings snippets are used the way
+Claude Code uses them, against a real sidecar.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from guardpool.integrations import claude_code as cc
+from guardpool.policy.loader import load_policy
+
+from .sidecar import TOKEN, Sidecar
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "integrations.md"
+RECORDED = ROOT / "tests" / "data" / "hooks" / "claude-code-2.1.197"
+BIN = str(Path(sys.executable).parent)
+GUARDPOOL = (sys.executable, "-m", "guardpool")
+URL = "http://127.0.0.1:8181"  # the address the snippets use
+
+
+def snippets() -> dict[str, str]:
+    text = DOC.read_text(encoding="utf-8")
+    found = re.findall(r"<!-- snippet: ([\w-]+) -->\n```\w*\n(.*?)```", text, flags=re.S)
+    names = [name for name, _ in found]
+    assert len(names) == len(set(names)), "two snippets share a name"
+    return dict(found)
+
+
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "guardpool.toml").write_text(snippets()["policy"])
+    return tmp_path
+
+
+def run_python(name: str, cwd: Path, timeout: float = 120) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", snippets()[name]],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"},
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_every_adapter_has_a_snippet() -> None:
+    assert {"policy", "claude-code-http", "claude-code-command", "guarded"} <= set(snippets())
+
+
+def test_policy_snippet_loads(tmp_path: Path) -> None:
+    policy = load_policy(workdir(tmp_path) / "guardpool.toml")
+    assert list(policy.guards) == ["no-cloud-keys", "no-recursive-delete", "prompt-injection"]
+
+
+def test_guarded_snippet(tmp_path: Path) -> None:
+    out = run_python("guarded", workdir(tmp_path))
+    assert out == ["hello", "denied: recursive delete", "echo: hi"]
+
+
+def test_claude_code_snippets_are_what_print_settings_prints() -> None:
+    for form in ("http", "command"):
+        printed = subprocess.run(
+            [*GUARDPOOL, "hook", "claude-code", "--print-settings", form, "--server", URL],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert json.loads(snippets()[f"claude-code-{form}"]) == json.loads(printed.stdout)
+
+
+def recorded(name: str, **tool_input: Any) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((RECORDED / f"{name}.json").read_text())
+    data["tool_input"] = {**data["tool_input"], **tool_input}
+    return data
+
+
+def interpolate(value: str, allowed: list[str], env: dict[str, str]) -> str:
+    """Claude Code's header interpolation: $VAR / ${VAR}, only for allowedEnvVars."""
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2)
+        return env.get(name, "") if name in allowed else ""
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", sub, value)
+
+
+@pytest.mark.parametrize("form", ["http", "command"])
+def test_claude_code_snippet_drives_a_real_sidecar(tmp_path: Path, form: str) -> None:
+    cwd = workdir(tmp_path)
+    env = {**os.environ, "GUARDPOOL_TOKEN": TOKEN, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    leak = recorded("write_pre", content="key = AKIAABCDEFGHIJKLMNOP\n")
+    with Sidecar(cwd / "guardpool.toml") as server:
+        settings = json.loads(snippets()[f"claude-code-{form}"])
+        for event, payload in (
+            (cc.PRE, leak),
+            (cc.PRE, recorded("bash_git_push_pre")),
+            (cc.POST, recorded("bash_git_push_post")),
+        ):
+            hook = settings["hooks"][event][0]["hooks"][0]
+            if form == "http":
+                headers = {
+                    k: interpolate(v, hook["allowedEnvVars"], env)
+                    for k, v in hook["headers"].items()
+                }
+                url = hook["url"].replace("127.0.0.1:8181", f"127.0.0.1:{server.port}")
+                r = httpx.post(url, json=payload, headers=headers, timeout=hook["timeout"])
+                assert r.status_code == 200
+                answer = r.json()
+            else:
+                command = hook["command"].replace("127.0.0.1:8181", f"127.0.0.1:{server.port}")
+                done = subprocess.run(
+                    command + f" --state {tmp_path / 'state'}",
+                    shell=True,
+                    input=json.dumps(payload),
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    cwd=cwd,
+                    timeout=hook["timeout"],
+                )
+                assert done.returncode == 0, done.stderr
+                answer = json.loads(done.stdout)
+            if payload is leak:
+                assert answer["hookSpecificOutput"]["permissionDecision"] == "deny"
+                assert answer["hookSpecificOutput"]["permissionDecisionReason"] == (
+                    "credential in outbound data"
+                )
+            else:
+                assert answer == {}  # allowed: the user's own permission rules apply
