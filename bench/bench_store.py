@@ -6,7 +6,9 @@ Each guardpool pair is a full fail-fast reservation over 2 limits x 3
 dimensions (calls, tokens, cost) followed by its settle: 2 atomic steps. The
 reference is the ``limits`` library's moving-window ``hit`` (one counter, one
 dimension, 1 atomic step) on the same storage, measured in the same run. Redis
-runs on a redis-server this script starts on a free loopback port.
+runs on a redis-server this script starts on a free loopback port; PostgreSQL on
+a server it makes with initdb in a temporary directory (``limits`` has no
+PostgreSQL storage, so those rows compare only with the other stores).
 
 Several workers (threads of one process, or processes) share one store; each
 opens its store and does one warm-up step, then all start together at a
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import shutil
 import sys
 import tempfile
@@ -37,7 +40,7 @@ from limits.strategies import MovingWindowRateLimiter
 from guardpool.policy.config import StoreConfig
 from guardpool.store import open_store
 from guardpool.store.base import BudgetStore, ReserveItem
-from tests.conftest import RedisServer
+from tests.conftest import PG_PASSWORD, PostgresServer, RedisServer, postgres_bindir
 
 BIG = 10**15
 
@@ -144,6 +147,30 @@ def one(target: Target, n: int) -> float:
 Row = tuple[str, float, str, float | None]
 
 
+def postgres_rows(n: int) -> list[Row]:
+    """PostgreSQL beside the others: its own server (initdb, free port), once with
+    fsync on (a commit survives a power loss) and once off (it survives a killed
+    server, not a power loss: what SQLite's synchronous=NORMAL in WAL promises)."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        print("(PostgreSQL not installed: postgres rows skipped)")
+        return []
+    os.environ["PGPASSWORD"] = PG_PASSWORD
+    rows: list[Row] = []
+    for fast in (False, True):
+        server = PostgresServer(bindir, fast=fast)
+        try:
+            server.start()
+            server.bootstrap()
+            pg = StoreConfig(backend="postgres", url=server.url, op_timeout_ms=30_000)
+            label = "postgres" + (" nofsync" if fast else "")
+            rows.append((f"{label}, 1 proc", one(pg, n), "", None))
+            rows.append((f"{label}, 4 procs", in_processes(pg, n // 4, 4), "", None))
+        finally:
+            server.cleanup()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
@@ -178,6 +205,7 @@ def main() -> None:
                 server.stop()
         else:
             print("(redis-server not installed: redis rows skipped)")
+        rows.extend(postgres_rows(n))
     print(f"reserve+settle pairs/s, 2 limits x 3 dimensions per reserve, {n} pairs per row")
     print(
         f"{'guardpool store':19}{'pairs/s':>9}  {'steps/s':>8}   {'reference':27}"

@@ -1,13 +1,18 @@
-"""Shared fixtures: a real redis-server on a free loopback port, a fresh SQLite path."""
+"""Shared fixtures: real redis-server and PostgreSQL servers on free loopback ports, a fresh
+SQLite path."""
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -131,3 +136,236 @@ class ManualClock:
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+
+PG_PASSWORD = "guardpool-test-secret"
+
+
+def postgres_bindir() -> str | None:
+    """A directory holding both ``initdb`` and ``postgres`` of one installation.
+
+    PATH first (resolving symlinks such as /usr/local/bin/postgres), then Debian's
+    /usr/lib/postgresql/<major>/bin, newest major first: the two binaries must come
+    from the same version or initdb refuses to work with the server.
+    """
+    candidates: list[str] = []
+    for name in ("postgres", "initdb", "pg_ctl"):
+        found = shutil.which(name)
+        if found:
+            candidates.append(os.path.dirname(os.path.realpath(found)))
+    debian = glob.glob("/usr/lib/postgresql/*/bin")
+    debian.sort(key=lambda d: int(d.split("/")[-2]) if d.split("/")[-2].isdigit() else 0)
+    candidates.extend(reversed(debian))
+    for d in candidates:
+        if all(os.access(os.path.join(d, b), os.X_OK) for b in ("initdb", "postgres")):
+            return d
+    return None
+
+
+class PostgresServer:
+    """A PostgreSQL cluster made by initdb in a private directory, run on a free port.
+
+    As root (CI) the server runs as the unprivileged ``postgres`` OS user, which
+    PostgreSQL insists on. TCP connections need a password (SCRAM), which tests pass
+    through ``PGPASSWORD`` (never in a URL); the Unix socket lives in the private
+    directory, not in /var/run/postgresql. ``fsync`` is on unless ``fast``.
+    """
+
+    def __init__(self, bindir: str, *, fast: bool = True) -> None:
+        self.bindir = bindir
+        self.fast = fast
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="guardpool-pg-"))
+        self.data = self.root / "data"
+        self.sockets = self.root / "sock"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.user: str | None = None
+        if os.geteuid() == 0:
+            import pwd
+
+            try:
+                pw = pwd.getpwnam("postgres")
+            except KeyError:
+                raise RuntimeError(
+                    "running as root needs the 'postgres' OS user (Debian's postgresql "
+                    "package creates it; .ci/run installs it)"
+                ) from None
+            self.user = "postgres"
+            os.chown(self.root, pw.pw_uid, pw.pw_gid)
+        self.sockets.mkdir()
+        if self.user is not None:
+            shutil.chown(self.sockets, self.user)
+        self.log = self.root / "server.log"
+        self._initdb()
+
+    @property
+    def url(self) -> str:
+        """Host, port, user and database; the password comes from PGPASSWORD."""
+        return f"postgresql://guardpool@127.0.0.1:{self.port}/guardpool"
+
+    @property
+    def admin_url(self) -> str:
+        """The superuser over the private Unix socket (peer-free: trust on local)."""
+        return f"postgresql:///postgres?host={self.sockets}&port={self.port}&user=postgres"
+
+    def _run(self, argv: list[str]) -> None:
+        subprocess.run(
+            argv,
+            check=True,
+            user=self.user,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=self.root,
+        )
+
+    def _initdb(self) -> None:
+        pwfile = self.root / "pw"
+        pwfile.write_text(PG_PASSWORD + "\n")
+        if self.user is not None:
+            shutil.chown(pwfile, self.user)
+        try:
+            self._run(
+                [
+                    os.path.join(self.bindir, "initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    "postgres",
+                    "--pwfile",
+                    str(pwfile),
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ]
+            )
+        except subprocess.CalledProcessError as exc:
+            raise RuntimeError(f"initdb failed: {exc.stderr.decode(errors='replace')}") from None
+        pwfile.unlink()
+
+    def start(self) -> None:
+        argv = [
+            os.path.join(self.bindir, "postgres"),
+            "-D",
+            str(self.data),
+            "-p",
+            str(self.port),
+            "-k",
+            str(self.sockets),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "max_connections=200",
+            "-c",
+            "shared_buffers=32MB",
+        ]
+        if self.fast:
+            # fsync=off survives a killed server (the OS keeps the pages), not a power
+            # loss; synchronous_commit stays on, or a kill could take back commits.
+            argv += ["-c", "fsync=off"]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                argv, user=self.user, stdout=log, stderr=log, start_new_session=True
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"postgres exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}"
+                )
+            if self._ready():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"postgres did not start: {self.log.read_text()[-2000:]}")
+
+    def _ready(self) -> bool:
+        import psycopg
+
+        try:
+            with psycopg.connect(self.admin_url, connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+        except psycopg.OperationalError:
+            return False
+        return True
+
+    def bootstrap(self) -> None:
+        """The application role and database (once, as the superuser)."""
+        import psycopg
+
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE guardpool LOGIN PASSWORD '{PG_PASSWORD}'")
+            conn.execute("CREATE DATABASE guardpool OWNER guardpool")
+
+    def _signal_all(self, sig: int) -> None:
+        """Send ``sig`` to the postmaster and every backend. Each backend calls setsid(),
+        so a process group does not reach them: walk the process tree instead."""
+        import psutil
+
+        assert self.proc is not None
+        try:
+            procs = [psutil.Process(self.proc.pid)]
+            procs += procs[0].children(recursive=True)
+        except psutil.NoSuchProcess:
+            return
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.send_signal(sig)
+
+    def stop(self) -> None:
+        """SIGKILL to the postmaster and all its backends: a crash, no shutdown checkpoint."""
+        if self.proc is not None:
+            self._signal_all(signal.SIGKILL)
+            self.proc.wait()
+            self.proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP to every server process: connections stay open, nothing answers."""
+        self._signal_all(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal_all(signal.SIGCONT)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    bindir = postgres_bindir()
+    if bindir is None:
+        if os.environ.get("GUARDPOOL_REQUIRE_POSTGRES") == "1":
+            pytest.fail("initdb/postgres not found and GUARDPOOL_REQUIRE_POSTGRES=1")
+        pytest.skip("PostgreSQL is not installed; .ci/run installs it")
+    try:
+        server = PostgresServer(bindir)
+        server.start()
+        server.bootstrap()
+    except (RuntimeError, OSError) as exc:
+        pytest.fail(f"cannot start PostgreSQL from {bindir}: {exc}")
+    # libpq (and so every process a test starts) reads the password from here.
+    old = os.environ.get("PGPASSWORD")
+    os.environ["PGPASSWORD"] = PG_PASSWORD
+    yield server
+    if old is None:
+        os.environ.pop("PGPASSWORD", None)
+    else:
+        os.environ["PGPASSWORD"] = old
+    server.cleanup()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The session's PostgreSQL, running even if a test stopped it."""
+    if postgres_server.proc is None:
+        postgres_server.start()
+    return postgres_server.url
+
+
+@pytest.fixture
+def pg_schema() -> str:
+    """A schema name of this test's own: tests share the server, never their tables."""
+    return "t_" + uuid.uuid4().hex[:12]

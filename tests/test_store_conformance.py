@@ -1,4 +1,5 @@
-"""One conformance suite, every backend: memory, sqlite and a real redis-server.
+"""One conformance suite, every backend: memory, sqlite, a real redis-server and a real
+PostgreSQL server.
 
 Every store runs on a ManualClock: tests move time forward instead of sleeping.
 A new backend joins by adding its name to BACKENDS and a branch to
@@ -19,13 +20,17 @@ from guardpool.store.base import BudgetStore, ReserveItem, refuses
 
 from .conftest import ManualClock
 
-BACKENDS = ["memory", "sqlite", "redis"]
+BACKENDS = ["memory", "sqlite", "redis", "postgres"]
 
 
 def store_config(backend: str, request: pytest.FixtureRequest, sqlite_path: Path) -> StoreConfig:
     if backend == "redis":
         url = request.getfixturevalue("redis_url")
         return StoreConfig(backend="redis", url=url, key_prefix="test")
+    if backend == "postgres":
+        url = request.getfixturevalue("postgres_url")
+        schema = request.getfixturevalue("pg_schema")  # a fresh schema per test
+        return StoreConfig(backend="postgres", url=url, key_prefix=schema, op_timeout_ms=5000)
     return StoreConfig(backend=backend, path=str(sqlite_path))  # type: ignore[arg-type]
 
 

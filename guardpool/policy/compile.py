@@ -125,6 +125,27 @@ def check_pool(config: Config) -> None:
         _positive(getattr(store, field), f"store.{field}")
     if store.backend == "redis" and not store.url:
         raise PolicyError('the redis backend needs url = "redis://host:port/db"', key="store.url")
+    if store.backend == "postgres":
+        check_postgres(store.url, store.key_prefix, "store")
+
+
+def check_postgres(url: str | None, schema: str, section: str) -> None:
+    """A libpq URL without a password and a usable schema name (guardpool/pg/pool.py)."""
+    try:
+        from guardpool.pg.pool import check_schema, check_url
+    except ImportError:
+        raise PolicyError(
+            "the postgres backend needs psycopg: pip install 'guardpool[postgres]'",
+            key=f"{section}.backend",
+        ) from None
+    try:
+        check_url(url)
+    except ValueError as exc:
+        raise PolicyError(str(exc), key=f"{section}.url") from None
+    try:
+        check_schema(schema)
+    except ValueError as exc:
+        raise PolicyError(str(exc), key=f"{section}.key_prefix") from None
 
 
 def check_guards(config: Config) -> None:

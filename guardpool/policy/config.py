@@ -86,7 +86,7 @@ class EstimateSpec(_Section):
 
 
 class StoreConfig(_Section):
-    backend: Literal["memory", "sqlite", "redis"] = "sqlite"
+    backend: Literal["memory", "sqlite", "redis", "postgres"] = "sqlite"
     path: str = "guardpool.db"
     url: str | None = None
     key_prefix: str = "guardpool"

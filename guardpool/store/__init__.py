@@ -1,4 +1,4 @@
-"""Budget counters: one protocol, several backends (memory, sqlite, redis)."""
+"""Budget counters: one protocol, several backends (memory, sqlite, redis, postgres)."""
 
 from __future__ import annotations
 
@@ -24,4 +24,8 @@ def open_store(config: StoreConfig, *, clock: Clock | None = None) -> BudgetStor
         from guardpool.store.redis import RedisStore
 
         return RedisStore(config, clock=clock)
+    if config.backend == "postgres":
+        from guardpool.store.postgres import PostgresStore
+
+        return PostgresStore(config, clock=clock)
     raise ValueError(f"unknown store backend {config.backend!r}")
