@@ -424,7 +424,11 @@ def test_100_timeouts_leak_no_process_and_no_fd() -> None:
             pair = [p.submit(G + "sleep", 5) for _ in range(2)]
             assert [f.result(timeout=5).outcome for f in pair] == ["timeout", "timeout"]
         assert p.stats().timeouts == 100
-        assert p.stats().killed >= 50  # at least one running job per pair
+        # Kills happened, so the leak checks below mean something. Not ">= 50":
+        # on a loaded machine (load 12 on 2 cores, seen in a fresh-clone CI run) a
+        # 30 ms deadline often passes while the job is still queued behind a respawn,
+        # and a queued job times out without a kill (42 of 50 pairs killed there).
+        assert p.stats().killed >= 10
         # zygote + 2 workers, nothing else
         assert wait_for(lambda: len(set(pool_processes()) - procs_before) == 3)
         assert wait_for(lambda: open_fds() == fds_running)
