@@ -115,7 +115,7 @@ def test_segfault_is_a_crash_and_the_pool_stays_at_n_workers(pool: GuardPool) ->
     result = run(pool, "segfault")
     assert result.outcome == "crash"
     assert result.signal == signal.SIGSEGV
-    assert wait_for(lambda: pool.stats().workers == 2)
+    assert wait_for(lambda: pool.stats().workers == 3)  # 2 + the pre-forked spare
     assert run(pool, "double", 3).value == 6
 
 
@@ -429,8 +429,8 @@ def test_100_timeouts_leak_no_process_and_no_fd() -> None:
         # 30 ms deadline often passes while the job is still queued behind a respawn,
         # and a queued job times out without a kill (42 of 50 pairs killed there).
         assert p.stats().killed >= 10
-        # zygote + 2 workers, nothing else
-        assert wait_for(lambda: len(set(pool_processes()) - procs_before) == 3)
+        # zygote + 2 workers + the spare, nothing else
+        assert wait_for(lambda: len(set(pool_processes()) - procs_before) == 4)
         assert wait_for(lambda: open_fds() == fds_running)
     assert wait_for(lambda: set(pool_processes()) <= procs_before)
     assert open_fds() == fds_before
@@ -443,7 +443,7 @@ def test_shutdown_leaves_nothing_behind() -> None:
     p = make_pool(workers=2).start()
     info = p.submit("guardpool.worker.probe:probe", None).result(timeout=5).value
     workdir_root = os.path.dirname(info["cwd"])
-    assert len(set(pool_processes()) - procs_before) == 3
+    assert len(set(pool_processes()) - procs_before) == 4  # zygote, 2 workers, spare
     in_flight = p.submit(G + "sleep", 10)
     p.shutdown()
     assert in_flight.result(timeout=1).error == "pool shut down"
@@ -488,6 +488,6 @@ def test_host_exiting_without_close_leaves_no_process(how: str, tmp_path: Path) 
 def test_stats_and_idempotent_start(pool: GuardPool) -> None:
     assert pool.start() is pool
     stats = pool.stats()
-    assert stats.workers == 2
+    assert stats.workers == 3  # 2 + the pre-forked spare
     assert stats.spawned >= 2
     assert stats.queued == 0

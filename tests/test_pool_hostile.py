@@ -205,9 +205,12 @@ def test_fork_refused_with_eagain_heals() -> None:
         zygote = manager.zygote.pid
         # The zygote alone fills the cgroup: its next fork gets EAGAIN.
         (cgroup / "cgroup.procs").write_text(str(zygote))
-        killed = pool.submit(G + "spin", None, timeout_ms=50).result(timeout=10)
-        assert killed.outcome == "timeout"
+        # Kill the worker and then the pre-forked spare: no process is left to serve.
+        for _ in range(2):
+            killed = pool.submit(G + "spin", None, timeout_ms=50).result(timeout=10)
+            assert killed.outcome == "timeout"
         assert wait_for(lambda: pool.stats().fork_failures >= 2)
+        assert pool.stats().workers == 0
         # No worker: a job is answered fail-closed by its own deadline.
         waiting = pool.submit(G + "double", 1, timeout_ms=200).result(timeout=10)
         assert (waiting.outcome, waiting.worker_pid) == ("timeout", 0)

@@ -65,7 +65,10 @@ class Manager:
 
     def __init__(self, config: PoolConfig, workers: int, max_rss_mb: int, setup: protocol.Setup):
         self.config = config
-        self.n_workers = workers
+        self.n_workers = workers  # jobs that may run at once
+        # Processes kept: one more than that. The spare is forked and warm before a kill
+        # needs it, so a replacement serves at once instead of after fork + set-up.
+        self.n_processes = workers + 1
         self.max_rss_mb = max_rss_mb
         self.ids = itertools.count(1)
         self.sched = Scheduler()
@@ -203,8 +206,15 @@ class Manager:
             self.ready_event.set()
             self._teardown()
 
+    def _busy(self) -> int:
+        return sum(1 for w in self.by_pid.values() if w.task is not None and not w.gone)
+
     def _dispatch(self) -> None:
-        while self.idle and self.sched.queue:
+        if not (self.idle and self.sched.queue):
+            return
+        room = self.n_workers - self._busy()
+        while self.idle and self.sched.queue and room > 0:
+            room -= 1
             task = self.sched.next_queued()
             if task is None:
                 return
@@ -347,7 +357,7 @@ class Manager:
 
     def _spawn(self) -> None:
         while (
-            self.live < self.n_workers
+            self.live < self.n_processes
             and self.zygote.ready
             and not self.stopping
             and self.broken is None
@@ -422,10 +432,12 @@ class Manager:
             self.failed_starts = 0
             self.backoff.healthy()
             self.ready_count += 1
-            if self.ready_count >= self.n_workers:
+            if self.ready_count >= self.n_processes:
                 self.ready_event.set()
             if not worker.gone:
-                self.idle.append(worker)
+                # Fresh workers go to the cold end: jobs go to the most recently used
+                # (warm caches), and a fresh one waits as the spare.
+                self.idle.insert(0, worker)
             return
         task = worker.task
         if task is None or task.id != msg.id:
