@@ -93,6 +93,14 @@ def measures(info: dict[str, Any], hardening: str, memory_mb: int) -> list[dict[
                 expected=False,
             )
         )
+    out.append(
+        _measure(
+            "lower CPU priority",
+            info.get("nice", 0) > 0,
+            f"nice {info.get('nice', 0)}: a busy guard (or a fork bomb) yields the CPU to the "
+            "host's deadline kill",
+        )
+    )
     mode = status.get("cgroup_mode", "")
     out.append(
         _measure(

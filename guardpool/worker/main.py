@@ -132,6 +132,9 @@ def setup_worker(
     tempfile.tempdir = workdir
     cgroups.join(cgroup)
     sandbox.apply_rlimits(setup.memory_mb)
+    # Guards yield the CPU to the host: a fork bomb's hundred runnable processes must
+    # not delay the manager thread that kills them (children inherit the nice value).
+    os.setpriority(os.PRIO_PROCESS, 0, sandbox.WORKER_NICE)
     _EXISTING[:] = [p for p in sys.path if os.path.exists(p)]  # as root: what there is
     if setup.uid >= 0:
         dirs = _open_import_dirs()

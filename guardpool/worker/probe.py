@@ -74,6 +74,7 @@ def probe(_: Any = None) -> dict[str, Any]:
         "pid": pid,
         "uid": os.getuid(),
         "euid": os.geteuid(),
+        "nice": os.getpriority(os.PRIO_PROCESS, 0),
         "gid": os.getgid(),
         "groups": os.getgroups(),
         "cwd_owner": os.stat(".").st_uid,

@@ -26,6 +26,7 @@ CLONE_NEWNET: Final = 0x40000000
 NOFILE_LIMIT: Final = 256
 NPROC_LIMIT: Final = 128
 FSIZE_LIMIT: Final = 64 << 20
+WORKER_NICE: Final = 10  # CFS weight 110 against the host's 1024
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
