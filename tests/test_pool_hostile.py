@@ -210,7 +210,7 @@ def test_fork_refused_with_eagain_heals() -> None:
             killed = pool.submit(G + "spin", None, timeout_ms=50).result(timeout=10)
             assert killed.outcome == "timeout"
         assert wait_for(lambda: pool.stats().fork_failures >= 2)
-        assert pool.stats().workers == 0
+        assert wait_for(lambda: pool.stats().workers == 0)  # the verdict comes before cleanup
         # No worker: a job is answered fail-closed by its own deadline.
         waiting = pool.submit(G + "double", 1, timeout_ms=200).result(timeout=10)
         assert (waiting.outcome, waiting.worker_pid) == ("timeout", 0)
@@ -357,3 +357,12 @@ def test_readme_example_a_temporary_pool_answers_its_job() -> None:
     future = GuardPool(workers=2, job_timeout_ms=2000).submit("json:dumps", {"a": 1})
     result = future.result(timeout=15)
     assert (result.outcome, result.value) == ("ok", '{"a": 1}'), result.error
+
+
+def test_policy_files_get_the_same_pool_checks() -> None:
+    from guardpool.policy.loader import load_policy
+
+    for pool, key in (({"user": "root"}, "pool.user"), ({"pids_max": 0}, "pool.pids_max")):
+        with pytest.raises(PolicyError) as err:
+            load_policy({"pool": pool})
+        assert err.value.key == key

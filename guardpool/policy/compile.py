@@ -24,6 +24,7 @@ from guardpool.policy.errors import PolicyError
 from guardpool.policy.labels import validate_pattern
 from guardpool.policy.model import Usage
 from guardpool.policy.money import MICROS, parse_duration_ms, parse_money, to_micros
+from guardpool.policy.poolsettings import check_pool as check_pool_settings
 from guardpool.policy.source import pattern_key
 
 _CORE_DIMENSIONS = ("calls", "tokens", "cost", "wall_ms")
@@ -104,20 +105,8 @@ def _positive(value: int | None, key: str, *, zero_ok: bool = False) -> None:
 
 
 def check_pool(config: Config) -> None:
-    pool = config.pool
-    for field in (
-        "workers",
-        "job_timeout_ms",
-        "job_cpu_ms",
-        "memory_mb",
-        "max_rss_mb",
-        "max_jobs_per_worker",
-        "max_input_bytes",
-    ):
-        _positive(getattr(pool, field), f"pool.{field}")
-    for i, module in enumerate(pool.preload):
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", module):
-            raise PolicyError(f"{module!r} is not a module name", key=f"pool.preload[{i}]")
+    # [pool] is checked in one place, shared with GuardPool (policy/poolsettings.py).
+    check_pool_settings(config.pool)
     _positive(config.guards.timeout_ms, "guards.timeout_ms")
     _positive(config.guards.regex_max_mem, "guards.regex_max_mem")
     store = config.store

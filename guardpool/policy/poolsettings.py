@@ -40,7 +40,7 @@ def check_pool(pool: PoolConfig, *, machine: str | None = None) -> None:
         if value is None and field in ("workers", "max_rss_mb"):
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise PolicyError(f"must be a positive integer, not {value!r}", key=f"pool.{field}")
+            raise PolicyError(f"must be > 0, not {value!r}", key=f"pool.{field}")
     for i, module in enumerate(pool.preload):
         if not isinstance(module, str) or not _MODULE.fullmatch(module):
             raise PolicyError(f"{module!r} is not a module name", key=f"pool.preload[{i}]")
