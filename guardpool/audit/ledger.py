@@ -68,6 +68,16 @@ _decoder = msgspec.json.Decoder(AuditEvent)
 Synchronous = Literal["NORMAL", "FULL"]
 
 
+def _payloads(events: Sequence[AuditEvent]) -> list[bytes]:
+    for ev in events:
+        if ev.kind not in KINDS:
+            raise ValueError(f"unknown audit event kind {ev.kind!r}")
+    try:
+        return [_encoder.encode(ev) for ev in events]
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise LedgerWriteError(f"audit event cannot be encoded: {exc}") from exc
+
+
 class LedgerError(Exception):
     """The ledger could not be opened or read (missing file, not a ledger, corrupt row)."""
 
@@ -208,13 +218,7 @@ class Ledger:
         """
         if not events:
             return
-        for ev in events:
-            if ev.kind not in KINDS:
-                raise ValueError(f"unknown audit event kind {ev.kind!r}")
-        try:
-            payloads = [_encoder.encode(ev) for ev in events]
-        except (TypeError, msgspec.EncodeError) as exc:
-            raise LedgerWriteError(f"audit event cannot be encoded: {exc}") from exc
+        payloads = _payloads(events)
         with self._wlock:
             if self._closed:
                 raise LedgerWriteError(f"audit ledger {self.path} is closed")
@@ -222,23 +226,7 @@ class Ledger:
             try:
                 try:
                     conn.execute("BEGIN IMMEDIATE")
-                    # Inside the IMMEDIATE transaction: no other writer can append
-                    # between this read and our inserts, so the chain cannot fork.
-                    last = conn.execute(
-                        "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
-                    ).fetchone()
-                    seq, prev = (0, GENESIS_HASH) if last is None else (last[0], last[1])
-                    ts = time.time_ns() // 1_000_000
-                    rows = []
-                    for ev, payload in zip(events, payloads, strict=True):
-                        seq += 1
-                        digest = chain_hash(prev, seq, ts, payload)
-                        rows.append((seq, ts, ev.kind, ev.run_id, payload.decode(), prev, digest))
-                        prev = digest
-                    conn.executemany(
-                        f"INSERT INTO audit_events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        rows,
-                    )
+                    self._insert(conn, events, payloads)
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
@@ -246,6 +234,43 @@ class Ledger:
                     raise
             except sqlite3.Error as exc:
                 raise LedgerWriteError(f"audit ledger {self.path}: {exc}") from exc
+
+    def append_in(self, conn: sqlite3.Connection, events: Sequence[AuditEvent]) -> None:
+        """Append inside a write transaction the caller holds on ``conn`` (same file).
+
+        The caller commits or rolls back: the budget store's step and the events
+        of its decision then land together (``SqliteStore.joint``).
+        """
+        if not events:
+            return
+        payloads = _payloads(events)
+        if self._closed:
+            raise LedgerWriteError(f"audit ledger {self.path} is closed")
+        try:
+            self._insert(conn, events, payloads)
+        except sqlite3.Error as exc:
+            raise LedgerWriteError(f"audit ledger {self.path}: {exc}") from exc
+
+    @staticmethod
+    def _insert(
+        conn: sqlite3.Connection, events: Sequence[AuditEvent], payloads: list[bytes]
+    ) -> None:
+        # Inside an IMMEDIATE transaction: no other writer can append between
+        # this read and our inserts, so the chain cannot fork.
+        last = conn.execute(
+            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        seq, prev = (0, GENESIS_HASH) if last is None else (last[0], last[1])
+        ts = time.time_ns() // 1_000_000
+        rows = []
+        for ev, payload in zip(events, payloads, strict=True):
+            seq += 1
+            digest = chain_hash(prev, seq, ts, payload)
+            rows.append((seq, ts, ev.kind, ev.run_id, payload.decode(), prev, digest))
+            prev = digest
+        conn.executemany(
+            f"INSERT INTO audit_events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+        )
 
     # -- reading ---------------------------------------------------------------
 

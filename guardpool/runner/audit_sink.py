@@ -39,8 +39,7 @@ class AuditSink:
         try:
             self.ledger.append(events)
         except LedgerWriteError as exc:
-            log.error("guardpool: audit ledger write failed: %s", exc)
-            self.hooks.emit("audit_failure", error=str(exc))
+            self.failed(exc)
             return not self.fail_closed
         return True
 
@@ -61,16 +60,19 @@ class AuditSink:
             detail={"effect": result.effect, "phase": v.phase, **result.job},
         )
 
-    def expired(self, expired: Sequence[Expired]) -> list[AuditEvent]:
-        """Events (and hooks) for reservations a store step charged at their estimate."""
-        events = []
+    def failed(self, exc: LedgerWriteError) -> None:
+        """A write that failed inside someone else's transaction (the joint path)."""
+        log.error("guardpool: audit ledger write failed: %s", exc)
+        self.hooks.emit("audit_failure", error=str(exc))
+
+    @staticmethod
+    def expired_events(expired: Sequence[Expired]) -> list[AuditEvent]:
+        return [
+            AuditEvent(kind="expire", decision_id=e.reservation_id, usage=dict(e.charged))
+            for e in expired
+        ]
+
+    def notify_expired(self, expired: Sequence[Expired]) -> None:
         for e in expired:
-            events.append(
-                AuditEvent(kind="expire", decision_id=e.reservation_id, usage=dict(e.charged))
-            )
-            self.hooks.emit(
-                "reservation_expired",
-                Scope(e.reservation_id, "", "", ()),
-                charged=dict(e.charged),
-            )
-        return events
+            scope = Scope(e.reservation_id, "", "", ())
+            self.hooks.emit("reservation_expired", scope, charged=dict(e.charged))

@@ -15,6 +15,13 @@
 Budgets are reserved *before* guards run so that an agent burning its budget
 in a loop is refused without spending worker time; a guard deny then returns
 the reservation. Every failure path ends in a deny (fail closed).
+
+Joint path (store and ledger in one SQLite file): steps 3 and 5 become one
+transaction. A snapshot read (no write lock) still refuses an exhausted budget
+before any guard runs; the guards run; then the reservation is taken and the
+decision's events appended in the same commit, so the file never holds a
+reservation without its audit trail or the reverse. A guard deny reserves
+nothing at all. Hooks raised while the transaction is open fire after it ends.
 """
 
 from __future__ import annotations
@@ -26,30 +33,37 @@ from typing import Any
 import msgspec
 
 from guardpool.audit.events import AuditEvent
+from guardpool.audit.ledger import LedgerWriteError
 from guardpool.policy.model import Action, Decision, GuardVerdict, LimitStatus, Operation
+from guardpool.policy.runtime import PolicyMatch
 from guardpool.runner import budget
 from guardpool.runner.pending import Pending
 from guardpool.runner.scope import Scope
 from guardpool.runner.services import Services
-from guardpool.runner.verdicts import combine, decide
-from guardpool.store.base import StoreAnswer
+from guardpool.runner.verdicts import GuardResult, combine, decide
+from guardpool.store.base import CounterState, StoreAnswer, refuses
 from guardpool.store.errors import StoreUnavailable
+from guardpool.store.sqlite import Joint, SqliteStore
 
 log = logging.getLogger("guardpool")
+
+LEDGER_DOWN = "audit ledger unavailable: the decision could not be recorded"
 
 
 def check(svc: Services, op: Operation, scope: Scope) -> Decision:
     """Decide on ``op``; never raises for the operation's sake (fails closed)."""
     c = _Check(svc, op, scope)
     try:
-        return c.decide()
+        decision = c.decide()
     except Exception as exc:  # fail closed on anything unforeseen
         log.exception("guardpool: check %s failed", scope.decision_id)
         c.release_quietly()
         decision = decide(scope, "deny", [f"internal error: {exc}"], c.verdicts, c.limits)
-        c.events.append(_decision_event(scope, decision))
-        svc.audit.append(c.events)
-        return decision
+        svc.audit.append(
+            [*c.head, *c.reservation, *c.guard_events, _decision_event(scope, decision)]
+        )
+    c.flush_hooks()
+    return decision
 
 
 def _decision_event(scope: Scope, decision: Decision) -> AuditEvent:
@@ -72,21 +86,34 @@ class _Check:
         self.op = op
         self.scope = scope
         self.started = time.monotonic()
-        self.events: list[AuditEvent] = []
+        # The ledger order of one check: check, reservation events, verdicts, decision.
+        self.head: list[AuditEvent] = []
+        self.reservation: list[AuditEvent] = []
+        self.guard_events: list[AuditEvent] = []
+        self.hooks: list[tuple[str, dict[str, Any]]] = []  # fired once nothing is held
         self.reserved = False
+        self.match: PolicyMatch | None = None
         self.planned: list[budget.PlannedItem] = []
         self.limits: tuple[LimitStatus, ...] = ()
         self.verdicts: tuple[GuardVerdict, ...] = ()
 
     def decide(self) -> Decision:
         svc, op, scope = self.svc, self.op, self.scope
-        self.events.append(scope.event("check", **svc.audit.input_fields(op.input)))
+        self.head.append(scope.event("check", **svc.audit.input_fields(op.input)))
         size = input_size(op.input)
         if size > svc.max_input_bytes:
             reason = f"input too large: {size} bytes > max_input_bytes {svc.max_input_bytes}"
             return self.finish([reason], "deny")
-        match = svc.policy.match(op.labels)
+        match = self.match = svc.policy.match(op.labels)
         self.planned = budget.plan_reservation(match, op.estimate, scope.run_id, scope.principal)
+        if self.planned and svc.joint is not None:
+            try:
+                states = svc.store.states([p.item for p in self.planned])
+            except StoreUnavailable as exc:
+                return self.finish([f"budget store unavailable: {exc}"], "deny")
+            if not any(refuses(p.item, s.used, s.reserved) for p, s in self.pairs(states)):
+                return self.decide_joint(svc.joint, match, states)
+            # Refused already: the usual path records the refusal.
         reasons: list[str] = []
         effects: list[Action] = []
         if self.planned:
@@ -96,90 +123,147 @@ class _Check:
                 )
             except StoreUnavailable as exc:
                 return self.finish([f"budget store unavailable: {exc}"], "deny")
-            self.events.extend(svc.expired(answer.expired))
+            self.reservation.extend(svc.expired(answer.expired))
             refusals, warnings = self.read_reservation(answer)
             if not answer.ok:
                 return self.finish(refusals, "deny")
             self.reserved = True
             reasons.extend(warnings)
-            if warnings:
-                effects.append("warn")
+            effects.extend(["warn"] if warnings else [])
         results, value = svc.guards.run("before", match.before, op.input, scope)
-        self.verdicts = tuple(r.verdict for r in results)
-        for r in results:
-            self.events.append(svc.audit.guard(scope, r))
-            effects.append(r.effect)
-            if r.effect != "allow":
-                reasons.append(r.verdict.reason)
+        self.take_verdicts(results, reasons, effects)
         action = combine(effects)
         if action == "deny":
             self.release_quietly()
         return self.finish(reasons, action, value)
 
+    def decide_joint(
+        self, joint: SqliteStore, match: PolicyMatch, states: tuple[CounterState, ...]
+    ) -> Decision:
+        svc, scope = self.svc, self.scope
+        results, value = svc.guards.run("before", match.before, self.op.input, scope)
+        guard_reasons: list[str] = []
+        guard_effects: list[Action] = []
+        self.take_verdicts(results, guard_reasons, guard_effects)
+        if combine(guard_effects) == "deny":  # nothing reserved, nothing to return
+            self.limits = tuple(
+                budget.limit_status(p, s, exceeded=False) for p, s in self.pairs(states)
+            )
+            return self.finish(guard_reasons, "deny")
+
+        def step(j: Joint) -> tuple[Decision, StoreAnswer]:
+            answer = j.reserve(scope.decision_id, [p.item for p in self.planned], svc.ttl_ms)
+            self.reservation.extend(svc.audit.expired_events(answer.expired))
+            refusals, warnings = self.read_reservation(answer)
+            if not answer.ok:  # another check took the last of it since the snapshot
+                decision = self.build(refusals, "deny")
+            else:
+                effects = guard_effects + (["warn"] if warnings else [])
+                decision = self.build(warnings + guard_reasons, combine(effects), value)
+            svc.audit.ledger.append_in(j.conn, self.events(decision))
+            return decision, answer
+
+        try:
+            decision, answer = joint.joint(step)
+        except StoreUnavailable as exc:  # rolled back: nothing reserved, nothing recorded
+            self.reservation.clear()
+            self.hooks.clear()
+            return self.finish([f"budget store unavailable: {exc}"], "deny")
+        except LedgerWriteError as exc:  # rolled back with the reservation
+            svc.audit.failed(exc)
+            self.hooks.clear()
+            return decide(scope, "deny", [LEDGER_DOWN], self.verdicts, self.limits)
+        svc.forget_expired(answer.expired)
+        self.reserved = answer.ok
+        self.remember(decision)
+        return decision
+
+    def pairs(
+        self, states: tuple[CounterState, ...]
+    ) -> zip[tuple[budget.PlannedItem, CounterState]]:
+        return zip(self.planned, states, strict=True)
+
+    def take_verdicts(
+        self, results: list[GuardResult], reasons: list[str], effects: list[Action]
+    ) -> None:
+        self.verdicts = tuple(r.verdict for r in results)
+        for r in results:
+            self.guard_events.append(self.svc.audit.guard(self.scope, r))
+            effects.append(r.effect)
+            if r.effect != "allow":
+                reasons.append(r.verdict.reason)
+
     def read_reservation(self, answer: StoreAnswer) -> tuple[list[str], list[str]]:
         """Limit statuses, audit events, hooks and reasons from the store's answer."""
-        scope, hooks = self.scope, self.svc.hooks
+        scope = self.scope
         refused = set(answer.refused)
         statuses: list[LimitStatus] = []
         refusals: list[str] = []
         warnings: list[str] = []
-        for i, (p, state) in enumerate(zip(self.planned, answer.states, strict=True)):
+        for i, (p, state) in enumerate(self.pairs(answer.states)):
             total = state.used + state.reserved
             over = i in refused or (not p.item.check and total > state.limit)
             statuses.append(budget.limit_status(p, state, exceeded=over))
             where = {"pattern": p.limit.pattern, "dimension": p.item.dimension}
-            hook_detail = {
-                **where,
-                "used": state.used,
-                "reserved": state.reserved,
-                "limit": state.limit,
-            }
+            hook = {**where, "used": state.used, "reserved": state.reserved, "limit": state.limit}
             if i in refused:
                 reason = budget.describe_refusal(p, state)
                 refusals.append(reason)
-                self.events.append(scope.event("limit_breach", reason=reason, detail=where))
-                hooks.emit("limit_exceeded", scope, **hook_detail)
+                self.reservation.append(scope.event("limit_breach", reason=reason, detail=where))
+                self.hooks.append(("limit_exceeded", hook))
             elif over:
                 reason = (
                     f"limit {p.limit.pattern} {p.item.dimension} exceeded "
                     f"({total} of {state.limit}); allowed (on_exceed=warn)"
                 )
                 warnings.append(reason)
-                self.events.append(scope.event("warning", reason=reason))
-                hooks.emit("limit_exceeded", scope, **hook_detail)
+                self.reservation.append(scope.event("warning", reason=reason))
+                self.hooks.append(("limit_exceeded", hook))
             elif answer.ok and budget.crossed_warning(p.item, state, p.limit.warn_at):
                 reason = (
                     f"limit {p.limit.pattern} {p.item.dimension} passed "
                     f"{p.limit.warn_at:.0%} ({total} of {state.limit})"
                 )
-                self.events.append(scope.event("warning", reason=reason))
-                hooks.emit("limit_warning", scope, **hook_detail)
+                self.reservation.append(scope.event("warning", reason=reason))
+                self.hooks.append(("limit_warning", hook))
         self.limits = tuple(statuses)
         if answer.ok:
             usage = {f"{p.limit.pattern}:{p.item.dimension}": p.item.amount for p in self.planned}
-            self.events.append(scope.event("reserve", usage=usage))
+            self.reservation.append(scope.event("reserve", usage=usage))
         return refusals, warnings
 
+    def build(self, reasons: list[str], action: Action, value: Any = None) -> Decision:
+        return decide(self.scope, action, reasons, self.verdicts, self.limits, value)
+
+    def events(self, decision: Decision) -> list[AuditEvent]:
+        decision_event = _decision_event(self.scope, decision)
+        return [*self.head, *self.reservation, *self.guard_events, decision_event]
+
     def finish(self, reasons: list[str], action: Action, value: Any = None) -> Decision:
-        svc, scope = self.svc, self.scope
-        decision = decide(scope, action, reasons, self.verdicts, self.limits, value)
-        self.events.append(_decision_event(scope, decision))
-        if not svc.audit.append(self.events):
+        decision = self.build(reasons, action, value)
+        if not self.svc.audit.append(self.events(decision)):
             self.release_quietly()
-            reason = "audit ledger unavailable: the decision could not be recorded"
-            return decide(scope, "deny", [reason], self.verdicts, self.limits)
-        if decision.allowed and self.reserved:
-            svc.pending.remember(
-                scope.decision_id,
+            return decide(self.scope, "deny", [LEDGER_DOWN], self.verdicts, self.limits)
+        self.remember(decision)
+        return decision
+
+    def remember(self, decision: Decision) -> None:
+        if decision.allowed and self.reserved and self.match is not None:
+            self.svc.pending.remember(
+                self.scope.decision_id,
                 Pending(
-                    match=svc.policy.match(self.op.labels),
-                    run_id=scope.run_id,
-                    principal=scope.principal,
+                    match=self.match,
+                    run_id=self.scope.run_id,
+                    principal=self.scope.principal,
                     started=self.started,
                     planned=tuple(self.planned),
                 ),
             )
-        return decision
+
+    def flush_hooks(self) -> None:
+        for kind, detail in self.hooks:
+            self.svc.hooks.emit(kind, self.scope, **detail)
+        self.hooks.clear()
 
     def release_quietly(self) -> None:
         if not self.reserved:

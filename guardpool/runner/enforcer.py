@@ -41,6 +41,7 @@ from guardpool.runner.settle import settle as run_settle
 from guardpool.store import open_store
 from guardpool.store.base import BudgetStore, Expired, ReserveItem
 from guardpool.store.errors import StoreUnavailable
+from guardpool.store.sqlite import SqliteStore
 
 __all__ = ["HOOK_EVENTS", "Enforcer", "HookEvent", "OperationDenied", "Permit", "Run"]
 
@@ -80,7 +81,8 @@ class Enforcer:
             else Ledger(cfg.audit.path, capture_input=cfg.audit.capture_input)
         )
         self.hooks = HookBus()
-        self.audit = AuditSink(self.ledger, self.hooks, fail_closed=cfg.audit.on_failure == "deny")
+        fail_closed = cfg.audit.on_failure == "deny"
+        self.audit = AuditSink(self.ledger, self.hooks, fail_closed=fail_closed)
         self._services = Services(
             policy=policy,
             store=self.store,
@@ -90,6 +92,7 @@ class Enforcer:
             pending=PendingTable(),
             ttl_ms=cfg.store.reservation_ttl_ms,
             max_input_bytes=cfg.pool.max_input_bytes,
+            joint=_joint(self.store, self.ledger) if fail_closed else None,
         )
         self._started = False
         self._closed = False
@@ -229,6 +232,13 @@ class Enforcer:
             )
             self.audit.append([scope.event("release")])
         return released
+
+
+def _joint(store: BudgetStore, ledger: Ledger) -> SqliteStore | None:
+    """The store, when it and the ledger share one SQLite file: one transaction for both."""
+    if isinstance(store, SqliteStore) and Path(store.path).resolve() == ledger.path.resolve():
+        return store
+    return None
 
 
 class Permit:

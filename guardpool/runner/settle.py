@@ -1,24 +1,30 @@
 """One settle: after-guards on the output, actual usage charged, overruns and breaches audited.
 
-settle(services, scope, pending, usage, output)
-  │ 1. after-guards   GuardRunner, in order, rewrites chained (output given only)
-  │ 2. actual usage   Usage in store units; cost from match.price when only tokens
-  │ 3. store.settle   replaces the reservation (idempotent by decision id)
-  │                   store down ─► warn: the reservation expires at its estimate
-  │ 4. per planned item (limit x dimension):
-  │      actual > its estimate ─► overrun (named by limit pattern and dimension)
-  │      used > limit ─► limit_breach; a post-hoc deny limit makes the decision deny
-  │ 5. ledger         one batch; write fails (on_failure=deny) ─► deny
-  ▼
-Decision (the after-guards' answer on the output, with the limits after charging)
+    settle(services, scope, pending, usage, output)
+      │ 1. after-guards   GuardRunner, in order, rewrites chained (output given only)
+      │ 2. actual usage   Usage in store units; cost from match.price when only tokens
+      │ 3. store.settle   replaces the reservation (idempotent by decision id)
+      │                   store down ─► warn: the reservation expires at its estimate
+      │ 4. per planned item (limit x dimension):
+      │      actual > its estimate ─► overrun (named by limit pattern and dimension)
+      │      used > limit ─► limit_breach; a post-hoc deny limit makes the decision deny
+      │ 5. ledger         one batch; write fails (on_failure=deny) ─► deny
+      ▼
+    Decision (the after-guards' answer on the output, with the limits after charging)
+
+Joint path (store and ledger in one SQLite file): steps 3 and 5 are one
+transaction. If the ledger write fails there, the charge is made again on its
+own, so the budget is never left holding only the estimate.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
 from guardpool.audit.events import AuditEvent
+from guardpool.audit.ledger import LedgerWriteError
 from guardpool.policy.model import Action, Decision, GuardVerdict, LimitStatus, Usage
 from guardpool.runner import budget
 from guardpool.runner.pending import Pending
@@ -27,111 +33,162 @@ from guardpool.runner.services import Services
 from guardpool.runner.verdicts import combine, decide
 from guardpool.store.base import StoreAnswer
 from guardpool.store.errors import StoreUnavailable
+from guardpool.store.sqlite import Joint
+
+LEDGER_DOWN = "audit ledger unavailable: the settle could not be recorded"
 
 
 def settle(svc: Services, scope: Scope, p: Pending, usage: Usage, output: Any) -> Decision:
-    events: list[AuditEvent] = []
-    reasons: list[str] = []
-    effects: list[Action] = []
-    verdicts: tuple[GuardVerdict, ...] = ()
-    value = output
-    if output is not None and p.match.after:
-        results, value = svc.guards.run("after", p.match.after, output, scope)
-        verdicts = tuple(r.verdict for r in results)
-        for r in results:
-            events.append(svc.audit.guard(scope, r))
-            effects.append(r.effect)
-            if r.effect != "allow":
-                reasons.append(r.verdict.reason)
+    s = _Settle(svc, scope, p)
+    value = s.after_guards(output)
     actual = budget.usage_amounts(usage, p.match.price)
     if "wall_ms" not in actual:
         actual["wall_ms"] = int((time.monotonic() - p.started) * 1000)
-    limits: tuple[LimitStatus, ...] = ()
-    try:
-        answer = svc.store.settle(scope.decision_id, actual)
-    except StoreUnavailable as exc:
-        # The reservation stays and expires at its estimate; say so loudly.
-        reasons.append(f"budget store unavailable at settle: {exc}")
-        effects.append("warn")
-    else:
-        events.extend(svc.expired(answer.expired))
-        if answer.ok:
-            events.append(scope.event("settle", usage=actual))
-            _overruns(svc, scope, p, actual, events)
-            limits = _breaches(svc, scope, p, answer, events, reasons, effects)
-    action = combine(effects)
-    decision = decide(scope, action, reasons, verdicts, limits, value)
-    events.append(
-        scope.event(
-            "decision", outcome=action, reason="; ".join(reasons), detail={"phase": "after"}
-        )
-    )
-    if not svc.audit.append(events) and decision.allowed:
-        reasons.append("audit ledger unavailable: the settle could not be recorded")
-        return decide(scope, "deny", reasons, verdicts, limits)
+    decision = s.joint(actual, value) if svc.joint is not None else s.separate(actual, value)
+    for kind, detail in s.hooks:
+        svc.hooks.emit(kind, scope, **detail)
     return decision
 
 
-def _overruns(
-    svc: Services, scope: Scope, p: Pending, actual: dict[str, int], events: list[AuditEvent]
-) -> None:
-    """An actual above the estimate reserved for one limit (charged in full all the same).
+class _Settle:
+    def __init__(self, svc: Services, scope: Scope, p: Pending) -> None:
+        self.svc = svc
+        self.scope = scope
+        self.p = p
+        self.events: list[AuditEvent] = []
+        self.reasons: list[str] = []
+        self.effects: list[Action] = []
+        self.verdicts: tuple[GuardVerdict, ...] = ()
+        self.limits: tuple[LimitStatus, ...] = ()
+        self.hooks: list[tuple[str, dict[str, Any]]] = []  # fired once nothing is held
 
-    Keyed by limit *and* dimension: a post-hoc limit on the same dimension
-    (which reserves nothing) must not hide another limit's overrun.
-    """
-    for planned in p.planned:
-        item = planned.item
-        amount = actual.get(item.dimension)
-        if not item.amount or amount is None or amount <= item.amount:
-            continue
-        detail = {
-            "pattern": planned.limit.pattern,
-            "dimension": item.dimension,
-            "estimate": item.amount,
-            "actual": amount,
-        }
-        reason = (
-            f"{planned.limit.pattern} {item.dimension}: actual {amount} > estimate {item.amount}"
+    def after_guards(self, output: Any) -> Any:
+        if output is None or not self.p.match.after:
+            return output
+        results, value = self.svc.guards.run("after", self.p.match.after, output, self.scope)
+        self.verdicts = tuple(r.verdict for r in results)
+        for r in results:
+            self.events.append(self.svc.audit.guard(self.scope, r))
+            self.effects.append(r.effect)
+            if r.effect != "allow":
+                self.reasons.append(r.verdict.reason)
+        return value
+
+    def separate(self, actual: dict[str, int], value: Any) -> Decision:
+        try:
+            answer = self.svc.store.settle(self.scope.decision_id, actual)
+        except StoreUnavailable as exc:
+            self.store_down(exc)
+        else:
+            self.events.extend(self.svc.expired(answer.expired))
+            self.account(answer, actual)
+        decision = self.build(value)
+        if not self.svc.audit.append(self.events) and decision.allowed:
+            return self.ledger_down()
+        return decision
+
+    def joint(self, actual: dict[str, int], value: Any) -> Decision:
+        svc = self.svc
+        assert svc.joint is not None
+        before = len(self.events)
+
+        def step(j: Joint) -> tuple[Decision, StoreAnswer]:
+            answer = j.settle(self.scope.decision_id, actual)
+            self.events.extend(svc.audit.expired_events(answer.expired))
+            self.account(answer, actual)
+            decision = self.build(value)
+            svc.audit.ledger.append_in(j.conn, self.events)
+            return decision, answer
+
+        try:
+            decision, answer = svc.joint.joint(step)
+        except StoreUnavailable as exc:  # rolled back: settle without the store
+            del self.events[before:]
+            self.hooks.clear()
+            self.limits = ()
+            self.store_down(exc)
+            decision = self.build(value)
+            if not svc.audit.append(self.events) and decision.allowed:
+                return self.ledger_down()
+            return decision
+        except LedgerWriteError as exc:  # rolled back: charge the actual usage on its own
+            svc.audit.failed(exc)
+            self.hooks.clear()
+            with contextlib.suppress(StoreUnavailable):  # else it expires at its estimate
+                svc.forget_expired(svc.store.settle(self.scope.decision_id, actual).expired)
+            return self.ledger_down()
+        svc.forget_expired(answer.expired)
+        return decision
+
+    def store_down(self, exc: StoreUnavailable) -> None:
+        # The reservation stays and expires at its estimate; say so loudly.
+        self.reasons.append(f"budget store unavailable at settle: {exc}")
+        self.effects.append("warn")
+
+    def build(self, value: Any) -> Decision:
+        action = combine(self.effects)
+        decision = decide(self.scope, action, self.reasons, self.verdicts, self.limits, value)
+        reason = "; ".join(self.reasons)
+        detail = {"phase": "after"}
+        self.events.append(
+            self.scope.event("decision", outcome=action, reason=reason, detail=detail)
         )
-        events.append(scope.event("overrun", reason=reason, detail=detail))
-        svc.hooks.emit("overrun", scope, **detail)
+        return decision
 
+    def ledger_down(self) -> Decision:
+        reasons = [*self.reasons, LEDGER_DOWN]
+        return decide(self.scope, "deny", reasons, self.verdicts, self.limits)
 
-def _breaches(
-    svc: Services,
-    scope: Scope,
-    p: Pending,
-    answer: StoreAnswer,
-    events: list[AuditEvent],
-    reasons: list[str],
-    effects: list[Action],
-) -> tuple[LimitStatus, ...]:
-    """Limits at settle, against the actual usage just charged; post-hoc ones can deny."""
-    by_key = {(s.key, s.dimension): s for s in answer.states}
-    statuses: list[LimitStatus] = []
-    for planned in p.planned:
-        limit, dim = planned.limit, planned.item.dimension
-        state = by_key.get((planned.item.key, dim))
-        if state is None:
-            continue
-        over = state.used > state.limit
-        statuses.append(budget.limit_status(planned, state, exceeded=over))
-        if not over:
-            continue
-        reason = f"limit {limit.pattern} {dim}: {state.used} of {state.limit} used"
-        if limit.enforcement == "post-hoc" and limit.on_exceed == "deny":
-            reasons.append(f"post-hoc {reason}")
-            effects.append("deny")
-        detail = {"pattern": limit.pattern, "dimension": dim, "enforcement": limit.enforcement}
-        events.append(scope.event("limit_breach", reason=reason, detail=detail))
-        svc.hooks.emit(
-            "limit_exceeded",
-            scope,
-            pattern=limit.pattern,
-            dimension=dim,
-            used=state.used,
-            reserved=state.reserved,
-            limit=state.limit,
-        )
-    return tuple(statuses)
+    def account(self, answer: StoreAnswer, actual: dict[str, int]) -> None:
+        if not answer.ok:
+            return
+        self.events.append(self.scope.event("settle", usage=actual))
+        self.overruns(actual)
+        self.breaches(answer)
+
+    def overruns(self, actual: dict[str, int]) -> None:
+        """An actual above the estimate reserved for one limit (charged in full all the same).
+
+        Keyed by limit *and* dimension: a post-hoc limit on the same dimension
+        (which reserves nothing) must not hide another limit's overrun.
+        """
+        for planned in self.p.planned:
+            item = planned.item
+            amount = actual.get(item.dimension)
+            if not item.amount or amount is None or amount <= item.amount:
+                continue
+            pattern = planned.limit.pattern
+            detail = {
+                "pattern": pattern,
+                "dimension": item.dimension,
+                "estimate": item.amount,
+                "actual": amount,
+            }
+            reason = f"{pattern} {item.dimension}: actual {amount} > estimate {item.amount}"
+            self.events.append(self.scope.event("overrun", reason=reason, detail=detail))
+            self.hooks.append(("overrun", detail))
+
+    def breaches(self, answer: StoreAnswer) -> None:
+        """Limits at settle, against the actual usage just charged; post-hoc ones can deny."""
+        by_key = {(s.key, s.dimension): s for s in answer.states}
+        statuses: list[LimitStatus] = []
+        for planned in self.p.planned:
+            limit, dim = planned.limit, planned.item.dimension
+            state = by_key.get((planned.item.key, dim))
+            if state is None:
+                continue
+            over = state.used > state.limit
+            statuses.append(budget.limit_status(planned, state, exceeded=over))
+            if not over:
+                continue
+            reason = f"limit {limit.pattern} {dim}: {state.used} of {state.limit} used"
+            if limit.enforcement == "post-hoc" and limit.on_exceed == "deny":
+                self.reasons.append(f"post-hoc {reason}")
+                self.effects.append("deny")
+            detail = {"pattern": limit.pattern, "dimension": dim, "enforcement": limit.enforcement}
+            self.events.append(self.scope.event("limit_breach", reason=reason, detail=detail))
+            hook = {"pattern": limit.pattern, "dimension": dim, "used": state.used}
+            self.hooks.append(
+                ("limit_exceeded", {**hook, "reserved": state.reserved, "limit": state.limit})
+            )
+        self.limits = tuple(statuses)

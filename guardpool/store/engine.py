@@ -2,7 +2,9 @@
 
 A backend provides a ``Transaction`` (read and write counters, charges and
 reservation records, all inside one atomic step: a lock for memory, a
-``BEGIN IMMEDIATE`` for SQLite). The functions here implement reserve, settle,
+``BEGIN IMMEDIATE`` for SQLite). Counters are read and written a whole
+reservation at a time, so SQLite answers a step in a handful of statements
+whatever the number of limits and dimensions. The functions here implement reserve, settle,
 release and expiry on top of it, so memory and SQLite cannot drift apart.
 Redis runs the same algorithm as Lua scripts (``redis.py``), because there the
 atomic step has to happen on the server.
@@ -31,27 +33,31 @@ class Reservation(msgspec.Struct, kw_only=True):
 class Transaction(Protocol):
     now_ms: int  # the store's clock, read once when the transaction began
 
-    def counter(self, item: ReserveItem) -> tuple[int, int]:
-        """(used, reserved) of one counter, in one read."""
+    def counters(self, items: Sequence[ReserveItem]) -> list[tuple[int, int]]:
+        """(used, reserved) of every item's counter, in item order."""
         ...
 
-    def add_reserved(self, item: ReserveItem, delta: int) -> None: ...
+    def add_reserved(self, deltas: Sequence[tuple[ReserveItem, int]]) -> None: ...
 
-    def settle_item(self, item: ReserveItem, amount: int) -> tuple[int, int]:
-        """Drop the item's reservation, charge ``amount``; (used, reserved) afterwards."""
+    def charge(self, charges: Sequence[tuple[ReserveItem, int]]) -> None:
+        """Drop each item's reservation and charge the amount instead."""
         ...
 
     def get(self, reservation_id: str) -> Reservation | None: ...
 
     def put(self, reservation: Reservation) -> None: ...
 
-    def overdue(self) -> list[Reservation]: ...
+    def overdue(self) -> list[Reservation]:
+        """Live reservations past their deadline (may skip the look when none can be)."""
+        ...
 
 
-def state_of(tx: Transaction, item: ReserveItem) -> CounterState:
-    used, reserved = tx.counter(item)
-    return CounterState(
-        key=item.key, dimension=item.dimension, used=used, reserved=reserved, limit=item.limit
+def states_of(tx: Transaction, items: Sequence[ReserveItem]) -> tuple[CounterState, ...]:
+    return tuple(
+        CounterState(
+            key=item.key, dimension=item.dimension, used=used, reserved=reserved, limit=item.limit
+        )
+        for item, (used, reserved) in zip(items, tx.counters(items), strict=True)
     )
 
 
@@ -61,8 +67,8 @@ def expire(tx: Transaction) -> tuple[Expired, ...]:
     for r in tx.overdue():
         charged: dict[str, int] = {}
         for item in r.items:
-            tx.settle_item(item, item.amount)
             charged[item.dimension] = max(charged.get(item.dimension, 0), item.amount)
+        tx.charge([(item, item.amount) for item in r.items])
         r.state = "expired"
         tx.put(r)
         expired.append(Expired(reservation_id=r.id, charged=charged))
@@ -76,19 +82,19 @@ def reserve(
     if previous is not None:  # a retried request: same answer, no second reservation
         return previous.result
     expired = expire(tx)
-    before = [state_of(tx, item) for item in items]
+    before = states_of(tx, items)
     refused = tuple(
         i
         for i, (item, s) in enumerate(zip(items, before, strict=True))
         if refuses(item, s.used, s.reserved)
     )
     if refused:
-        result = StoreAnswer(ok=False, states=tuple(before), refused=refused, expired=expired)
+        result = StoreAnswer(ok=False, states=before, refused=refused, expired=expired)
         state: State = "refused"
     else:
+        tx.add_reserved([(item, item.amount) for item in items])
         added: dict[tuple[str, str], int] = {}
         for item in items:
-            tx.add_reserved(item, item.amount)
             k = (item.key, item.dimension)
             added[k] = added.get(k, 0) + item.amount
         # Nothing else can run inside the transaction: the states after are arithmetic.
@@ -114,31 +120,19 @@ def settle(tx: Transaction, reservation_id: str, actual: Mapping[str, int]) -> S
     expired = expire(tx)
     r = tx.get(reservation_id)
     if r is None or r.state != "live":
-        current = tuple(state_of(tx, i) for i in r.items) if r is not None else ()
+        current = states_of(tx, r.items) if r is not None else ()
         return StoreAnswer(ok=False, states=current, expired=expired)
-    states: list[CounterState] = []
-    for item in r.items:
-        used, reserved = tx.settle_item(item, actual.get(item.dimension, item.amount))
-        states.append(
-            CounterState(
-                key=item.key,
-                dimension=item.dimension,
-                used=used,
-                reserved=reserved,
-                limit=item.limit,
-            )
-        )
+    tx.charge([(item, actual.get(item.dimension, item.amount)) for item in r.items])
     r.state = "settled"
     tx.put(r)
-    return StoreAnswer(ok=True, states=tuple(states), expired=expired)
+    return StoreAnswer(ok=True, states=states_of(tx, r.items), expired=expired)
 
 
 def release(tx: Transaction, reservation_id: str) -> bool:
     r = tx.get(reservation_id)
     if r is None or r.state != "live":
         return False
-    for item in r.items:
-        tx.add_reserved(item, -item.amount)
+    tx.add_reserved([(item, -item.amount) for item in r.items])
     r.state = "released"
     tx.put(r)
     return True

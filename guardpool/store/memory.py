@@ -51,24 +51,24 @@ class MemoryStore:
             charges.popleft()
         return sum(amount for _, amount in charges)
 
-    def counter(self, item: ReserveItem) -> tuple[int, int]:
-        return self.used(item), self.reserved(item)
+    def counters(self, items: Sequence[ReserveItem]) -> list[tuple[int, int]]:
+        return [
+            (self.used(item), self._reserved.get((item.key, item.dimension), 0)) for item in items
+        ]
 
-    def reserved(self, item: ReserveItem) -> int:
-        return self._reserved.get((item.key, item.dimension), 0)
+    def add_reserved(self, deltas: Sequence[tuple[ReserveItem, int]]) -> None:
+        for item, delta in deltas:
+            k = (item.key, item.dimension)
+            self._reserved[k] = self._reserved.get(k, 0) + delta
 
-    def add_reserved(self, item: ReserveItem, delta: int) -> None:
-        k = (item.key, item.dimension)
-        self._reserved[k] = self._reserved.get(k, 0) + delta
-
-    def settle_item(self, item: ReserveItem, amount: int) -> tuple[int, int]:
-        self.add_reserved(item, -item.amount)
-        k = (item.key, item.dimension)
-        if item.window_ms:
-            self._charges.setdefault(k, deque()).append((self.now_ms, amount))
-        else:
-            self._used[k] = self._used.get(k, 0) + amount
-        return self.counter(item)
+    def charge(self, charges: Sequence[tuple[ReserveItem, int]]) -> None:
+        for item, amount in charges:
+            k = (item.key, item.dimension)
+            self._reserved[k] = self._reserved.get(k, 0) - item.amount
+            if item.window_ms:
+                self._charges.setdefault(k, deque()).append((self.now_ms, amount))
+            else:
+                self._used[k] = self._used.get(k, 0) + amount
 
     def get(self, reservation_id: str) -> engine.Reservation | None:
         return self._reservations.get(reservation_id)
@@ -118,7 +118,7 @@ class MemoryStore:
     def states(self, items: Sequence[ReserveItem]) -> tuple[CounterState, ...]:
         with self._lock:
             self._begin()
-            return tuple(engine.state_of(self, item) for item in items)
+            return engine.states_of(self, items)
 
     def expire(self) -> tuple[Expired, ...]:
         with self._lock:

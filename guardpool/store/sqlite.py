@@ -53,74 +53,154 @@ _decode = msgspec.msgpack.Decoder(engine.Reservation).decode
 
 
 class _Tx:
-    """engine.Transaction over one connection inside BEGIN IMMEDIATE."""
+    """engine.Transaction over one connection inside BEGIN IMMEDIATE.
 
-    def __init__(self, conn: sqlite3.Connection, now_ms: int) -> None:
+    Statements per step stay few whatever the number of items: all lifetime
+    counters are read in one SELECT and written with one executemany. sqlite3
+    keeps each distinct SQL text prepared (its statement cache), so the fixed
+    texts below are compiled once per connection.
+    """
+
+    def __init__(
+        self, store: SqliteStore, conn: sqlite3.Connection, now_ms: int, scan: bool
+    ) -> None:
+        self.store = store
         self.conn = conn
         self.now_ms = now_ms
+        self._scan = scan
+        self._stored: set[str] = set()  # reservation ids known to have a row
 
-    def counter(self, item: ReserveItem) -> tuple[int, int]:
-        row = self.conn.execute(
-            "SELECT used, reserved FROM budget_counters WHERE key = ? AND dimension = ?",
-            (item.key, item.dimension),
-        ).fetchone()
-        used, reserved = (int(row[0]), int(row[1])) if row else (0, 0)
-        if item.window_ms:
-            # Windowed counters keep their charges in budget_charges, not in `used`.
-            (used,) = self.conn.execute(
-                "SELECT COALESCE(SUM(amount), 0) FROM budget_charges "
-                "WHERE key = ? AND dimension = ? AND ts_ms > ?",
-                (item.key, item.dimension, self.now_ms - item.window_ms),
-            ).fetchone()
-        return int(used), reserved
+    def counters(self, items: Sequence[ReserveItem]) -> list[tuple[int, int]]:
+        if not items:
+            return []
+        pairs = [(it.key, it.dimension) for it in items]
+        rows = self.conn.execute(_select_counters(len(pairs)), [v for kd in pairs for v in kd])
+        found = {(k, d): (int(u), int(r)) for k, d, u, r in rows}
+        out: list[tuple[int, int]] = []
+        for item, kd in zip(items, pairs, strict=True):
+            used, reserved = found.get(kd, (0, 0))
+            if item.window_ms:
+                # Windowed counters keep their charges in budget_charges, not in `used`.
+                (used,) = self.conn.execute(
+                    "SELECT COALESCE(SUM(amount), 0) FROM budget_charges "
+                    "WHERE key = ? AND dimension = ? AND ts_ms > ?",
+                    (item.key, item.dimension, self.now_ms - item.window_ms),
+                ).fetchone()
+            out.append((int(used), reserved))
+        return out
 
-    def add_reserved(self, item: ReserveItem, delta: int) -> None:
-        self.conn.execute(
+    def add_reserved(self, deltas: Sequence[tuple[ReserveItem, int]]) -> None:
+        self.conn.executemany(
             "INSERT INTO budget_counters (key, dimension, reserved) VALUES (?, ?, ?) "
             "ON CONFLICT (key, dimension) DO UPDATE SET reserved = reserved + excluded.reserved",
-            (item.key, item.dimension, delta),
+            [(it.key, it.dimension, delta) for it, delta in deltas],
         )
 
-    def settle_item(self, item: ReserveItem, amount: int) -> tuple[int, int]:
-        if not item.window_ms:
-            # One write does both: RETURNING spares the read-back.
-            used, reserved = self.conn.execute(
-                "UPDATE budget_counters SET used = used + ?, reserved = reserved - ? "
-                "WHERE key = ? AND dimension = ? RETURNING used, reserved",
-                (amount, item.amount, item.key, item.dimension),
-            ).fetchone()
-            return int(used), int(reserved)
-        self.add_reserved(item, -item.amount)
-        # Charges that fell out of the window can never count again.
-        self.conn.execute(
-            "DELETE FROM budget_charges WHERE key = ? AND dimension = ? AND ts_ms <= ?",
-            (item.key, item.dimension, self.now_ms - item.window_ms),
+    def charge(self, charges: Sequence[tuple[ReserveItem, int]]) -> None:
+        # `used` of a windowed counter stays 0 (its charges live in budget_charges),
+        # so one UPDATE moves every reservation and charges only lifetime counters.
+        self.conn.executemany(
+            "UPDATE budget_counters SET used = used + ?, reserved = reserved - ? "
+            "WHERE key = ? AND dimension = ?",
+            [
+                (0 if it.window_ms else amount, it.amount, it.key, it.dimension)
+                for it, amount in charges
+            ],
         )
-        self.conn.execute(
-            "INSERT INTO budget_charges (key, dimension, ts_ms, amount) VALUES (?, ?, ?, ?)",
-            (item.key, item.dimension, self.now_ms, amount),
-        )
-        return self.counter(item)
+        windowed = [(it, amount) for it, amount in charges if it.window_ms]
+        for it, amount in windowed:
+            # Charges that fell out of the window can never count again.
+            self.conn.execute(
+                "DELETE FROM budget_charges WHERE key = ? AND dimension = ? AND ts_ms <= ?",
+                (it.key, it.dimension, self.now_ms - it.window_ms),
+            )
+            self.conn.execute(
+                "INSERT INTO budget_charges (key, dimension, ts_ms, amount) VALUES (?, ?, ?, ?)",
+                (it.key, it.dimension, self.now_ms, amount),
+            )
 
     def get(self, reservation_id: str) -> engine.Reservation | None:
         row = self.conn.execute(
-            "SELECT record FROM budget_reservations WHERE id = ?", (reservation_id,)
+            "SELECT state, record FROM budget_reservations WHERE id = ?", (reservation_id,)
         ).fetchone()
-        return _decode(row[0]) if row else None
+        if row is None:
+            return None
+        self._stored.add(reservation_id)
+        r = _decode(row[1])
+        r.state = row[0]  # the column is the truth: a state change rewrites only it
+        return r
 
     def put(self, reservation: engine.Reservation) -> None:
-        self.conn.execute(
-            "INSERT OR REPLACE INTO budget_reservations (id, state, deadline_ms, record) "
-            "VALUES (?, ?, ?, ?)",
-            (reservation.id, reservation.state, reservation.deadline_ms, _encode(reservation)),
-        )
+        if reservation.id in self._stored:
+            # Items, deadline and first answer never change after the reserve.
+            self.conn.execute(
+                "UPDATE budget_reservations SET state = ? WHERE id = ?",
+                (reservation.state, reservation.id),
+            )
+        else:
+            self.conn.execute(
+                "INSERT INTO budget_reservations (id, state, deadline_ms, record) "
+                "VALUES (?, ?, ?, ?)",
+                (reservation.id, reservation.state, reservation.deadline_ms, _encode(reservation)),
+            )
+            self._stored.add(reservation.id)
+        if reservation.state == "live":
+            self.store._scan_at = min(self.store._scan_at, reservation.deadline_ms)
 
     def overdue(self) -> list[engine.Reservation]:
+        store = self.store
+        if not self._scan and self.now_ms <= store._scan_at:
+            # Nothing this process reserved is due, and another process's
+            # reservations were looked at less than _SCAN_EVERY_MS ago. Skipping
+            # only delays an expiry: a live reservation counts as spent meanwhile.
+            return []
         rows = self.conn.execute(
-            "SELECT record FROM budget_reservations WHERE state = 'live' AND deadline_ms < ?",
+            "SELECT id, record FROM budget_reservations WHERE state = 'live' AND deadline_ms < ?",
             (self.now_ms,),
         ).fetchall()
-        return [_decode(r[0]) for r in rows]
+        (earliest,) = self.conn.execute(
+            "SELECT MIN(deadline_ms) FROM budget_reservations "
+            "WHERE state = 'live' AND deadline_ms >= ?",
+            (self.now_ms,),
+        ).fetchone()
+        store._scan_at = self.now_ms + _SCAN_EVERY_MS
+        if earliest is not None:
+            store._scan_at = min(store._scan_at, int(earliest))
+        due = []
+        for rid, record in rows:
+            r = _decode(record)
+            r.state = "live"
+            self._stored.add(rid)
+            due.append(r)
+        return due
+
+
+def _select_counters(n: int) -> str:
+    values = ", ".join(["(?, ?)"] * n)
+    return (
+        "SELECT key, dimension, used, reserved FROM budget_counters "
+        f"WHERE (key, dimension) IN (VALUES {values})"
+    )
+
+
+# Another process's reservations are looked at for expiry at least this often.
+_SCAN_EVERY_MS = 1000
+
+
+class Joint:
+    """Store steps inside a transaction the caller also writes to (``SqliteStore.joint``)."""
+
+    def __init__(self, tx: _Tx) -> None:
+        self._tx = tx
+        self.conn = tx.conn
+
+    def reserve(
+        self, reservation_id: str, items: Sequence[ReserveItem], ttl_ms: int
+    ) -> StoreAnswer:
+        return engine.reserve(self._tx, reservation_id, items, ttl_ms)
+
+    def settle(self, reservation_id: str, actual: Mapping[str, int]) -> StoreAnswer:
+        return engine.settle(self._tx, reservation_id, actual)
 
 
 # Finished reservations answer retries (idempotency) for this long past their
@@ -146,6 +226,8 @@ class SqliteStore:
         # BEGIN IMMEDIATE.
         self._write = threading.Lock()
         self._reserves = 0
+        # Before this store-clock time no reservation can be due (see _Tx.overdue).
+        self._scan_at = -(2**62)
         self._closed = False
         conn = self._conn()
         try:
@@ -179,16 +261,16 @@ class SqliteStore:
                 self._all.append(conn)
         return conn
 
-    def _atomic(self, step: Callable[[_Tx], T]) -> T:
+    def _atomic(self, step: Callable[[_Tx], T], *, scan: bool = False) -> T:
         conn = self._conn()
         with self._write:
-            return self._transaction(conn, step)
+            return self._transaction(conn, step, scan)
 
-    def _transaction(self, conn: sqlite3.Connection, step: Callable[[_Tx], T]) -> T:
+    def _transaction(self, conn: sqlite3.Connection, step: Callable[[_Tx], T], scan: bool) -> T:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                result = step(_Tx(conn, self._clock()))
+                result = step(_Tx(self, conn, self._clock(), scan))
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -224,10 +306,29 @@ class SqliteStore:
         return self._atomic(lambda tx: engine.release(tx, reservation_id))
 
     def states(self, items: Sequence[ReserveItem]) -> tuple[CounterState, ...]:
-        return self._atomic(lambda tx: tuple(engine.state_of(tx, i) for i in items))
+        """A read without the write lock (it never waits for writers).
+
+        Each statement reads its own WAL snapshot: counters of one call may come
+        from two commits, which is fine for reporting and for the enforcer's
+        pre-check (the reservation itself is decided inside a write transaction).
+        """
+        try:
+            return engine.states_of(_Tx(self, self._conn(), self._clock(), False), items)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"budget store unavailable: {self.path}: {exc}") from None
 
     def expire(self) -> tuple[Expired, ...]:
-        return self._atomic(engine.expire)
+        return self._atomic(engine.expire, scan=True)
+
+    def joint(self, step: Callable[[Joint], T]) -> T:
+        """Run ``step`` in one write transaction: store steps and other writes to the file.
+
+        The enforcer appends to an audit ledger in the same file through
+        ``joint.conn``, so a decision and its budget step commit together or not
+        at all. An exception inside ``step`` rolls everything back and propagates
+        (sqlite3 errors as StoreUnavailable).
+        """
+        return self._atomic(lambda tx: step(Joint(tx)))
 
     def close(self) -> None:
         self._closed = True
