@@ -215,23 +215,39 @@ def test_every_key_shares_one_cluster_slot_and_prefixes_are_isolated(redis_url: 
     b.close()
 
 
-def test_window_entries_are_pruned_and_their_keys_expire(redis_url: str) -> None:
-    store = RedisStore(settings(redis_url))
-    w = ReserveItem(key="k", dimension="calls", limit=10**6, amount=1, window_ms=400)
+def test_window_entries_are_pruned_once_out_of_the_window(redis_url: str) -> None:
+    clock = ManualClock()
+    store = RedisStore(settings(redis_url), clock=clock)
+    # A minute-long window: Redis's own key expiry (real time) never fires in this test.
+    w = ReserveItem(key="k", dimension="calls", limit=10**6, amount=1, window_ms=60_000)
     for i in range(50):
-        store.reserve(f"r{i}", [w], 60_000)
+        store.reserve(f"r{i}", [w], 600_000)
         store.settle(f"r{i}", {})
     client = redis.Redis.from_url(redis_url)
     (zset,) = cast(list[bytes], client.keys("*:w:*"))
     assert client.zcard(zset) == 50
-    time.sleep(0.25)
-    store.reserve("late", [w], 60_000)
+    clock.advance(30_000)
+    store.reserve("late", [w], 600_000)
     store.settle("late", {})
     assert store.states([w])[0].used == 51
-    time.sleep(0.25)  # the first 50 are out of the window, "late" is not
+    clock.advance(30_000)  # the first 50 are out of the window, "late" is not
     assert store.states([w])[0].used == 1
     assert client.zcard(zset) == 1  # pruned, not merely skipped
-    time.sleep(0.5)  # a window after the newest charge: nothing of it is left
+    client.close()
+    store.close()
+
+
+def test_window_keys_expire_a_window_after_the_newest_charge(redis_url: str) -> None:
+    """Real time: this is Redis's key expiry, which no store clock moves."""
+    store = RedisStore(settings(redis_url))
+    w = ReserveItem(key="k", dimension="calls", limit=10**6, amount=1, window_ms=200)
+    store.reserve("a", [w], 60_000)
+    store.settle("a", {})
+    client = redis.Redis.from_url(redis_url)
+    assert len(cast(list[bytes], client.keys("*:w*"))) == 2  # the charges and their sum
+    deadline = time.monotonic() + 10  # generous: expiry is due 200 ms after the charge
+    while client.keys("*:w*") and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert client.keys("*:w*") == []
     assert store.states([w])[0].used == 0
     client.close()
