@@ -35,13 +35,30 @@ end
 local function int(v) return string.format('%d', v) end
 local function counter(it) return it.key .. '\n' .. it.dimension end
 
--- Windowed items take their two keys from KEYS, in item order, from KEYS[first].
+-- Windowed items take their two keys from KEYS, in item order, from KEYS[first];
+-- answers the items and those keys (kept in the reservation's record).
 local function decode_items(packed, first)
   local items = cmsgpack.unpack(packed)
+  local wkeys = {}
   local k = first
   for _, it in ipairs(items) do
     if it.window_ms > 0 then
       it.wkey, it.skey = KEYS[k], KEYS[k + 1]
+      wkeys[#wkeys + 1], wkeys[#wkeys + 2] = KEYS[k], KEYS[k + 1]
+      k = k + 2
+    end
+  end
+  return items, wkeys
+end
+
+-- A record keeps its items as the bytes the reserve received (never packed
+-- again) beside their window keys.
+local function record_items(rec)
+  local items = cmsgpack.unpack(rec.items)
+  local k = 1
+  for _, it in ipairs(items) do
+    if it.window_ms > 0 then
+      it.wkey, it.skey = rec.wkeys[k], rec.wkeys[k + 1]
       k = k + 2
     end
   end
@@ -178,7 +195,7 @@ local function expire()
     if rec and rec.state == 'live' then
       -- Per dimension, the largest estimate charged (as engine.expire reports it).
       local charged = {}
-      for _, it in ipairs(rec.items) do
+      for _, it in ipairs(record_items(rec)) do
         charge(deltas, it, it.amount)
         if charged[it.dimension] == nil or it.amount > charged[it.dimension] then
           charged[it.dimension] = it.amount

@@ -3,7 +3,7 @@ local RECORD, id, ttl = KEYS[4], ARGV[2], tonumber(ARGV[3])
 local prev = load(RECORD)
 -- A retried request gets the very bytes it got the first time, and nothing changes.
 if prev then return prev.reply end
-local items = decode_items(ARGV[4], 5)
+local items, wkeys = decode_items(ARGV[4], 5)
 local expired = expire()
 local used, reserved = read(items)
 local refused = {}
@@ -25,5 +25,6 @@ local reply = cmsgpack.pack({ok = ok, states = states_of(items, used, reserved),
                              refused = refused, expired = expired})
 local state = 'refused'
 if ok then state = 'live' end
-save(RECORD, id, {items = items, deadline = now + ttl, state = state, reply = reply})
+save(RECORD, id, {items = ARGV[4], wkeys = wkeys, deadline = now + ttl, state = state,
+                  reply = reply})
 return reply

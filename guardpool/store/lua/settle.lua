@@ -6,13 +6,14 @@ local rec = load(RECORD)
 if not rec then
   return cmsgpack.pack({ok = false, states = {}, refused = {}, expired = expired})
 end
+local items = record_items(rec)
 if rec.state ~= 'live' then
-  local used, reserved = read(rec.items)
-  return cmsgpack.pack({ok = false, states = states_of(rec.items, used, reserved),
+  local used, reserved = read(items)
+  return cmsgpack.pack({ok = false, states = states_of(items, used, reserved),
                         refused = {}, expired = expired})
 end
 local deltas = {}
-for _, it in ipairs(rec.items) do
+for _, it in ipairs(items) do
   local amount = actual[it.dimension]
   if amount == nil then amount = it.amount end
   charge(deltas, it, amount)
@@ -21,7 +22,7 @@ local new = apply(deltas)
 rec.state = 'settled'
 save(RECORD, id, rec)
 local used, reserved = {}, {}
-for i, it in ipairs(rec.items) do
+for i, it in ipairs(items) do
   if it.window_ms > 0 then
     used[i] = window_used(it)
   else
@@ -29,5 +30,5 @@ for i, it in ipairs(rec.items) do
   end
   reserved[i] = new['r' .. counter(it)]
 end
-return cmsgpack.pack({ok = true, states = states_of(rec.items, used, reserved),
+return cmsgpack.pack({ok = true, states = states_of(items, used, reserved),
                       refused = {}, expired = expired})
