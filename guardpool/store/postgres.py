@@ -124,26 +124,30 @@ class _Tx:
             self._windows[k] = int(total)
         return self._windows[k]
 
-    def counter(self, item: ReserveItem) -> tuple[int, int]:
-        used, reserved = self._row(item)
-        return (self._window(item) if item.window_ms else used), reserved
+    def counters(self, items: Sequence[ReserveItem]) -> list[tuple[int, int]]:
+        out = []
+        for item in items:
+            used, reserved = self._row(item)
+            out.append(((self._window(item) if item.window_ms else used), reserved))
+        return out
 
-    def add_reserved(self, item: ReserveItem, delta: int) -> None:
-        self._row(item)[1] += delta
-        self._dirty.add((item.key, item.dimension))
+    def add_reserved(self, deltas: Sequence[tuple[ReserveItem, int]]) -> None:
+        for item, delta in deltas:
+            self._row(item)[1] += delta
+            self._dirty.add((item.key, item.dimension))
 
-    def settle_item(self, item: ReserveItem, amount: int) -> tuple[int, int]:
-        row = self._row(item)
-        row[1] -= item.amount
-        self._dirty.add((item.key, item.dimension))
-        if not item.window_ms:
-            row[0] += amount
-            return row[0], row[1]
-        used = self._window(item) + amount
-        self._windows[(item.key, item.dimension, item.window_ms)] = used
-        self._charges.append((item.key, item.dimension, amount))
-        self._prune[(item.key, item.dimension)] = self.now_ms - item.window_ms
-        return used, row[1]
+    def charge(self, charges: Sequence[tuple[ReserveItem, int]]) -> None:
+        for item, amount in charges:
+            row = self._row(item)
+            row[1] -= item.amount
+            self._dirty.add((item.key, item.dimension))
+            if not item.window_ms:
+                row[0] += amount
+                continue
+            k = (item.key, item.dimension, item.window_ms)
+            self._windows[k] = self._window(item) + amount
+            self._charges.append((item.key, item.dimension, amount))
+            self._prune[(item.key, item.dimension)] = self.now_ms - item.window_ms
 
     def get(self, reservation_id: str) -> engine.Reservation | None:
         return self._records.get(reservation_id)
@@ -352,7 +356,7 @@ class PostgresStore:
         return self._atomic(lambda tx: engine.release(tx, reservation_id), reservation_id)
 
     def states(self, items: Sequence[ReserveItem]) -> tuple[CounterState, ...]:
-        return self._atomic(lambda tx: tuple(engine.state_of(tx, i) for i in items), None, items)
+        return self._atomic(lambda tx: engine.states_of(tx, items), None, items)
 
     def expire(self) -> tuple[Expired, ...]:
         return self._atomic(engine.expire, None)
