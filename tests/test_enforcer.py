@@ -348,7 +348,7 @@ def test_timeouts_fail_closed_by_default_and_open_when_configured(
     run = e.run("timeouts")
     start = time.monotonic()
     closed = run.check(Operation(labels=("op:net:w",), input="x"))
-    assert time.monotonic() - start < 1.5
+    assert time.monotonic() - start < 10  # generous: the guard would hang for 60 s
     assert not closed.allowed and closed.verdicts[0].outcome == "timeout"
     opened = run.check(Operation(labels=("op:fs:w",), input="x"))
     assert opened.allowed and opened.action == "warn"
@@ -423,7 +423,7 @@ def test_a_redos_input_is_answered_quickly(make: Any) -> None:
     start = time.monotonic()
     attack = run.check(llm("a" * 200_000 + "!"))  # Python re would backtrack for ages
     matching = run.check(llm("a" * 200_000))
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 10  # generous: backtracking would take ages
     assert attack.allowed  # no run of a's ends the text
     assert not matching.allowed
 
@@ -451,7 +451,7 @@ def test_a_store_outage_denies(tmp_path: Path) -> None:
     with Enforcer.from_config(cfg) as e:
         start = time.monotonic()
         d = e.run("down").check(llm())
-        assert time.monotonic() - start < 2.0
+        assert time.monotonic() - start < 5  # 100 ms timeouts: bounded, not retried
     assert not d.allowed
     assert d.reasons[0].startswith("budget store unavailable")
 

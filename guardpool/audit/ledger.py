@@ -7,7 +7,10 @@ and the inserts of a batch happen in one ``BEGIN IMMEDIATE`` transaction, so
 several threads or processes appending to one file extend a single chain and
 never fork it.
 
-The file may be shared with the budget store: every table here is ``audit_``.
+The hashing rules and the verify walk are ``chain.py``'s; this module owns the
+file, its connections and transactions. The file may be shared with the budget
+store: every table here is ``audit_``, and ``append_in`` writes inside a
+transaction the store holds (one commit for a decision and its budget step).
 UPDATE/DELETE triggers stop accidents; ``verify`` is the real check, because
 anyone with write access to the file can drop a trigger.
 """
@@ -15,12 +18,10 @@ anyone with write access to the file can drop a trigger.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import sqlite3
 import threading
 import time
-from collections import Counter
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -28,6 +29,15 @@ from typing import Any, Final, Literal
 
 import msgspec
 
+from guardpool.audit.chain import (
+    canonical_bytes,
+    chain_hash,
+    decode_event,
+    encode_event,
+    input_digest,
+    summarize,
+    walk,
+)
 from guardpool.audit.events import (
     GENESIS_HASH,
     KINDS,
@@ -36,6 +46,17 @@ from guardpool.audit.events import (
     Summary,
     VerifyReport,
 )
+
+__all__ = [
+    "FORMAT",
+    "Ledger",
+    "LedgerError",
+    "LedgerWriteError",
+    "Synchronous",
+    "canonical_bytes",
+    "chain_hash",
+    "input_digest",
+]
 
 FORMAT: Final[str] = "guardpool-audit/1"
 
@@ -62,8 +83,6 @@ _SCHEMA: Final[tuple[str, ...]] = (
 
 _COLUMNS: Final[str] = "seq, ts, kind, run_id, payload, prev_hash, hash"
 
-_encoder = msgspec.json.Encoder(order="sorted")
-_decoder = msgspec.json.Decoder(AuditEvent)
 
 Synchronous = Literal["NORMAL", "FULL"]
 
@@ -73,7 +92,7 @@ def _payloads(events: Sequence[AuditEvent]) -> list[bytes]:
         if ev.kind not in KINDS:
             raise ValueError(f"unknown audit event kind {ev.kind!r}")
     try:
-        return [_encoder.encode(ev) for ev in events]
+        return [encode_event(ev) for ev in events]
     except (TypeError, msgspec.EncodeError) as exc:
         raise LedgerWriteError(f"audit event cannot be encoded: {exc}") from exc
 
@@ -84,45 +103,6 @@ class LedgerError(Exception):
 
 class LedgerWriteError(LedgerError):
     """Events could not be recorded. The enforcer denies on it unless told otherwise."""
-
-
-def canonical_bytes(seq: int, ts: int, payload: bytes) -> bytes:
-    """The bytes the chain hashes for one event (``payload`` is its canonical JSON)."""
-    return _encoder.encode({"event": msgspec.Raw(payload), "seq": seq, "ts": ts})
-
-
-def chain_hash(prev_hash: str, seq: int, ts: int, payload: bytes) -> str:
-    """``sha256(prev_hash || canonical_bytes(seq, ts, payload))`` as hex."""
-    h = hashlib.sha256(prev_hash.encode("ascii"))
-    h.update(canonical_bytes(seq, ts, payload))
-    return h.hexdigest()
-
-
-def input_digest(input: object, *, capture: bool) -> dict[str, Any]:
-    """sha256 and length of an input's bytes, plus its text when ``capture``.
-
-    Bytes are those a regex guard sees: UTF-8 for ``str``, bytes as they are,
-    canonical JSON for anything else (``repr`` if it is not JSON-encodable, so
-    recording never fails on an odd input).
-    """
-    data: bytes
-    if isinstance(input, str):
-        # surrogatepass: a lone surrogate must not make the check fail here.
-        data = input.encode("utf-8", "surrogatepass")
-    elif isinstance(input, bytes | bytearray | memoryview):
-        data = bytes(input)
-    else:
-        try:
-            data = _encoder.encode(input)
-        except (TypeError, msgspec.EncodeError):
-            data = repr(input).encode("utf-8", "surrogatepass")
-    fields: dict[str, Any] = {
-        "input_sha256": hashlib.sha256(data).hexdigest(),
-        "input_len": len(data),
-    }
-    if capture:
-        fields["input"] = data.decode("utf-8", "backslashreplace")
-    return fields
 
 
 class Ledger:
@@ -327,7 +307,7 @@ class Ledger:
             params.append(limit)
         for seq, ts, _kind, _run, payload, prev_hash, digest in self._rows(sql, params):
             try:
-                event = _decoder.decode(payload)
+                event = decode_event(payload)
             except msgspec.DecodeError as exc:
                 raise LedgerError(
                     f"audit ledger {self.path}: event {seq} is unreadable ({exc}); "
@@ -343,84 +323,14 @@ class Ledger:
         event. ``expect_head`` is a hash pinned earlier: the report fails unless
         the chain still contains it (catches a rewrite or truncation behind it).
         """
-        expected_seq = 1
-        prev = GENESIS_HASH
-        checked = 0
-        pinned = expect_head is None
-
-        def bad(seq: int | None, reason: str) -> VerifyReport:
-            return VerifyReport(
-                ok=False,
-                checked=checked,
-                first_bad_seq=seq,
-                reason=reason,
-                head_seq=expected_seq - 1,
-                head_hash=prev,
-            )
-
         sql = f"SELECT {_COLUMNS} FROM audit_events ORDER BY seq"
         # closing(): an early return must end the read transaction and free the lock now.
         with contextlib.closing(self._rows(sql)) as rows:
-            for seq, ts, kind, run_id, payload, prev_hash, digest in rows:
-                if seq != expected_seq:
-                    missing = f"event {expected_seq} is missing (next stored is {seq})"
-                    return bad(expected_seq, missing)
-                if prev_hash != prev:
-                    return bad(seq, f"prev_hash does not match the hash of event {seq - 1}")
-                raw = payload if isinstance(payload, bytes) else str(payload).encode()
-                if not isinstance(ts, int) or chain_hash(prev, seq, ts, raw) != digest:
-                    return bad(seq, "hash mismatch: the event, its time or its position changed")
-                try:
-                    event = _decoder.decode(raw)
-                except msgspec.DecodeError as exc:
-                    return bad(seq, f"event does not decode: {exc}")
-                if event.kind != kind or event.run_id != run_id:
-                    return bad(seq, "kind/run_id columns disagree with the hashed event")
-                if digest == expect_head:
-                    pinned = True
-                prev = digest
-                expected_seq += 1
-                checked += 1
-        if not pinned:
-            return bad(None, f"pinned head {expect_head} is not in the chain (rewritten or cut)")
-        return VerifyReport(ok=True, checked=checked, head_seq=expected_seq - 1, head_hash=prev)
+            return walk(rows, expect_head)
 
     def summary(self, run_id: str | None = None) -> Summary:
         """Counts over the ledger, or over one run."""
-        s = Summary()
-        by_kind: Counter[str] = Counter()
-        denials: Counter[str] = Counter()
-        usage: Counter[str] = Counter()
-        runs: set[str] = set()
-        for stored in self._iter_events(run_id):  # consumed fully: no closing() needed
-            ev = stored.event
-            s.events += 1
-            s.first_ts = stored.ts if s.first_ts is None else min(s.first_ts, stored.ts)
-            s.last_ts = stored.ts if s.last_ts is None else max(s.last_ts, stored.ts)
-            by_kind[ev.kind] += 1
-            if ev.run_id:
-                runs.add(ev.run_id)
-            if ev.kind == "decision":
-                if ev.outcome == "deny":
-                    s.decisions_denied += 1
-                    denials[ev.reason] += 1
-                else:
-                    # warn lets the operation run: it counts as allowed too.
-                    s.decisions_allowed += 1
-                    if ev.outcome == "warn":
-                        s.decisions_warned += 1
-            elif ev.guard and ev.kind in ("verdict", "timeout", "crash"):
-                outcomes = s.guard_outcomes.setdefault(ev.guard, {})
-                outcomes[ev.outcome] = outcomes.get(ev.outcome, 0) + 1
-            if ev.kind in ("settle", "expire") and ev.usage:
-                usage.update(ev.usage)
-        s.by_kind = dict(sorted(by_kind.items()))
-        s.denials_by_reason = dict(denials.most_common())
-        s.usage = dict(sorted(usage.items()))
-        s.timeouts = by_kind["timeout"]
-        s.crashes = by_kind["crash"]
-        s.runs = len(runs)
-        return s
+        return summarize(self._iter_events(run_id))
 
     # -- lifetime --------------------------------------------------------------
 

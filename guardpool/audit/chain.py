@@ -1,0 +1,160 @@
+"""The hash chain and what it covers: canonical bytes, digests, the verify walk, summaries.
+
+    event ─► canonical JSON (sorted keys, defaults omitted) = payload
+    hash  = sha256(prev_hash || {"event": payload, "seq": seq, "ts": ts} as canonical JSON)
+
+Pure functions over bytes and rows: ``ledger.py`` owns the file and the
+transactions, this module owns the rules a chain must satisfy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from guardpool.audit.events import GENESIS_HASH, AuditEvent, StoredEvent, Summary, VerifyReport
+
+_encoder = msgspec.json.Encoder(order="sorted")
+_decoder = msgspec.json.Decoder(AuditEvent)
+
+# A row as stored: seq, ts, kind, run_id, payload, prev_hash, hash.
+Row = tuple[Any, ...]
+
+
+def encode_event(event: AuditEvent) -> bytes:
+    """An event's canonical JSON: the payload the chain hashes."""
+    return _encoder.encode(event)
+
+
+def decode_event(payload: bytes | str) -> AuditEvent:
+    event: AuditEvent = _decoder.decode(payload)
+    return event
+
+
+def canonical_bytes(seq: int, ts: int, payload: bytes) -> bytes:
+    """The bytes the chain hashes for one event (``payload`` is its canonical JSON)."""
+    return _encoder.encode({"event": msgspec.Raw(payload), "seq": seq, "ts": ts})
+
+
+def chain_hash(prev_hash: str, seq: int, ts: int, payload: bytes) -> str:
+    """``sha256(prev_hash || canonical_bytes(seq, ts, payload))`` as hex."""
+    h = hashlib.sha256(prev_hash.encode("ascii"))
+    h.update(canonical_bytes(seq, ts, payload))
+    return h.hexdigest()
+
+
+def input_digest(input: object, *, capture: bool) -> dict[str, Any]:
+    """sha256 and length of an input's bytes, plus its text when ``capture``.
+
+    Bytes are those a regex guard sees: UTF-8 for ``str``, bytes as they are,
+    canonical JSON for anything else (``repr`` if it is not JSON-encodable, so
+    recording never fails on an odd input).
+    """
+    data: bytes
+    if isinstance(input, str):
+        # surrogatepass: a lone surrogate must not make the check fail here.
+        data = input.encode("utf-8", "surrogatepass")
+    elif isinstance(input, bytes | bytearray | memoryview):
+        data = bytes(input)
+    else:
+        try:
+            data = _encoder.encode(input)
+        except (TypeError, msgspec.EncodeError):
+            data = repr(input).encode("utf-8", "surrogatepass")
+    fields: dict[str, Any] = {
+        "input_sha256": hashlib.sha256(data).hexdigest(),
+        "input_len": len(data),
+    }
+    if capture:
+        fields["input"] = data.decode("utf-8", "backslashreplace")
+    return fields
+
+
+def walk(rows: Iterable[Row], expect_head: str | None = None) -> VerifyReport:
+    """Check every row in ``seq`` order; report the first that does not hold.
+
+    Detects an edited event, time or position, a deleted or inserted row, a
+    broken ``prev_hash`` link and index columns that disagree with the event.
+    ``expect_head`` is a hash pinned earlier: the report fails unless the chain
+    still contains it (catches a rewrite or truncation behind it).
+    """
+    expected_seq = 1
+    prev = GENESIS_HASH
+    checked = 0
+    pinned = expect_head is None
+
+    def bad(seq: int | None, reason: str) -> VerifyReport:
+        return VerifyReport(
+            ok=False,
+            checked=checked,
+            first_bad_seq=seq,
+            reason=reason,
+            head_seq=expected_seq - 1,
+            head_hash=prev,
+        )
+
+    for seq, ts, kind, run_id, payload, prev_hash, digest in rows:
+        if seq != expected_seq:
+            missing = f"event {expected_seq} is missing (next stored is {seq})"
+            return bad(expected_seq, missing)
+        if prev_hash != prev:
+            return bad(seq, f"prev_hash does not match the hash of event {seq - 1}")
+        raw = payload if isinstance(payload, bytes) else str(payload).encode()
+        if not isinstance(ts, int) or chain_hash(prev, seq, ts, raw) != digest:
+            return bad(seq, "hash mismatch: the event, its time or its position changed")
+        try:
+            event = decode_event(raw)
+        except msgspec.DecodeError as exc:
+            return bad(seq, f"event does not decode: {exc}")
+        if event.kind != kind or event.run_id != run_id:
+            return bad(seq, "kind/run_id columns disagree with the hashed event")
+        if digest == expect_head:
+            pinned = True
+        prev = digest
+        expected_seq += 1
+        checked += 1
+    if not pinned:
+        return bad(None, f"pinned head {expect_head} is not in the chain (rewritten or cut)")
+    return VerifyReport(ok=True, checked=checked, head_seq=expected_seq - 1, head_hash=prev)
+
+
+def summarize(stored_events: Iterable[StoredEvent]) -> Summary:
+    """Counts over stored events (the whole ledger, or one run's)."""
+    s = Summary()
+    by_kind: Counter[str] = Counter()
+    denials: Counter[str] = Counter()
+    usage: Counter[str] = Counter()
+    runs: set[str] = set()
+    for stored in stored_events:
+        ev = stored.event
+        s.events += 1
+        s.first_ts = stored.ts if s.first_ts is None else min(s.first_ts, stored.ts)
+        s.last_ts = stored.ts if s.last_ts is None else max(s.last_ts, stored.ts)
+        by_kind[ev.kind] += 1
+        if ev.run_id:
+            runs.add(ev.run_id)
+        if ev.kind == "decision":
+            if ev.outcome == "deny":
+                s.decisions_denied += 1
+                denials[ev.reason] += 1
+            else:
+                # warn lets the operation run: it counts as allowed too.
+                s.decisions_allowed += 1
+                if ev.outcome == "warn":
+                    s.decisions_warned += 1
+        elif ev.guard and ev.kind in ("verdict", "timeout", "crash"):
+            outcomes = s.guard_outcomes.setdefault(ev.guard, {})
+            outcomes[ev.outcome] = outcomes.get(ev.outcome, 0) + 1
+        if ev.kind in ("settle", "expire") and ev.usage:
+            usage.update(ev.usage)
+    s.by_kind = dict(sorted(by_kind.items()))
+    s.denials_by_reason = dict(denials.most_common())
+    s.usage = dict(sorted(usage.items()))
+    s.timeouts = by_kind["timeout"]
+    s.crashes = by_kind["crash"]
+    s.runs = len(runs)
+    return s
