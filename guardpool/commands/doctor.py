@@ -93,12 +93,15 @@ def measures(info: dict[str, Any], hardening: str, memory_mb: int) -> list[dict[
                 expected=False,
             )
         )
+    cpu_cgroup = info.get("cpu_cgroup", "")
     out.append(
         _measure(
-            "lower CPU priority",
-            info.get("nice", 0) > 0,
-            f"nice {info.get('nice', 0)}: a busy guard (or a fork bomb) yields the CPU to the "
-            "host's deadline kill",
+            "CPU cannot starve the host",
+            bool(cpu_cgroup) or info.get("nice", 0) > 0,
+            f"CPU cgroup {cpu_cgroup}: a fork bomb weighs as one task against the host"
+            if cpu_cgroup
+            else f"nice {info.get('nice', 0)}: a busy guard (or a fork bomb) yields the CPU to "
+            "the host's deadline kill",
         )
     )
     mode = status.get("cgroup_mode", "")

@@ -45,6 +45,9 @@ class WorkerCgroup(msgspec.Struct, frozen=True, array_like=True):
     dirs: tuple[str, ...]
     procs: str  # the cgroup.procs listing every member (v2: the one dir; v1: pids)
     freezer: str = ""  # v1 freezer directory, "" when not mounted
+    # CPU grouping: the kernel schedules the whole cgroup as one entity, so a fork
+    # bomb's hundred runnable processes weigh as much as one ordinary task.
+    cpu: bool = False
 
 
 NONE = WorkerCgroup("", (), "")
@@ -125,6 +128,10 @@ def _v2_layout(name: str, mounts: dict[str, str], own: dict[str, str]) -> tuple[
         with contextlib.suppress(OSError):
             os.rmdir(pool)
         return "", f"cgroup v2: cannot create {pool}: {exc.strerror}"
+    with contextlib.suppress(OSError):  # optional: group scheduling for the workers
+        if parent == base:
+            _write(f"{base}/cgroup.subtree_control", "+cpu")
+        _write(f"{pool}/cgroup.subtree_control", "+cpu")
     return pool, ""
 
 
@@ -136,12 +143,16 @@ def pool_layout(name: str) -> Layout:
         return Layout("", reason=f"cannot read /proc/self cgroup information: {exc}")
     pool, why_not_v2 = _v2_layout(name, mounts, own)
     if pool:
-        return Layout("v2", (pool,), ("v2",), "")
+        try:
+            cpu = "cpu" in _read(f"{pool}/cgroup.subtree_control").split()
+        except OSError:
+            cpu = False
+        return Layout("v2", (pool,), ("v2+cpu" if cpu else "v2",), "")
     if "pids" not in mounts or "pids" not in own:
         return Layout("", reason=f"{why_not_v2}; no cgroup v1 pids hierarchy either")
     roots: list[str] = []
     controllers: list[str] = []
-    for controller in ("pids", "memory", "freezer"):
+    for controller in ("pids", "memory", "freezer", "cpu"):
         if controller not in mounts or controller not in own:
             continue
         path = os.path.normpath(f"{mounts[controller]}{own[controller]}/{name}")
@@ -150,7 +161,7 @@ def pool_layout(name: str) -> Layout:
         except OSError as exc:
             if controller == "pids":
                 return Layout("", reason=f"{why_not_v2}; cgroup v1: cannot create {path}: {exc}")
-            continue  # memory/freezer are extras; pids is what bounds a fork bomb
+            continue  # memory/freezer/cpu are extras; pids is what bounds a fork bomb
         roots.append(path)
         controllers.append(controller)
     return Layout("v1", tuple(roots), tuple(controllers), why_not_v2)
@@ -162,11 +173,15 @@ def create_worker(layout: Layout, n: int, pids_max: int, memory_bytes: int) -> W
         return NONE
     dirs: list[str] = []
     procs = freezer = ""
+    cpu = False
     try:
         for root, kind in zip(layout.roots, layout.controllers, strict=True):
             path = f"{root}/w{n}"
             os.mkdir(path)
             dirs.append(path)
+            cpu = cpu or kind in ("v2+cpu", "cpu")
+            if kind.startswith("v2"):
+                kind = "v2"
             if kind in ("v2", "pids"):
                 _write(f"{path}/pids.max", str(pids_max))
                 procs = f"{path}/cgroup.procs"
@@ -183,7 +198,7 @@ def create_worker(layout: Layout, n: int, pids_max: int, memory_bytes: int) -> W
             with contextlib.suppress(OSError):
                 os.rmdir(path)
         raise
-    return WorkerCgroup(layout.mode, tuple(dirs), procs, freezer)
+    return WorkerCgroup(layout.mode, tuple(dirs), procs, freezer, cpu)
 
 
 def join(cgroup: WorkerCgroup) -> None:

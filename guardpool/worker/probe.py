@@ -43,6 +43,24 @@ def _cgroup_lines() -> list[str]:
         return [line.strip() for line in f if "pids" in line or line.startswith("0::")]
 
 
+def _cpu_cgroup() -> str:
+    """This worker's own CPU cgroup (v1 cpu hierarchy, or v2 with cpu enabled), or ""."""
+    from guardpool.worker import cgroups
+
+    try:
+        mounts, own = cgroups._mounts(), cgroups._own_paths()
+    except OSError:
+        return ""
+    path = own.get("cpu", "")
+    if "guardpool-" in path:
+        return path
+    path = own.get("", "")
+    v2 = mounts.get("cgroup2")
+    if v2 and "guardpool-" in path and os.path.exists(f"{v2}{path}/cpu.weight"):
+        return path
+    return ""
+
+
 def _pids_max() -> int | None:
     """pids.max of this worker's own cgroup (v1 pids hierarchy or v2), None without one."""
     from guardpool.worker import cgroups
@@ -75,6 +93,7 @@ def probe(_: Any = None) -> dict[str, Any]:
         "uid": os.getuid(),
         "euid": os.geteuid(),
         "nice": os.getpriority(os.PRIO_PROCESS, 0),
+        "cpu_cgroup": _cpu_cgroup(),
         "gid": os.getgid(),
         "groups": os.getgroups(),
         "cwd_owner": os.stat(".").st_uid,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import gc
 import os
 import selectors
 import shutil
@@ -137,6 +138,11 @@ class Zygote:
         else:
             for measure in ("netns", "seccomp"):
                 sandbox.STATUS[measure] = 'hardening is "standard" (strict enables it)'
+        # Everything imported so far is shared with every worker copy-on-write; frozen,
+        # the cyclic GC never writes to those objects' headers in a worker, so their pages
+        # stay shared (less memory, fewer page faults in a fresh worker's first job).
+        gc.collect()
+        gc.freeze()
         self.send(protocol.ZygoteReady(os.getpid(), "", self.cgroup))
 
     def run(self) -> None:
