@@ -25,6 +25,7 @@ def console(*, stderr: bool) -> Console:
     return Console(
         file=stream,
         highlight=False,
+        markup=False,  # "[pool]" in a message is TOML, not a rich style tag
         no_color=no_color,
         force_terminal=terminal,
         width=None if terminal else 140,

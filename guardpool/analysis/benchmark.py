@@ -1,0 +1,433 @@
+"""Measure each guard on its own and derive worker limits under which it passes.
+
+Data flow (``guardpool bench``)::
+
+    policy ──► floor(): smallest memory_mb at which a worker starts and runs a no-op
+           ──► for each guard: a fresh 1-worker pool under generous caps
+                 realistic + adversarial inputs ──► submit_guard ──► wall, CPU
+                                                └─► probes.memory ─► VmPeak, VmHWM (same worker)
+           ──► recommend(): per-guard timeout_ms, job_cpu_ms, job_timeout_ms, memory_mb
+           ──► verify(): a pool with the recommended limits and the policy's own worker
+               count replays every guard's heaviest passing inputs; a limit that fails is
+               raised and verified again
+
+Why a fresh worker per guard: ``memory_mb`` is RLIMIT_AS, which caps a worker's
+*address space*, and the kernel only reports its peak (``VmPeak``) since the
+process started. A worker shared by several guards would attribute the peak to
+whichever guard ran last (the bug this replaces: a 110 MiB guard was advised
+128 MiB because its worker had been recycled before the reading).
+
+Headroom (stated in the output, tested in ``tests/test_bench_cmd.py``):
+
+    timeout_ms  = max(2 x slowest passing wall, 50 ms), rounded up to 10 ms
+    job_cpu_ms  = max over guards of max(2 x slowest passing CPU time, 50 ms), up to 10 ms
+    job_timeout_ms = the largest guard timeout_ms in the resulting config
+    memory_mb   = max(1.25 x largest peak address space + 16 MiB, floor + 32 MiB), up to 16 MiB
+
+A "passing" job is one no limit stopped: it may allow, deny or even raise, but
+it was not killed at a deadline or CPU budget, did not crash its worker and did
+not hit the memory limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import msgspec
+
+from guardpool.analysis.fuzzgen import inputs
+from guardpool.analysis.fuzzing import default_labels, enforcer_refuses, patterns_of
+from guardpool.policy.loader import Policy
+from guardpool.runner.pool import GuardPool, JobResult
+
+if TYPE_CHECKING:
+    from guardpool.policy.config import GuardSpec
+
+InputSet = Literal["realistic", "adversarial"]
+Value = str | bytes
+_PROBES = "guardpool.analysis.probes"
+
+MIN_MS = 50
+TIME_FACTOR = 2.0
+MEMORY_FACTOR, MEMORY_EXTRA_MB, FLOOR_MARGIN_MB = 1.25, 16, 32
+HEADROOM = (
+    "timeout_ms = max(2 x slowest passing run, 50 ms); "
+    "job_cpu_ms = the same on CPU time, largest over guards; "
+    "job_timeout_ms = largest guard timeout_ms; "
+    "memory_mb = max(1.25 x peak address space + 16 MiB, start floor + 32 MiB)"
+)
+
+REALISTIC: tuple[str, ...] = (
+    "git status",
+    "ls -la src/",
+    "Summarise the attached report in three bullet points.",
+    "Please translate 'good morning' into French, German and Japanese.",
+    '{"tool": "search", "query": "weather in Paris", "limit": 5}',
+    "https://example.com/docs/getting-started?lang=en#install",
+    "Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 40,
+    "def add(a, b):\n    return a + b\n" * 20,
+)
+
+
+@dataclass(frozen=True)
+class Sample:
+    kind: InputSet
+    source: str  # generator name, or "samples" for the user's own
+    value: Value
+
+
+@dataclass
+class Job:
+    sample: int  # index into the guard's samples
+    outcome: str
+    limit: str
+    wall_ms: float
+    cpu_ms: float
+    rss_kib: int | None  # this job's peak resident set (None: its worker died)
+    vm_peak_kib: int | None  # the worker's peak address space after this job
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome not in ("timeout", "crash") and self.limit != "memory"
+
+
+@dataclass
+class GuardRun:
+    name: str
+    samples: list[Sample]
+    jobs: list[Job] = field(default_factory=list)
+    worker_start_kib: int = 0
+
+    def passing(self, basis: Sequence[InputSet] = ("realistic", "adversarial")) -> list[Job]:
+        return [j for j in self.jobs if j.passed and self.samples[j.sample].kind in basis]
+
+    def failed_samples(self) -> list[int]:
+        ok = {j.sample for j in self.jobs if j.passed}
+        return sorted({j.sample for j in self.jobs if not j.passed} - ok)
+
+
+@dataclass(frozen=True)
+class Stats:
+    n: int
+    p50: float
+    p99: float
+    max: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Stats:
+        ordered = sorted(values)
+        if not ordered:
+            return cls(0, 0.0, 0.0, 0.0)
+        p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+        return cls(len(ordered), statistics.median(ordered), p99, ordered[-1])
+
+
+def up(value: float, step: int) -> int:
+    return int(math.ceil(value / step) * step)
+
+
+def time_limit(stats: Stats) -> int:
+    return up(max(TIME_FACTOR * stats.max, MIN_MS), 10)
+
+
+# -- measuring -----------------------------------------------------------------------------
+
+
+def samples_for(policy: Policy, name: str, user: Sequence[str], adversarial: int) -> list[Sample]:
+    """The user's samples and ``REALISTIC``, then structured adversarial inputs."""
+    guard = policy.guards[name]
+    cap = policy.config.pool.max_input_bytes
+    out = [Sample("realistic", "samples", s) for s in user]
+    out += [Sample("realistic", "built-in", s) for s in REALISTIC]
+    seen: set[Value] = set()
+    for source, value in inputs(patterns_of(guard), cap):
+        if len(seen) >= adversarial:
+            break
+        if value in seen or enforcer_refuses(value, cap):
+            continue
+        seen.add(value)
+        out.append(Sample("adversarial", source, value))
+    return [s for s in out if not enforcer_refuses(s.value, cap)]
+
+
+def measuring_pool(policy: Policy, *, cap_ms: int, memory_mb: int, workers: int = 1) -> GuardPool:
+    """A pool like the policy's, but with room to measure (generous caps, never recycled)."""
+    pool = policy.config.pool
+    return GuardPool(
+        workers=workers,
+        job_timeout_ms=cap_ms,
+        job_cpu_ms=cap_ms,
+        memory_mb=memory_mb,
+        max_rss_mb=memory_mb,
+        max_jobs_per_worker=1_000_000,
+        max_input_bytes=pool.max_input_bytes,
+        preload=tuple(pool.preload),
+        hardening=pool.hardening,
+        guard_specs=policy.config.guard,
+        guard_defaults=policy.config.guards,
+    )
+
+
+def _memory(pool: GuardPool) -> tuple[dict[str, int], int] | None:
+    probe = pool.submit(f"{_PROBES}:memory", None, timeout_ms=5_000).result()
+    if probe.outcome != "ok" or not isinstance(probe.value, dict):
+        return None
+    return probe.value, probe.worker_pid
+
+
+def measure(
+    policy: Policy,
+    name: str,
+    samples: list[Sample],
+    *,
+    seconds: float,
+    cap_ms: int,
+    memory_mb: int,
+    on_job: Callable[[int, int], None] | None = None,
+) -> GuardRun:
+    """Run every sample once (then realistic ones again until ``seconds`` pass) in a fresh worker.
+
+    Two samples of a set that hit the cap end that set: a guard that hangs is
+    reported as hanging, not waited on for minutes.
+    """
+    run = GuardRun(name, samples)
+    guard = policy.guards[name]
+    labels = default_labels(guard)
+    with measuring_pool(policy, cap_ms=cap_ms, memory_mb=memory_mb) as pool:
+        base = _memory(pool)
+        run.worker_start_kib = base[0]["VmPeak"] if base else 0
+        capped: dict[InputSet, int] = {"realistic": 0, "adversarial": 0}
+        order = list(range(len(samples)))
+        realistic = [i for i in order if samples[i].kind == "realistic"]
+        start = time.monotonic()
+        i = 0
+        while i < len(order) or (realistic and time.monotonic() - start < seconds):
+            index = order[i] if i < len(order) else realistic[(i - len(order)) % len(realistic)]
+            i += 1
+            sample = samples[index]
+            if capped[sample.kind] >= 2:
+                continue
+            job = pool.submit_guard(
+                name, sample.value, labels=labels, phase=guard.spec.phase, timeout_ms=cap_ms
+            ).result()
+            run.jobs.append(_record(index, job, _memory(pool)))
+            if job.outcome == "timeout":
+                capped[sample.kind] += 1
+            if on_job is not None:
+                on_job(len(run.jobs), len(order))
+            if i >= 100_000:
+                break
+    return run
+
+
+def _record(index: int, job: JobResult, memory: tuple[dict[str, int], int] | None) -> Job:
+    rss = vm = None
+    if memory is not None and memory[1] == job.worker_pid and job.outcome != "crash":
+        values = memory[0]
+        rss = values["VmHWM"] if values.get("hwm_reset") else None
+        vm = values["VmPeak"]
+    return Job(index, job.outcome, job.limit, job.wall_ms, job.cpu_ms, rss, vm)
+
+
+def start_floor_mb(policy: Policy) -> int:
+    """The smallest memory_mb at which a worker with this policy starts and runs a no-op.
+
+    Binary search over real pools, around the address space an idle worker
+    maps: below the floor the worker dies on its first allocation (the pool
+    reports a crash) or never becomes ready. Workers dying on purpose print
+    their MemoryError on stderr; that noise is silenced while searching.
+    """
+    with _quiet_stderr():
+        return _search_floor(policy)
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _search_floor(policy: Policy) -> int:
+    with measuring_pool(policy, cap_ms=5_000, memory_mb=1024) as pool:
+        idle = _memory(pool)
+    idle_mb = idle[0]["VmPeak"] // 1024 if idle else 64
+    low, high = max(1, idle_mb - 8), idle_mb + 64
+
+    def works(mb: int) -> bool:
+        try:
+            with measuring_pool(policy, cap_ms=5_000, memory_mb=mb) as pool:
+                return pool.submit(f"{_PROBES}:noop", None).result().outcome == "ok"
+        except RuntimeError:
+            return False
+
+    while not works(high):
+        low, high = high, high * 2
+        if high > 8192:
+            return high
+    while high - low > 1:
+        mid = (low + high) // 2
+        if works(mid):
+            high = mid
+        else:
+            low = mid
+    return high
+
+
+# -- recommending --------------------------------------------------------------------------
+
+
+@dataclass
+class Recommendation:
+    guard_timeouts: dict[str, int]  # only guards that passed something
+    job_cpu_ms: int
+    job_timeout_ms: int
+    memory_mb: int
+    floor_mb: int
+    why: dict[str, str] = field(default_factory=dict)
+
+
+def recommend(
+    policy: Policy,
+    runs: dict[str, GuardRun],
+    floor_mb: int,
+    basis: Sequence[InputSet] = ("realistic", "adversarial"),
+) -> Recommendation:
+    timeouts: dict[str, int] = {}
+    why: dict[str, str] = {}
+    cpu_ms = MIN_MS
+    cpu_max = 0.0
+    peak_kib = 0
+    for name, run in runs.items():
+        jobs = run.passing(basis)
+        if not jobs:
+            continue
+        wall = Stats.of([j.wall_ms for j in jobs])
+        cpu = Stats.of([j.cpu_ms for j in jobs])
+        if policy.guards[name].kind == "callable":
+            # Regex banks run in the host on RE2 (linear): their timeout_ms only bounds
+            # them when nested in a callable, which shares the outer deadline anyway.
+            timeouts[name] = time_limit(wall)
+            why[f"guard.{name}.timeout_ms"] = (
+                f"2 x slowest passing run {wall.max:.1f} ms, min {MIN_MS}"
+            )
+        cpu_ms = max(cpu_ms, time_limit(cpu))
+        cpu_max = max(cpu_max, cpu.max)
+        peaks = [j.vm_peak_kib for j in jobs if j.vm_peak_kib is not None]
+        peak_kib = max([peak_kib, run.worker_start_kib, *peaks])
+    final = {
+        name: timeouts.get(name, guard.spec.timeout_ms or 0)
+        for name, guard in policy.guards.items()
+    }
+    job_timeout = max([MIN_MS, *final.values()])
+    peak_mb = peak_kib / 1024
+    memory = up(max(MEMORY_FACTOR * peak_mb + MEMORY_EXTRA_MB, floor_mb + FLOOR_MARGIN_MB), 16)
+    why["pool.job_cpu_ms"] = f"2 x slowest passing CPU time {cpu_max:.1f} ms, min {MIN_MS}"
+    why["pool.job_timeout_ms"] = "the largest guard timeout_ms"
+    why["pool.memory_mb"] = (
+        f"peak address space {peak_mb:.0f} MiB x 1.25 + 16; start floor {floor_mb} MiB + 32"
+    )
+    return Recommendation(timeouts, cpu_ms, job_timeout, memory, floor_mb, why)
+
+
+def verify(
+    policy: Policy,
+    runs: dict[str, GuardRun],
+    rec: Recommendation,
+    rounds: int = 3,
+) -> tuple[Recommendation, list[str]]:
+    """Replay each guard's heaviest passing inputs under ``rec`` (the policy's worker count).
+
+    A failure raises the limit that failed (x1.5) and verifies again, up to
+    ``rounds`` times; returns the final recommendation and what was raised.
+    """
+    notes: list[str] = []
+    for _ in range(rounds):
+        failures = _replay_heaviest(policy, runs, rec)
+        if not failures:
+            return rec, notes
+        for name, job in failures:
+            if job.limit == "memory" or job.outcome == "crash":
+                rec.memory_mb = up(rec.memory_mb * 1.5, 16)
+                notes.append(f"{name}: {job.outcome} under memory_mb; raised to {rec.memory_mb}")
+            elif job.limit == "cpu":
+                rec.job_cpu_ms = up(rec.job_cpu_ms * 1.5, 10)
+                notes.append(f"{name}: CPU budget hit; job_cpu_ms raised to {rec.job_cpu_ms}")
+            elif name in rec.guard_timeouts:
+                rec.guard_timeouts[name] = up(rec.guard_timeouts[name] * 1.5, 10)
+                rec.job_timeout_ms = max(rec.job_timeout_ms, rec.guard_timeouts[name])
+                notes.append(f"{name}: timed out; timeout_ms raised to {rec.guard_timeouts[name]}")
+    notes.append("still failing after raising limits: the machine may be overloaded")
+    return rec, notes
+
+
+def _replay_heaviest(
+    policy: Policy, runs: dict[str, GuardRun], rec: Recommendation
+) -> list[tuple[str, JobResult]]:
+    pool_cfg = policy.config.pool
+    specs = [_with_timeout(spec, rec.guard_timeouts.get(spec.name)) for spec in policy.config.guard]
+    pool = GuardPool(
+        workers=pool_cfg.workers,
+        job_timeout_ms=rec.job_timeout_ms,
+        job_cpu_ms=rec.job_cpu_ms,
+        memory_mb=rec.memory_mb,
+        max_rss_mb=pool_cfg.max_rss_mb,
+        max_jobs_per_worker=pool_cfg.max_jobs_per_worker,
+        max_input_bytes=pool_cfg.max_input_bytes,
+        preload=tuple(pool_cfg.preload),
+        hardening=pool_cfg.hardening,
+        guard_specs=specs,
+        guard_defaults=policy.config.guards,
+    )
+    failures: list[tuple[str, JobResult]] = []
+    with pool:
+        for name, run in runs.items():
+            if name not in rec.guard_timeouts:
+                continue
+            guard = policy.guards[name]
+            for index in heaviest(run):
+                job = pool.submit_guard(
+                    name,
+                    run.samples[index].value,
+                    labels=default_labels(guard),
+                    phase=guard.spec.phase,
+                ).result()
+                if job.outcome in ("timeout", "crash") or job.limit == "memory":
+                    failures.append((name, job))
+                    break
+    return failures
+
+
+def heaviest(run: GuardRun, per_measure: int = 2) -> list[int]:
+    """Sample indexes of the slowest, most CPU-hungry and most memory-hungry passing jobs."""
+    jobs = run.passing()
+    chosen: list[int] = []
+    keys: list[Callable[[Job], float]] = [
+        lambda j: j.wall_ms,
+        lambda j: j.cpu_ms,
+        lambda j: float(j.rss_kib or 0),
+    ]
+    for key in keys:
+        for job in sorted(jobs, key=key, reverse=True)[:per_measure]:
+            if job.sample not in chosen:
+                chosen.append(job.sample)
+    return chosen
+
+
+def _with_timeout(spec: GuardSpec, timeout_ms: int | None) -> GuardSpec:
+    return spec if timeout_ms is None else msgspec.structs.replace(spec, timeout_ms=timeout_ms)
