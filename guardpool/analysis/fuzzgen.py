@@ -58,6 +58,8 @@ def literal_chars(pattern: str) -> list[str]:
         for op, av in items:
             if op == C.LITERAL and chr(av).isprintable() and chr(av) not in found:
                 found.append(chr(av))
+            elif op == C.IN:  # a class, or an alternation of single characters
+                walk([item for item in av if item[0] == C.LITERAL])
             elif op == C.SUBPATTERN:
                 walk(av[-1])
             elif op == C.BRANCH:
