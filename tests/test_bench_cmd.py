@@ -119,12 +119,14 @@ def test_no_recommendation_goes_below_what_a_worker_needs_to_start(tmp_path: Pat
     config.write_text('[[guard]]\nname = "quick"\ncall = "tests.bench_guards:quick"\n')
     policy = load_policy(config)
     floor = benchmark.start_floor_mb(policy)
-    # A pool with this policy's guards at the floor runs a job; well below it, none can.
-    # (The exact MiB moves a little from one process to the next: address-space layout.)
-    with benchmark.measuring_pool(policy, cap_ms=5000, memory_mb=floor) as pool:
-        assert pool.submit_guard("quick", "ls").result().outcome == "ok"
-    with benchmark.measuring_pool(policy, cap_ms=5000, memory_mb=floor - 12) as pool:
-        assert pool.submit_guard("quick", "ls").result().outcome != "ok"
+    # A worker of this policy at the floor can allocate for a job; 8 MiB below, it cannot.
+    def allocates(mb: int) -> bool:
+        with benchmark.measuring_pool(policy, cap_ms=5000, memory_mb=mb) as pool:
+            job = pool.submit("guardpool.analysis.probes:breathe", None).result()
+        return job.outcome == "ok"
+
+    assert allocates(floor)
+    assert not allocates(floor - 8)
     out = guardpool("bench", "--config", str(config), "--seconds", "1", "--json")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)

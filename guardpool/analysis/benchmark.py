@@ -2,7 +2,7 @@
 
 Data flow (``guardpool bench``)::
 
-    policy ──► floor(): smallest memory_mb at which a worker starts and runs a no-op
+    policy ──► floor(): smallest memory_mb at which a worker starts and can allocate 4 MiB
            ──► for each guard: a fresh 1-worker pool under generous caps
                  realistic + adversarial inputs ──► submit_guard ──► wall, CPU
                                                 └─► probes.memory ─► VmPeak, VmHWM (same worker)
@@ -49,7 +49,7 @@ from guardpool.policy.loader import Policy
 from guardpool.runner.pool import GuardPool, JobResult
 
 if TYPE_CHECKING:
-    from guardpool.policy.config import GuardSpec
+    from guardpool.policy.config import GuardSpec, PoolConfig
 
 InputSet = Literal["realistic", "adversarial"]
 Value = str | bytes
@@ -91,7 +91,7 @@ class Job:
     limit: str
     wall_ms: float
     cpu_ms: float
-    rss_kib: int | None  # this job's peak resident set (None: its worker died)
+    rss_kib: int | None  # peak resident set after this job (None: its worker died)
     vm_peak_kib: int | None  # the worker's peak address space after this job
 
     @property
@@ -160,19 +160,24 @@ def samples_for(policy: Policy, name: str, user: Sequence[str], adversarial: int
 
 def measuring_pool(policy: Policy, *, cap_ms: int, memory_mb: int, workers: int = 1) -> GuardPool:
     """A pool like the policy's, but with room to measure (generous caps, never recycled)."""
-    pool = policy.config.pool
-    return GuardPool(
+    config = msgspec.structs.replace(
+        policy.config.pool,
         workers=workers,
         job_timeout_ms=cap_ms,
         job_cpu_ms=cap_ms,
         memory_mb=memory_mb,
         max_rss_mb=memory_mb,
         max_jobs_per_worker=1_000_000,
-        max_input_bytes=pool.max_input_bytes,
-        preload=tuple(pool.preload),
-        hardening=pool.hardening,
-        guard_specs=policy.config.guard,
+    )
+    return _pool(policy, config, policy.config.guard)
+
+
+def _pool(policy: Policy, config: PoolConfig, specs: Sequence[GuardSpec]) -> GuardPool:
+    return GuardPool(
+        guard_specs=specs,
         guard_defaults=policy.config.guards,
+        config=config,
+        import_path=policy.import_path,
     )
 
 
@@ -232,13 +237,16 @@ def _record(index: int, job: JobResult, memory: tuple[dict[str, int], int] | Non
     rss = vm = None
     if memory is not None and memory[1] == job.worker_pid and job.outcome != "crash":
         values = memory[0]
-        rss = values["VmHWM"] if values.get("hwm_reset") else None
+        # Per job when the previous probe could reset VmHWM; a worker that dropped
+        # privileges is not dumpable and may not write clear_refs, and then this is
+        # the running peak of the guard's own worker (an upper bound per job).
+        rss = values["VmHWM"]
         vm = values["VmPeak"]
     return Job(index, job.outcome, job.limit, job.wall_ms, job.cpu_ms, rss, vm)
 
 
 def start_floor_mb(policy: Policy) -> int:
-    """The smallest memory_mb at which a worker with this policy starts and runs a no-op.
+    """The smallest memory_mb at which a worker with this policy starts and can allocate 4 MiB.
 
     Binary search over real pools, around the address space an idle worker
     maps: below the floor the worker dies on its first allocation (the pool
@@ -272,7 +280,7 @@ def _search_floor(policy: Policy) -> int:
     def works(mb: int) -> bool:
         try:
             with measuring_pool(policy, cap_ms=5_000, memory_mb=mb) as pool:
-                return pool.submit(f"{_PROBES}:noop", None).result().outcome == "ok"
+                return pool.submit(f"{_PROBES}:breathe", None).result().outcome == "ok"
         except RuntimeError:
             return False
 
@@ -379,21 +387,14 @@ def verify(
 def _replay_heaviest(
     policy: Policy, runs: dict[str, GuardRun], rec: Recommendation
 ) -> list[tuple[str, JobResult]]:
-    pool_cfg = policy.config.pool
     specs = [_with_timeout(spec, rec.guard_timeouts.get(spec.name)) for spec in policy.config.guard]
-    pool = GuardPool(
-        workers=pool_cfg.workers,
+    config = msgspec.structs.replace(
+        policy.config.pool,
         job_timeout_ms=rec.job_timeout_ms,
         job_cpu_ms=rec.job_cpu_ms,
         memory_mb=rec.memory_mb,
-        max_rss_mb=pool_cfg.max_rss_mb,
-        max_jobs_per_worker=pool_cfg.max_jobs_per_worker,
-        max_input_bytes=pool_cfg.max_input_bytes,
-        preload=tuple(pool_cfg.preload),
-        hardening=pool_cfg.hardening,
-        guard_specs=specs,
-        guard_defaults=policy.config.guards,
     )
+    pool = _pool(policy, config, specs)
     failures: list[tuple[str, JobResult]] = []
     with pool:
         for name, run in runs.items():

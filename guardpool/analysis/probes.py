@@ -32,20 +32,33 @@ def memory(_: object) -> dict[str, int]:
     ``/proc/self/clear_refs`` so that the next reading is the next job's own.
     """
     out: dict[str, int] = {}
-    with open("/proc/self/status", encoding="ascii") as status:
+    # Binary I/O: a sandboxed worker may not be able to import a codec lazily.
+    with open("/proc/self/status", "rb") as status:
         for line in status:
-            key, _, rest = line.partition(":")
-            if key in ("VmPeak", "VmSize", "VmHWM", "VmRSS"):
-                out[key] = int(rest.split()[0])
+            key, _, rest = line.partition(b":")
+            if key in (b"VmPeak", b"VmSize", b"VmHWM", b"VmRSS"):
+                out[key.decode("latin-1")] = int(rest.split()[0])
     try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as refs:
-            refs.write("5")
+        with open("/proc/self/clear_refs", "wb") as refs:
+            refs.write(b"5")
         out["hwm_reset"] = 1
-    except OSError:  # not permitted here: VmHWM stays a running peak
+    except OSError:  # not permitted (a worker that dropped privileges): a running peak
         out["hwm_reset"] = 0
     return out
 
 
 def noop(_: object) -> None:
-    """The smallest job: whether a worker can run anything at all under a limit."""
+    """The smallest job."""
     return None
+
+
+def breathe(_: object) -> int:
+    """Allocate and touch 4 MiB: a worker that cannot do this cannot run a guard.
+
+    A no-op alone is not a fair test of a memory limit: right after the fork
+    the interpreter's arenas may have room, so a job can succeed by luck under
+    a limit below what the worker already maps.
+    """
+    block = bytearray(4 << 20)
+    block[::4096] = b"\x01" * len(block[::4096])
+    return len(block)
