@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lint": ("guardpool.commands.lint", "compile a policy and flag dangerous guards/settings"),
     "fuzz": ("guardpool.commands.fuzz", "attack every guard with adversarial inputs"),
     "bench": ("guardpool.commands.bench", "measure guards and recommend limits"),
+    "test": ("guardpool.commands.test", "check a policy against written-down cases"),
     "audit": ("guardpool.commands.audit", "show, summarise and verify the audit ledger"),
     "hook": ("guardpool.commands.hook", "adapters for coding-agent hooks (claude-code)"),
     "doctor": ("guardpool.commands.doctor", "report which sandbox measures are active here"),
