@@ -182,6 +182,10 @@ def test_zygote_killed_mid_run_heals_and_serves() -> None:
         assert stats.zygote_restarts == 1
         assert stats.state == "running"
         assert wait_for(lambda: not any(alive(p) for p in old_workers))
+        # The dead zygote's cgroups were removed by the host (none are left behind).
+        old_dirs = [Path(mount) / f"guardpool-{old_zygote}" for mount in ("/sys/fs/cgroup/pids",)]
+        if IS_ROOT and Path("/sys/fs/cgroup/pids/cgroup.procs").exists():
+            assert wait_for(lambda: not any(d.exists() for d in old_dirs))
 
 
 def test_job_submitted_while_healing_is_answered_by_its_deadline() -> None:

@@ -86,6 +86,7 @@ class Manager:
         self.broken: PoolBroken | None = None
         self.restart_at: float | None = None
         self.backoff = Backoff()
+        self.stale_layouts: list[cgroups.Layout] = []  # dead zygotes' cgroups to remove
         self.counts = collections.Counter[str]()
         self.encoder = msgspec.msgpack.Encoder()
         self.sel = selectors.DefaultSelector()
@@ -299,9 +300,13 @@ class Manager:
             return
         self.zygote.ready = True
         self.zygote.layout = msg.cgroup
+        self._sweep_cgroups()
         if self.state in ("starting", "healing"):
             self.state = "running"
         self._spawn()
+
+    def _sweep_cgroups(self) -> None:
+        self.stale_layouts = [lay for lay in self.stale_layouts if not cgroups.remove_tree(lay)]
 
     def _zygote_lost(self, how: str) -> None:
         ctrl = self.zygote.ctrl
@@ -330,13 +335,13 @@ class Manager:
                     worker_pid=worker.pid,
                 )
             self._forget(worker)
-            with contextlib.suppress(OSError):
-                cgroups.remove(worker.cgroup)
         for sock in self.pending_spawns.values():
             sock.close()
         self.pending_spawns.clear()
         self.live = 0
-        cgroups.remove_pool(layout)
+        # The dead zygote cannot remove its cgroups: we do, now or on a later turn.
+        self.stale_layouts.append(layout)
+        self._sweep_cgroups()
         wait = self.backoff.lost()
         if wait is None:
             self._break(
@@ -604,6 +609,11 @@ class Manager:
             with contextlib.suppress(KeyError, ValueError):
                 self.sel.unregister(self.zygote.ctrl)
         self.zygote.close()
+        for _ in range(50):  # members of a dead zygote's cgroups may still be dying
+            self._sweep_cgroups()
+            if not self.stale_layouts:
+                break
+            time.sleep(0.01)
         self.sel.close()
         with contextlib.suppress(OSError):
             os.close(self.wake)

@@ -278,3 +278,41 @@ def remove_pool(layout: Layout) -> None:
     for root in layout.roots:
         with contextlib.suppress(OSError):
             os.rmdir(root)
+
+
+def remove_tree(layout: Layout) -> bool:
+    """Kill and remove a pool directory with every worker cgroup in it; never raises.
+
+    For the host when a zygote died and cannot clean up after itself. False while some
+    directory is still busy (members still dying): call again later.
+    """
+    done = True
+    for root in layout.roots:
+        try:
+            names = os.listdir(root)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            done = False
+            continue
+        for name in names:
+            path = f"{root}/{name}"
+            if not os.path.isdir(path):
+                continue
+            with contextlib.suppress(OSError):
+                _kill_all([int(p) for p in _read(f"{path}/cgroup.procs").split()])
+            with contextlib.suppress(OSError):
+                _write(f"{path}/freezer.state", "THAWED")  # frozen members cannot die
+            try:
+                os.rmdir(path)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                done = False
+        try:
+            os.rmdir(root)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            done = False
+    return done
