@@ -156,6 +156,13 @@ KEY = {"name": "k", "deny_regex": ["AKIA[0-9A-Z]{16}"]}
             "schema name",
         ),
         ({"audit": {"capture_input": "yes"}}, "audit.capture_input", "Expected `bool`"),
+        ({"audit": {"backend": "postgres"}}, "audit.url", "needs url"),
+        (
+            {"audit": {"backend": "postgres", "url": "postgresql://h/d", "schema": "1x"}},
+            "audit.schema",
+            "schema name",
+        ),
+        ({"audit": {"op_timeout_ms": 0}}, "audit.op_timeout_ms", "> 0"),
         ({"pool": {"hardening": "paranoid"}}, "pool.hardening", "Invalid enum value"),
         ({"pool": {"max_input_bytes": -1}}, "pool.max_input_bytes", "> 0"),
         ({"colour": "blue"}, "colour", "unknown key 'colour'"),

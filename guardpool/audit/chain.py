@@ -74,8 +74,13 @@ def input_digest(input: object, *, capture: bool) -> dict[str, Any]:
     return fields
 
 
-def walk(rows: Iterable[Row], expect_head: str | None = None) -> VerifyReport:
+def walk(
+    rows: Iterable[Row], expect_head: str | None = None, *, genesis: str = GENESIS_HASH
+) -> VerifyReport:
     """Check every row in ``seq`` order; report the first that does not hold.
+
+    ``genesis`` is the first ``prev_hash``: zeros for a SQLite ledger, one per
+    chain for the PostgreSQL ledger (``pg_ledger.chain_genesis``).
 
     Detects an edited event, time or position, a deleted or inserted row, a
     broken ``prev_hash`` link and index columns that disagree with the event.
@@ -83,7 +88,7 @@ def walk(rows: Iterable[Row], expect_head: str | None = None) -> VerifyReport:
     still contains it (catches a rewrite or truncation behind it).
     """
     expected_seq = 1
-    prev = GENESIS_HASH
+    prev = genesis
     checked = 0
     pinned = expect_head is None
 

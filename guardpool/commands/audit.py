@@ -1,5 +1,8 @@
 """``guardpool audit``: show a run's events, summarise a ledger, verify its chain.
 
+``--db FILE`` reads a host's SQLite ledger; ``--url`` a fleet's PostgreSQL
+ledger (``audit_fleet.py``: every chain, every host).
+
 Exit codes: 0 ok, 1 the chain is broken (``verify``), 2 bad input (missing
 file, not a ledger, unknown run).
 """
@@ -9,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -17,8 +21,12 @@ from guardpool.audit.ledger import Ledger, LedgerError
 from guardpool.cli import EXIT_DENIED, EXIT_OK, UsageError
 from guardpool.policy.money import format_micros
 
+if TYPE_CHECKING:
+    from guardpool.audit.pg_ledger import PgLedger
+
 # Long reasons would push every later column off screen; --json has them whole.
 _REASON_WIDTH = 60
+_SHOW_HEADER = ("SEQ", "TIME", "KIND", "GUARD", "OUTCOME", "REASON", "LABELS", "USAGE")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +34,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     def with_db(p: argparse.ArgumentParser) -> None:
         p.add_argument("--db", default="guardpool.db", help="ledger file (default: guardpool.db)")
+        p.add_argument(
+            "--url",
+            default=None,
+            help="a PostgreSQL ledger instead (postgresql://user@host/db; the password "
+            "comes from PGPASSWORD or ~/.pgpass)",
+        )
+        p.add_argument(
+            "--schema", default="guardpool", help="its schema with --url (default: guardpool)"
+        )
 
     show = sub.add_parser("show", help="the events of one run, in order")
     show.add_argument("run_id", metavar="RUN_ID")
@@ -43,20 +60,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     verify.add_argument(
         "--expect-head",
         metavar="HASH",
+        action="append",
         default=None,
-        help="a head hash pinned earlier: fail unless the chain still contains it",
+        help="a head hash pinned earlier: fail unless the chain still contains it "
+        "(with --url: CHAIN=HASH, repeatable)",
     )
     verify.add_argument("--json", action="store_true", help="machine output")
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.url is not None:
+        return _fleet(args)
+    heads = args.expect_head if args.action == "verify" else None
+    if heads is not None and len(heads) > 1:
+        raise UsageError("--expect-head: one head for a SQLite ledger (it has one chain)")
     try:
         with Ledger(args.db, create=False) as ledger:
             if args.action == "show":
                 return _show(ledger, args.run_id, args.json, args.limit)
             if args.action == "summary":
                 return _summary(ledger, args.run, args.json)
-            return _verify(ledger, args.expect_head, args.json)
+            return _verify(ledger, heads[0] if heads else None, args.json)
+    except LedgerError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    try:
+        from guardpool.commands import audit_fleet
+    except ImportError as exc:
+        raise UsageError(f"--url needs psycopg: pip install 'guardpool[postgres]' ({exc})") from exc
+    from guardpool.audit.pg_ledger import PgLedger
+
+    heads = audit_fleet.parse_heads(args.expect_head) if args.action == "verify" else {}
+    try:
+        with PgLedger(args.url, schema=args.schema, create=False) as ledger:
+            if args.action == "verify":
+                return audit_fleet.verify(ledger, heads, args.json)
+            if args.action == "summary":
+                return _summary(ledger, args.run, args.json)
+            events = audit_fleet.show(ledger, args.run_id, args.limit)
+            if args.json:
+                print(msgspec.json.encode(events).decode())
+                return EXIT_OK
+            header = ("CHAIN", *_SHOW_HEADER)
+            print(_table([header, *((e.chain, *_show_row(e.stored)) for e in events)]))
+            return EXIT_OK
     except LedgerError as exc:
         raise UsageError(str(exc)) from exc
 
@@ -70,8 +119,7 @@ def _show(ledger: Ledger, run_id: str, as_json: bool, limit: int | None) -> int:
     if as_json:
         print(msgspec.json.encode(events).decode())
         return EXIT_OK
-    header = ("SEQ", "TIME", "KIND", "GUARD", "OUTCOME", "REASON", "LABELS", "USAGE")
-    rows = [header, *(_show_row(s) for s in events)]
+    rows = [_SHOW_HEADER, *(_show_row(s) for s in events)]
     print(_table(rows))
     return EXIT_OK
 
@@ -93,7 +141,7 @@ def _show_row(stored: StoredEvent) -> tuple[str, ...]:
     )
 
 
-def _summary(ledger: Ledger, run_id: str | None, as_json: bool) -> int:
+def _summary(ledger: Ledger | PgLedger, run_id: str | None, as_json: bool) -> int:
     s = ledger.summary(run_id)
     if run_id is not None and s.events == 0:
         raise UsageError(f"no events for run {run_id!r} in {ledger.path}")
@@ -104,7 +152,7 @@ def _summary(ledger: Ledger, run_id: str | None, as_json: bool) -> int:
     return EXIT_OK
 
 
-def _summary_text(s: Summary, ledger: Ledger, run_id: str | None) -> str:
+def _summary_text(s: Summary, ledger: Ledger | PgLedger, run_id: str | None) -> str:
     title = f"ledger {ledger.path}" + (f", run {run_id}" if run_id is not None else "")
     rows: list[tuple[str, ...]] = [("events", f"{s.events} in {s.runs} run(s)")]
     if s.first_ts is not None and s.last_ts is not None:

@@ -116,10 +116,18 @@ def check_pool(config: Config) -> None:
         raise PolicyError('the redis backend needs url = "redis://host:port/db"', key="store.url")
     if store.backend == "postgres":
         check_postgres(store.url, store.key_prefix, "store")
+    audit = config.audit
+    _positive(audit.op_timeout_ms, "audit.op_timeout_ms")
+    if audit.backend == "postgres":
+        check_postgres(audit.url, audit.schema, "audit")
+        if not audit.chain.strip():
+            raise PolicyError('must be "host", "run" or a chain name', key="audit.chain")
 
 
 def check_postgres(url: str | None, schema: str, section: str) -> None:
-    """A libpq URL without a password and a usable schema name (guardpool/pg/pool.py)."""
+    """A libpq URL without a password and a usable schema name (guardpool/pg/pool.py).
+
+    The store names its schema ``key_prefix``, the ledger ``schema``."""
     try:
         from guardpool.pg.pool import check_schema, check_url
     except ImportError:
@@ -134,7 +142,8 @@ def check_postgres(url: str | None, schema: str, section: str) -> None:
     try:
         check_schema(schema)
     except ValueError as exc:
-        raise PolicyError(str(exc), key=f"{section}.key_prefix") from None
+        field = "key_prefix" if section == "store" else "schema"
+        raise PolicyError(str(exc), key=f"{section}.{field}") from None
 
 
 def check_guards(config: Config) -> None:

@@ -99,6 +99,12 @@ class AuditConfig(_Section):
     path: str = "guardpool.db"
     capture_input: bool = False
     on_failure: FailMode = "deny"
+    # backend = "postgres": one ledger for a fleet (guardpool/audit/pg_ledger.py).
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    url: str | None = None
+    schema: str = "guardpool"
+    chain: str = "host"  # "host" (the host name), "run" (one chain per run), or a fixed name
+    op_timeout_ms: int = 1000
 
 
 class Config(_Section):

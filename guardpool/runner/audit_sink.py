@@ -15,8 +15,9 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from guardpool.audit.backend import AuditLedger
 from guardpool.audit.events import AuditEvent
-from guardpool.audit.ledger import Ledger, LedgerWriteError
+from guardpool.audit.ledger import LedgerWriteError
 from guardpool.runner.hooks import HookBus
 from guardpool.runner.scope import Scope
 from guardpool.runner.verdicts import GuardResult
@@ -26,7 +27,7 @@ log = logging.getLogger("guardpool")
 
 
 class AuditSink:
-    def __init__(self, ledger: Ledger, hooks: HookBus, *, fail_closed: bool) -> None:
+    def __init__(self, ledger: AuditLedger, hooks: HookBus, *, fail_closed: bool) -> None:
         self.ledger = ledger
         self.hooks = hooks
         self.fail_closed = fail_closed

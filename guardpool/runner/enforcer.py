@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from guardpool.audit.backend import AuditLedger, open_ledger
 from guardpool.audit.events import AuditEvent
-from guardpool.audit.ledger import Ledger
 from guardpool.policy.loader import Policy, load_policy
 from guardpool.policy.model import Decision, LimitStatus, Operation, Usage
 from guardpool.runner import budget
@@ -65,7 +65,7 @@ class Enforcer:
         *,
         pool: GuardPool | None = None,
         store: BudgetStore | None = None,
-        ledger: Ledger | None = None,
+        ledger: AuditLedger | None = None,
     ) -> None:
         self.policy = policy
         cfg = policy.config
@@ -75,11 +75,7 @@ class Enforcer:
         if pool is None and needs_pool:
             self.pool = GuardPool.from_config(policy)
         self.store: BudgetStore = store if store is not None else open_store(cfg.store)
-        self.ledger: Ledger = (
-            ledger
-            if ledger is not None
-            else Ledger(cfg.audit.path, capture_input=cfg.audit.capture_input)
-        )
+        self.ledger: AuditLedger = ledger if ledger is not None else open_ledger(cfg.audit)
         self.hooks = HookBus()
         fail_closed = cfg.audit.on_failure == "deny"
         self.audit = AuditSink(self.ledger, self.hooks, fail_closed=fail_closed)
