@@ -106,9 +106,7 @@ class PgLedger:
         self.path = f"postgres schema {schema}"  # what messages call this ledger
         error = LedgerWriteError if create else LedgerError
         try:
-            self._pg.call(
-                self._prepare if create else self._expect_current, idempotent=True, pipeline=False
-            )
+            self._pg.call(self._prepare if create else self._expect_current, idempotent=True)
         except (PgUnavailable, SchemaError) as exc:
             self._pg.close()
             raise error(f"audit ledger ({self.path}): {exc}") from None
@@ -204,7 +202,7 @@ class PgLedger:
                 return consume(iter(cur))
 
         try:
-            return self._pg.call(step, idempotent=True, timeout=READ_TIMEOUT_S, pipeline=False)
+            return self._pg.call(step, idempotent=True, timeout=READ_TIMEOUT_S)
         except PgUnavailable as exc:
             raise LedgerError(f"audit ledger ({self.path}): {exc}") from None
 
@@ -270,7 +268,7 @@ class PgLedger:
                 )
 
         try:
-            self._pg.call(step, idempotent=True, pipeline=False)
+            self._pg.call(step, idempotent=True)
         except PgUnavailable as exc:
             raise LedgerError(f"audit ledger ({self.path}): {exc}") from None
 

@@ -142,7 +142,6 @@ class Pg:
         *,
         idempotent: bool,
         timeout: float | None = None,
-        pipeline: bool = True,
     ) -> T:
         """Run ``step`` in one transaction and commit it, within ``op_timeout_ms``
         (or ``timeout`` seconds: a long read such as a ledger walk)."""
@@ -165,19 +164,9 @@ class Pg:
                 conn.deadline = deadline
                 if self.serializable:
                     conn.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
-                # Pipeline mode: statements whose results are not read yet travel
-                # together, so BEGIN rides with the first query and the writes with
-                # COMMIT. A store step costs three round trips instead of seven.
-                # (Off for multi-statement scripts and server-side cursors.)
-                if not pipeline:
-                    result = step(conn)
-                    committing = True
-                    conn.commit()
-                    return result
-                with conn.pipeline():
-                    result = step(conn)
-                    committing = True
-                    conn.commit()
+                result = step(conn)
+                committing = True
+                conn.commit()
                 return result
             except (
                 psycopg.errors.SerializationFailure,

@@ -15,6 +15,10 @@ this module only provides its ``Transaction`` over one PostgreSQL transaction:
    them, writes are buffered);
 4. the writes go out as a few array statements, then COMMIT.
 
+About six round trips per step (BEGIN, prelude, lock, records, writes, COMMIT):
+on one machine that is what separates it from Redis' one script call; see the
+figures in ``docs/deploy.md``.
+
 Row locks, not SERIALIZABLE: under contention SERIALIZABLE aborts all but one of
 the racing transactions and they must start over, so a hot budget (a team's
 daily spend) spends its time in retries; row locks make them wait in line
@@ -258,7 +262,7 @@ class PostgresStore:
         with self._lock:
             if not self._migrated:
                 try:
-                    self._pg.call(step, idempotent=True, pipeline=False)
+                    self._pg.call(step, idempotent=True)
                 except SchemaError as exc:
                     raise PgUnavailable(str(exc)) from None
                 self._migrated = True
@@ -302,8 +306,8 @@ class PostgresStore:
                 {"keys": [k for k, _ in ordered], "dims": [d for _, d in ordered]},
             )
             ids = [c.id for c in candidates] + ([reservation_id] if reservation_id else [])
-            # Sent before the lock's answer is read (pipeline): one round trip for both,
-            # and the records are still read after the locks are held.
+            # A statement of its own, after the locks are held: it sees what another
+            # host committed while this one waited (the lock's snapshot would not).
             reread = conn.execute(Q["records"], {"ids": ids}) if ids else None
             counters = {(k, d): [int(u), int(r)] for k, d, u, r in locked.fetchall()}
             for k in ordered:
