@@ -142,9 +142,13 @@ class Pg:
         *,
         idempotent: bool,
         timeout: float | None = None,
+        serializable: bool | None = None,
     ) -> T:
         """Run ``step`` in one transaction and commit it, within ``op_timeout_ms``
-        (or ``timeout`` seconds: a long read such as a ledger walk)."""
+        (or ``timeout`` seconds: a long read such as a ledger walk). ``serializable``
+        overrides the pool's isolation (migrations need READ COMMITTED: a
+        SERIALIZABLE snapshot taken before the migration lock would not see what
+        the host that held it created)."""
         start = time.monotonic()
         deadline = start + (self.timeout if timeout is None else timeout)
         while True:
@@ -162,8 +166,10 @@ class Pg:
             committing = False
             try:
                 conn.deadline = deadline
-                if self.serializable:
-                    conn.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
+                wanted = self.serializable if serializable is None else serializable
+                conn.isolation_level = (
+                    psycopg.IsolationLevel.SERIALIZABLE if wanted else None  # server default
+                )
                 result = step(conn)
                 committing = True
                 conn.commit()

@@ -262,7 +262,7 @@ class PostgresStore:
         with self._lock:
             if not self._migrated:
                 try:
-                    self._pg.call(step, idempotent=True)
+                    self._pg.call(step, idempotent=True, serializable=False)
                 except SchemaError as exc:
                     raise PgUnavailable(str(exc)) from None
                 self._migrated = True
