@@ -12,12 +12,13 @@ A guard's event is written here for both phases (kind ``verdict``, or
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
 from guardpool.audit.backend import AuditLedger
 from guardpool.audit.events import AuditEvent
-from guardpool.audit.ledger import LedgerWriteError
+from guardpool.audit.ledger import Ledger, LedgerWriteError
 from guardpool.runner.hooks import HookBus
 from guardpool.runner.scope import Scope
 from guardpool.runner.verdicts import GuardResult
@@ -60,6 +61,13 @@ class AuditSink:
             duration_ms=v.ms,
             detail={"effect": result.effect, "phase": v.phase, **result.job},
         )
+
+    def append_in(self, conn: sqlite3.Connection, events: Sequence[AuditEvent]) -> None:
+        """Write inside the SQLite store's transaction (the joint path, which the enforcer
+        takes only when the ledger is the SQLite ``Ledger`` sharing the store's file)."""
+        if not isinstance(self.ledger, Ledger):
+            raise LedgerWriteError("a joint store+ledger transaction needs the SQLite ledger")
+        self.ledger.append_in(conn, events)
 
     def failed(self, exc: LedgerWriteError) -> None:
         """A write that failed inside someone else's transaction (the joint path)."""

@@ -160,7 +160,7 @@ class _Check:
             else:
                 effects = guard_effects + (["warn"] if warnings else [])
                 decision = self.build(warnings + guard_reasons, combine(effects), value)
-            svc.audit.ledger.append_in(j.conn, self.events(decision))
+            svc.audit.append_in(j.conn, self.events(decision))
             return decision, answer
 
         try:

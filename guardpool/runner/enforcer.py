@@ -26,6 +26,7 @@ from typing import Any
 
 from guardpool.audit.backend import AuditLedger, open_ledger
 from guardpool.audit.events import AuditEvent
+from guardpool.audit.ledger import Ledger
 from guardpool.policy.loader import Policy, load_policy
 from guardpool.policy.model import Decision, LimitStatus, Operation, Usage
 from guardpool.runner import budget
@@ -230,9 +231,13 @@ class Enforcer:
         return released
 
 
-def _joint(store: BudgetStore, ledger: Ledger) -> SqliteStore | None:
+def _joint(store: BudgetStore, ledger: AuditLedger) -> SqliteStore | None:
     """The store, when it and the ledger share one SQLite file: one transaction for both."""
-    if isinstance(store, SqliteStore) and Path(store.path).resolve() == ledger.path.resolve():
+    if (
+        isinstance(store, SqliteStore)
+        and isinstance(ledger, Ledger)
+        and Path(store.path).resolve() == ledger.path.resolve()
+    ):
         return store
     return None
 

@@ -97,7 +97,7 @@ class _Settle:
             self.events.extend(svc.audit.expired_events(answer.expired))
             self.account(answer, actual)
             decision = self.build(value)
-            svc.audit.ledger.append_in(j.conn, self.events)
+            svc.audit.append_in(j.conn, self.events)
             return decision, answer
 
         try:
