@@ -61,6 +61,9 @@ class Ambiguity:
     attack: Attack
 
 
+_Link = tuple[int, int, tuple[int, ...]]  # (p, q, label masks of the shared word)
+
+
 class _Budget:
     def __init__(self) -> None:
         self.left = _BUDGET
@@ -176,14 +179,14 @@ def _shortest(nfa: Nfa, src: int, dst: int, allowed: set[int] | None) -> str | N
 
 
 def _prefix(nfa: Nfa, target: int, reach: set[int]) -> str | None:
-    if target == nfa.loop:
+    if target in nfa.loops:
         return ""
-    without_loop = reach - {nfa.loop} if nfa.loop is not None else reach
+    without_loop = reach - set(nfa.loops)
     word = _shortest(nfa, nfa.start, target, without_loop)
     return word if word is not None else _shortest(nfa, nfa.start, target, reach)
 
 
-def _eda(nfa: Nfa, comp: list[int], budget: _Budget) -> tuple[int, str] | None:
+def _eda(nfa: Nfa, comp: list[int], budget: _Budget) -> tuple[int, tuple[int, ...]] | None:
     """(p, pump) with two distinct p -> p paths on pump inside ``comp``, if any."""
     members = {s for s in comp if not nfa.atomic[s]}
     for p in sorted(members):
@@ -216,17 +219,35 @@ def _eda(nfa: Nfa, comp: list[int], budget: _Budget) -> tuple[int, str] | None:
     return None
 
 
-def _word(nfa: Nfa, prev: dict, node: object) -> str:  # type: ignore[type-arg]
-    chars = []
+def _word(nfa: Nfa, prev: dict, node: object) -> tuple[int, ...]:  # type: ignore[type-arg]
+    """The label masks along the path to ``node`` (characters chosen later)."""
+    masks = []
     while prev[node] is not None:
         node, lab = prev[node]
-        chars.append(_pick(nfa, lab))
-    return "".join(reversed(chars))
+        masks.append(lab)
+    return tuple(reversed(masks))
+
+
+VARIANTS = 3
+
+
+def _concrete(nfa: Nfa, masks: tuple[int, ...], variant: int) -> str:
+    """A word through ``masks``: 0 = least popular characters, 1 = first in the
+    alphabet (printable first), 2 = second least popular."""
+    out = []
+    for mask in masks:
+        members = [i for i in range(len(nfa.alphabet)) if mask >> i & 1]
+        if variant == 1:
+            out.append(nfa.alphabet[members[0]])
+            continue
+        ranked = sorted(members, key=lambda i: (nfa.popularity[i], i))
+        out.append(nfa.alphabet[ranked[min(variant // 2, len(ranked) - 1)]])
+    return "".join(out)
 
 
 def _ida(
     nfa: Nfa, c1: list[int], c2: list[int], between: set[int], budget: _Budget
-) -> tuple[int, int, str] | None:
+) -> tuple[int, int, tuple[int, ...]] | None:
     """(p, q, w) with p -w-> p in c1, p -w-> q, q -w-> q in c2, if any."""
     m1 = {s for s in c1 if not nfa.atomic[s]}
     m2 = {s for s in c2 if not nfa.atomic[s]}
@@ -272,7 +293,13 @@ def _attempt_succeeds(nfa: Nfa, text: str, begin: int) -> bool:
     """Does the match attempt that starts at ``begin`` reach success on any path?"""
     pos = {ch: i for i, ch in enumerate(nfa.alphabet)}
     # After position 0, an attempt starts where the implicit .*? hands over.
-    first = nfa.start if begin == 0 or nfa.loop is None else nfa.loop
+    if begin == 0 or nfa.loop is None:
+        first = nfa.start
+    elif nfa.loop_nl is not None and text[begin - 1] == "\n":
+        first = nfa.loop_nl
+    else:
+        first = nfa.loop
+    loops = set(nfa.loops)
     current = {first}
     for i in range(begin, len(text) + 1):
         nxt = text[i] if i < len(text) else None
@@ -286,7 +313,7 @@ def _attempt_succeeds(nfa: Nfa, text: str, begin: int) -> bool:
             return False
         bit = 1 << pos[nxt]
         current = {
-            t for s in current for t in nfa.edges[s] if t != nfa.loop and nfa.label(s, t) & bit
+            t for s in current for t in nfa.edges[s] if t not in loops and nfa.label(s, t) & bit
         }
     return False
 
@@ -329,13 +356,16 @@ def analyse_nfa(nfa: Nfa) -> tuple[list[Ambiguity], bool]:
         hit = _eda(nfa, comp, budget)
         if hit is None:
             continue
-        p, pump = hit
+        p, masks = hit
         prefix = _prefix(nfa, p, reach)
         if prefix is None:
             continue
-        attack = _failing(nfa, prefix, ((pump, ""),), p == nfa.loop)
-        if attack is not None:
-            found.append(Ambiguity("exponential", 0, attack))
+        for variant in range(VARIANTS):
+            pump = _concrete(nfa, masks, variant)
+            attack = _failing(nfa, prefix, ((pump, ""),), p in nfa.loops)
+            if attack is not None:
+                found.append(Ambiguity("exponential", 0, attack))
+                break
     found.extend(_chains(nfa, comps, reach, budget))
     found.sort(key=lambda a: (a.kind != "exponential", -a.degree))
     return found, budget.exhausted
@@ -348,7 +378,9 @@ def _chains(nfa: Nfa, comps: list[list[int]], reach: set[int], budget: _Budget) 
     order = list(reversed(range(len(comps))))
     forward = {i: _forward(nfa, comps[i]) for i in order}
     backward = {i: _backward(nfa, comps[i], reach) for i in order}
-    best: dict[int, tuple[int, list[tuple[int, int, str]]]] = {i: (1, []) for i in order}
+    best: dict[int, tuple[int, list[tuple[int, int, tuple[int, ...]]]]] = {
+        i: (1, []) for i in order
+    }
     for i in order:
         for j in order:
             if j == i or comps[j][0] not in forward[i]:
@@ -364,7 +396,11 @@ def _chains(nfa: Nfa, comps: list[list[int]], reach: set[int], budget: _Budget) 
     for _i, (degree, links) in sorted(best.items(), key=lambda kv: -kv[1][0]):
         if degree < 2:
             break
-        attack = _chain_attack(nfa, comps, links, reach)
+        attack = None
+        for variant in range(VARIANTS):
+            attack = _chain_attack(nfa, comps, links, reach, variant)
+            if attack is not None:
+                break
         if attack is not None:
             out.append(Ambiguity("polynomial", degree, attack))
             break
@@ -401,14 +437,19 @@ def _backward(nfa: Nfa, comp: list[int], reach: set[int]) -> set[int]:
 
 
 def _chain_attack(
-    nfa: Nfa, comps: list[list[int]], links: list[tuple[int, int, str]], reach: set[int]
+    nfa: Nfa,
+    comps: list[list[int]],
+    links: list[tuple[int, int, tuple[int, ...]]],
+    reach: set[int],
+    variant: int,
 ) -> Attack | None:
     prefix = _prefix(nfa, links[0][0], reach)
     if prefix is None:
         return None
-    from_loop = links[0][0] == nfa.loop
+    from_loop = links[0][0] in nfa.loops
     parts: list[tuple[str, str]] = []
-    for k, (_p, q, w) in enumerate(links):
+    for k, (_p, q, masks) in enumerate(links):
+        w = _concrete(nfa, masks, variant)
         connector = ""
         if k + 1 < len(links):
             nxt = links[k + 1][0]
@@ -418,27 +459,32 @@ def _chain_attack(
                 return None
             connector = found
         parts.append((w, connector))
-    # One pump for the whole chain when a single one serves every link: a^n, not a^n b^n.
-    pumps = {w for w, _ in parts}
-    if len(pumps) == 1 and all(not c for _, c in parts):
-        return _failing(nfa, prefix, ((parts[0][0], ""),), from_loop)
-    if len(pumps) > 1 and all(not c for _, c in parts[:-1]):
-        for w in sorted(pumps, key=len):
-            uniform = _failing(nfa, prefix, ((w, ""),), from_loop)
-            if uniform is not None and _pumps_every_link(nfa, links, w):
-                return uniform
+    # One pump for the whole chain when one word serves every link — one of the
+    # links' words, or all of them in a row ('Mozilla' + 'Mobile ' for
+    # Mozilla.*Mobile.*X under re.search: each repetition adds a start position
+    # *and* a split point): w^n, not w1^n w2^n.
+    words = [w for w, _ in parts]
+    if len(parts) > 1 and all(not c for _, c in parts[:-1]):
+        pairs_ = [(p, q) for p, q, _ in links]
+        for w in [*sorted(set(words), key=len), "".join(words)]:
+            if _pumps_every_link(nfa, pairs_, w):
+                uniform = _failing(nfa, prefix, ((w, ""),), from_loop)
+                if uniform is not None:
+                    return uniform
+    if len(set(words)) == 1 and all(not c for _, c in parts):
+        return _failing(nfa, prefix, ((words[0], ""),), from_loop)
     return _failing(nfa, prefix, tuple(parts), from_loop)
 
 
-def _pumps_every_link(nfa: Nfa, links: list[tuple[int, int, str]], w: str) -> bool:
-    """Does ``w`` loop on every state of the chain (so ``w^n`` alone is the pump)?"""
+def _pumps_every_link(nfa: Nfa, links: list[tuple[int, int]], w: str) -> bool:
+    """Does ``w`` loop on both ends of every link and lead from one to the other?"""
     pos = {ch: i for i, ch in enumerate(nfa.alphabet)}
 
-    def loops(state: int) -> bool:
+    def after(state: int) -> set[int]:
         current = {state}
         for ch in w:
             bit = 1 << pos[ch]
             current = {t for s in current for t in nfa.edges[s] if nfa.label(s, t) & bit}
-        return state in current
+        return current
 
-    return all(loops(p) and loops(q) for p, q, _ in links)
+    return all(p in (reach := after(p)) and q in reach and q in after(q) for p, q in links)

@@ -51,7 +51,7 @@ def check_modules(
     *,
     confirm: bool = True,
     parallel: int = 2,
-    deadline_s: float = 2.0,
+    deadline_s: float = 3.0,
 ) -> list[Issue]:
     issues: list[Issue] = []
     candidates: list[_Candidate] = []
@@ -89,9 +89,17 @@ def check_modules(
             for i, f in todo
             for c in [candidates[i]]
         ]
-        for (i, f), conf in zip(
-            todo, confirm_many(jobs, parallel=parallel, deadline_s=deadline_s), strict=True
-        ):
+        # The same pattern used twice the same way is timed once.
+        unique = list(dict.fromkeys(jobs))
+        timed = dict(
+            zip(
+                unique,
+                confirm_many(unique, parallel=parallel, deadline_s=deadline_s),
+                strict=True,
+            )
+        )
+        for (i, f), job in zip(todo, jobs, strict=True):
+            conf = timed[job]
             if i not in results or conf.confirmed:
                 results[i] = (f, conf)
     for i, c in enumerate(candidates):

@@ -29,6 +29,7 @@ does not count splits inside them. Each approximation is recorded in
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 import string
@@ -46,7 +47,7 @@ _CONSUMING = {C.LITERAL, C.NOT_LITERAL, C.ANY, C.IN}
 _REPEATS = {C.MAX_REPEAT, C.MIN_REPEAT, C.POSSESSIVE_REPEAT}
 
 # Zero-width conditions an ε-path can carry.
-BOS, EOS, EOL, MEOL = "bos", "eos", "eol", "meol"
+BOS, BOL, EOS, EOL, MEOL = "bos", "bol", "eos", "eol", "meol"
 
 
 class TooLarge(Exception):
@@ -64,6 +65,11 @@ class Nfa:
     notes: set[str] = field(default_factory=set)
     start: int = 0
     loop: int | None = None  # the implicit ``.*?`` of re.search, when modelled
+    loop_nl: int | None = None  # its twin that just skipped a newline (``(?m)^`` passes)
+
+    @property
+    def loops(self) -> tuple[int, ...]:
+        return tuple(s for s in (self.loop, self.loop_nl) if s is not None)
 
     def label(self, src: int, dst: int) -> int:
         _mult, restrict = self.edges[src][dst]
@@ -72,6 +78,16 @@ class Nfa:
 
     def chars(self, mask: int) -> list[str]:
         return [c for i, c in enumerate(self.alphabet) if mask >> i & 1]
+
+    @functools.cached_property
+    def popularity(self) -> list[int]:
+        """Per alphabet character: how many states accept it.
+
+        Attack strings prefer the least popular character of a class: it is the
+        least likely to let the rest of the pattern match (``[abc]+\\w+[ab]+a``
+        must be pumped with 'b', not 'a').
+        """
+        return [sum(m >> i & 1 for m in self.masks) for i in range(len(self.alphabet))]
 
 
 @dataclass
@@ -194,9 +210,10 @@ class _Builder:
             return EOS
         if code == C.AT_END:
             return MEOL if multiline else EOL
+        if code == C.AT_BEGINNING:  # multiline: at the start or after a newline
+            return BOL
         if code in (C.AT_BOUNDARY, C.AT_NON_BOUNDARY):
             self.notes.add(r"\b and \B are assumed to pass")
-        # multiline ^ (after any newline) is assumed to pass, as are boundaries.
         return None
 
     def repeat(self, op: Any, av: Any, flags: int) -> tuple[int, int]:
@@ -285,7 +302,7 @@ def _alphabet(tree: Any, isbytes: bool) -> list[str]:
 
 
 def _closure(
-    nodes: list[_Node], source: int, *, at_start: bool, nl_mask: int
+    nodes: list[_Node], source: int, *, at_start: bool, nl_mask: int, after_nl: bool = True
 ) -> tuple[dict[tuple[int, int], int], set[str]]:
     """Consuming nodes reachable from ``source`` by ε-paths: {(node, restrict): paths}.
 
@@ -322,6 +339,8 @@ def _closure(
         for target, tag, loop in node.eps:
             if tag == BOS and not at_start:
                 continue
+            if tag == BOL and not (at_start or after_nl):
+                continue  # (?m)^ where the previous character was not a newline
             if loop < 0 and -loop in entered:
                 continue  # an empty iteration
             now = entered | {loop} if loop > 0 else entered
@@ -368,15 +387,32 @@ def build(pattern: str | bytes, flags: int = 0, *, mode: str = "search") -> Nfa:
     nfa = Nfa(b.alphabet, masks, edges, final, atomic, b.notes)
     if mode == "search":
         # re.search tries every start position: an implicit lazy ``.*?`` in front.
-        loop = len(masks)
-        nfa.masks.append((1 << len(b.alphabet)) - 1)
-        nfa.atomic.append(False)
-        found, finals = _closure(b.nodes, start, at_start=False, nl_mask=nl_mask)
-        nfa.edges.append({index[node]: (c, r) for (node, r), c in found.items()})
-        nfa.edges[loop][loop] = (1, -1)
-        nfa.edges[0][loop] = (1, -1)
-        nfa.final.append(_final_kind(finals, mode))
-        nfa.loop = loop
+        # With (?m)^ in the pattern, the scan is two states — it just skipped a
+        # newline, or anything else — because only the first lets ^ pass.
+        multiline_bol = any(tag == BOL for n in b.nodes for _, tag, _ in n.eps)
+        everything = (1 << len(b.alphabet)) - 1
+        twins = (
+            [(everything & ~nl_mask, False), (nl_mask, True)]
+            if multiline_bol
+            else [(everything, True)]
+        )
+        first = len(nfa.masks)
+        for k, (mask, after_nl) in enumerate(twins):
+            nfa.masks.append(mask)
+            nfa.atomic.append(False)
+            found, finals = _closure(
+                b.nodes, start, at_start=False, nl_mask=nl_mask, after_nl=after_nl
+            )
+            nfa.edges.append({index[node]: (c, r) for (node, r), c in found.items()})
+            nfa.final.append(_final_kind(finals, mode))
+            if k == 0:
+                nfa.loop = first
+            else:
+                nfa.loop_nl = first + k
+        for a in nfa.loops:
+            nfa.edges[0][a] = (1, -1)
+            for c in nfa.loops:
+                nfa.edges[a][c] = (1, -1)
     return nfa
 
 

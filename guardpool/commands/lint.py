@@ -51,9 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--deadline",
         type=float,
-        default=2.0,
+        default=3.0,
         metavar="SECONDS",
-        help="time budget for confirming one finding (default 2)",
+        help="CPU-time budget for confirming one finding (default 3)",
     )
     parser.add_argument(
         "--jobs",
