@@ -9,9 +9,15 @@ A command module provides::
     def add_arguments(parser: argparse.ArgumentParser) -> None: ...
     def main(args: argparse.Namespace) -> int: ...
 
-Exit codes: 0 ok / allowed, 1 denied or something found, 2 bad input.
-User errors (``UsageError``, ``PolicyError``) print one clear line, never a
-traceback.
+Exit codes: 0 ok / allowed, 1 denied or something found, 2 bad input,
+70 a bug in guardpool.
+
+User errors print one line on stderr and exit 2, never a traceback: a bad
+command line (``UsageError``), a bad policy (``PolicyError``), a budget store
+or audit ledger that cannot be opened or reached, a file or socket the OS
+refuses, text that is not UTF-8. Anything else is a bug: the traceback is
+printed with a request to report it, and the exit code is 70 (EX_SOFTWARE),
+so that a script can tell "you did something wrong" from "guardpool did".
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ from collections.abc import Sequence
 EXIT_OK = 0
 EXIT_DENIED = 1
 EXIT_BAD_INPUT = 2
+EXIT_BUG = 70
+
+_REPORT = "this is a bug in guardpool; please report it with the traceback above"
 
 # name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -88,7 +97,33 @@ def _version() -> str:
     return f"guardpool {__version__}"
 
 
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "the user's input or environment is wrong", not a bug."""
+    from guardpool.audit.ledger import LedgerError
+    from guardpool.policy.errors import PolicyError
+    from guardpool.store.errors import StoreUnavailable
+
+    return (UsageError, PolicyError, StoreUnavailable, LedgerError, UnicodeError, OSError)
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a user error."""
+    if isinstance(exc, UnicodeError):
+        return f"text is not valid UTF-8 ({getattr(exc, 'reason', exc)})"
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    text = " ".join(str(exc).split())  # one line, whatever the message held
+    return text or type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # Output never fails on text it cannot encode (a non-UTF-8 terminal, a
+    # hostile label echoed back): it is escaped instead.
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     argv = list(sys.argv[1:] if argv is None else argv)
     top = build_parser()
     if not argv or argv[0] not in COMMANDS:
@@ -106,26 +141,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModuleNotFoundError as exc:
         hint = missing_extra_hint(name, exc)
         if hint is None:
-            raise
+            return _bug(name)
         print(f"guardpool {name}: error: {hint}", file=sys.stderr)
         return EXIT_BAD_INPUT
     parser = argparse.ArgumentParser(prog=f"guardpool {name}", description=help_text)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
-    from guardpool.policy.errors import PolicyError
-
+    user_errors = user_error_types()
     try:
         result: int = module.main(args)
     except ModuleNotFoundError as exc:
         hint = missing_extra_hint(name, exc)
         if hint is None:
-            raise
+            return _bug(name)
         print(f"guardpool {name}: error: {hint}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (UsageError, PolicyError) as exc:
-        print(f"guardpool {name}: error: {exc}", file=sys.stderr)
+    except user_errors as exc:
+        print(f"guardpool {name}: error: {describe(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except RecursionError:
+        print(f"guardpool {name}: error: input nested too deeply", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"guardpool {name}: interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        return _bug(name)
     return result
+
+
+def _bug(name: str) -> int:
+    """Print the exception being handled as a bug report; the exit code for a bug."""
+    import traceback
+
+    traceback.print_exc()
+    print(f"guardpool {name}: internal error: {_REPORT}", file=sys.stderr)
+    return EXIT_BUG

@@ -59,13 +59,27 @@ def test_matches_any_is_true_when_one_label_matches() -> None:
 @pytest.mark.parametrize(
     ("bad", "reason"),
     [
-        ("", "non-empty"),
-        ("op::x", "segment ''"),
-        ("op:c d", "segment 'c d'"),
-        ("op:cmd:", "segment ''"),
-        ("é:x", "segment 'é'"),
-        ("op/cmd", "segment 'op/cmd'"),
+        ("", "must not be empty"),
+        ("op::x", "empty segment (doubled ':')"),
+        (":op", "empty segment (leading ':')"),
+        ("op:cmd:", "empty segment (trailing ':')"),
+        ("op:c d", "whitespace (U+0020 SPACE) at position 4"),
+        # `$` in a regex matches before a final newline: the grammar is full-string
+        ("op:net:w\n", "whitespace (U+000A) at position 8"),
+        ("op:net:w\r", "whitespace (U+000D) at position 8"),
+        ("op:\tnet", "whitespace (U+0009) at position 3"),
+        ("op:net\x00", "control or invisible character (U+0000) at position 6"),
+        ("op:net\x1b[2J", "control or invisible character (U+001B) at position 6"),
+        ("op:n\u200bet", "control or invisible character (U+200B ZERO WIDTH SPACE)"),
+        ("op:net\u2028", "whitespace (U+2028 LINE SEPARATOR)"),
+        ("op:n\ud800", "control or invisible character (U+D800)"),
+        ("é:x", "segment 'é' has 'é' (U+00E9 LATIN SMALL LETTER E WITH ACUTE)"),
+        ("op:ｎet", "segment 'ｎet' has 'ｎ'"),
+        ("op:٣", "segment '٣' has '٣'"),
+        ("op/cmd", "segment 'op/cmd' has '/'"),
         ("x" * 513, "longer than 512"),
+        ("a:" * 32 + "a", "more than 32"),
+        ("op:" + "x" * 65, "longer than 64 characters"),
     ],
 )
 def test_bad_labels_and_patterns_are_refused_with_the_reason(bad: str, reason: str) -> None:
@@ -94,3 +108,36 @@ def test_deeper_then_more_literal_patterns_are_more_specific() -> None:
     assert specificity("exe:llm:*") == specificity("exe:llm")
     # an inner wildcard pins a depth, so it beats a shallower exact prefix
     assert specificity("exe:*:gpt-4o") > specificity("exe:llm")
+
+
+def test_a_trailing_newline_is_refused_where_a_dollar_anchor_would_pass() -> None:
+    # The bug this grammar fixes: re.match(r"^[...]+$", "w\n") matches, and the
+    # label then matched no pattern: no guard ran and no budget was charged.
+    import re
+
+    assert re.match(r"^[A-Za-z0-9_.\-]+$", "w\n") is not None
+    with pytest.raises(ValueError, match="U\\+000A"):
+        validate_label("op:net:w\n")
+    with pytest.raises(ValueError, match="U\\+000A"):
+        validate_pattern("op:net:w\n")
+
+
+def test_every_door_builds_an_operation_and_the_operation_checks_its_labels() -> None:
+    from guardpool.policy.model import Operation
+
+    assert Operation(labels="op:net:w").labels == ("op:net:w",)
+    with pytest.raises(ValueError, match=r"Operation\.labels\[1\]: bad label 'op:net:w\\n'"):
+        Operation(labels=("op:cmd", "op:net:w\n"))
+    with pytest.raises(ValueError, match="at least one label"):
+        Operation(labels=())
+    with pytest.raises(ValueError, match="must be a string, not int"):
+        Operation(labels=(1,))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at most 64 labels"):
+        Operation(labels=tuple(f"op:x{i}" for i in range(65)))
+
+
+def test_the_longest_legal_label_is_accepted() -> None:
+    longest = ":".join(["a" * 15] * 32)  # 32 segments, 511 characters
+    validate_label(longest)
+    validate_pattern(longest)
+    validate_label(":".join(["b" * 64] * 7))

@@ -91,3 +91,49 @@ def test_durations(text: str, ms: int) -> None:
 def test_bad_durations_are_refused(bad: object) -> None:
     with pytest.raises(ValueError, match="bad duration"):
         parse_duration_ms(bad)
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        ("1000000000.01", "largest amount"),
+        (10**9 + 1, "largest amount"),
+        (10**4000, "largest amount"),
+        (Decimal("1e999999"), "largest amount"),
+        (Decimal("9" * 100_000), "largest amount"),
+        (Decimal("1e-19"), "18 digits after the point"),
+        (Decimal("0." + "1" * 30), "18 digits after the point"),
+        ("0." + "1" * 19, "bad money"),
+        ("1" * 11, "bad money"),
+        ("9" * 990_000, "longer than 64 characters"),
+        ("$1\n$2", "bad money"),
+        ("١٢", "bad money"),  # Arabic-Indic digits: \d would accept them
+        (Decimal("Infinity"), "finite amount"),
+        (Decimal("-0.01"), "finite amount"),
+    ],
+)
+def test_money_is_bounded_before_any_arithmetic(bad: object, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        parse_money(bad)
+
+
+def test_the_largest_money_fits_the_amount_bound() -> None:
+    from guardpool.policy.bounds import MAX_AMOUNT, MAX_MONEY
+
+    assert to_micros(parse_money("$1000000000")) == MAX_AMOUNT
+    assert to_micros(parse_money(Decimal("0.000000000000000001"))) == 1
+    assert parse_money(MAX_MONEY) == MAX_MONEY
+    assert parse_money(Decimal("-0")) == 0
+
+
+def test_format_amount_shows_money_as_money() -> None:
+    from guardpool.policy.money import format_amount
+
+    assert format_amount("cost", 30_000) == "$0.03"
+    assert format_amount("tokens", 30_000) == "30000"
+
+
+@pytest.mark.parametrize("bad", ["401d", "99999999999999ms", "1" * 40 + "s"])
+def test_durations_are_bounded(bad: str) -> None:
+    with pytest.raises(ValueError, match="bad duration"):
+        parse_duration_ms(bad)

@@ -41,7 +41,11 @@ KEY = {"name": "k", "deny_regex": ["AKIA[0-9A-Z]{16}"]}
         ({"limits": {"exe:llm:*": {"calls": -1}}}, 'limits."exe:llm:*".calls', "must be >= 0"),
         ({"limits": {"exe llm": {"calls": 1}}}, 'limits."exe llm"', "bad label pattern"),
         ({"limits": {"x": {"calls": 1, "warn_at": 1.5}}}, 'limits."x".warn_at', "fraction"),
-        ({"limits": {"x": {"dimensions": {"Rows": 1}}}}, 'limits."x".dimensions', "snake_case"),
+        (
+            {"limits": {"x": {"dimensions": {"Rows": 1}}}},
+            'limits."x".dimensions.Rows',
+            "snake_case",
+        ),
         ({"prices": {"x": {}}}, 'prices."x"', "needs input_per_mtok"),
         ({"estimates": {"x": {"cost": "abc"}}}, 'estimates."x".cost', "bad money"),
         ({"guard": [KEY, KEY]}, "guard[1].name", "duplicate guard name"),
@@ -120,12 +124,20 @@ KEY = {"name": "k", "deny_regex": ["AKIA[0-9A-Z]{16}"]}
         ),
         ({"limits": {"x": {"calls": 1.5}}}, 'limits."x".calls', "got `float`"),
         ({"limits": {"x": {"dimensions": {"rows": -1}}}}, 'limits."x".dimensions.rows', ">= 0"),
-        ({"limits": {"x": {"dimensions": {"cost": 1}}}}, 'limits."x".dimensions', "not one of"),
+        (
+            {"limits": {"x": {"dimensions": {"cost": 1}}}},
+            'limits."x".dimensions.cost',
+            "not one of",
+        ),
         ({"prices": {"x": {"per_call": 0.01}}}, 'prices."x".per_call', "not a float"),
         ({"prices": {"x": {"input_per_mtok": "$-2"}}}, 'prices."x".input_per_mtok', "bad money"),
         ({"prices": {"a b": {"per_call": "$1"}}}, 'prices."a b"', "bad label pattern"),
         ({"estimates": {"x": {"tokens": -5}}}, 'estimates."x".tokens', "must be >= 0"),
-        ({"estimates": {"x": {"dimensions": {"Rows": 1}}}}, 'estimates."x".dimensions', "snake"),
+        (
+            {"estimates": {"x": {"dimensions": {"Rows": 1}}}},
+            'estimates."x".dimensions.Rows',
+            "snake",
+        ),
         ({"estimates": {"x": {"tokenz": 5}}}, 'estimates."x".tokenz', "unknown key 'tokenz'"),
         (
             {"guard": [{"name": "a", "call": "os:getcwd", "timeout_ms": 0}]},
@@ -193,7 +205,8 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(PolicyError) as err:
         load_policy(typo)
     assert str(err.value) == (
-        f'{typo}: limits."exe:llm:*".cost: bad money \'five dollars\': expected "$5.00" or "5.00"'
+        f'{typo}: limits."exe:llm:*".cost: bad money \'five dollars\': expected "$5.00" or "5.00" '
+        "(at most 10 digits before the point and 18 after)"
     )
 
 

@@ -115,6 +115,8 @@ def walk(
             event = decode_event(raw)
         except msgspec.DecodeError as exc:
             return bad(seq, f"event does not decode: {exc}")
+        except RecursionError:
+            return bad(seq, "event does not decode: nested too deeply")
         if event.kind != kind or event.run_id != run_id:
             return bad(seq, "kind/run_id columns disagree with the hashed event")
         if digest == expect_head:

@@ -93,7 +93,8 @@ def _payloads(events: Sequence[AuditEvent]) -> list[bytes]:
             raise ValueError(f"unknown audit event kind {ev.kind!r}")
     try:
         return [encode_event(ev) for ev in events]
-    except (TypeError, msgspec.EncodeError) as exc:
+    except (TypeError, ValueError, RecursionError, msgspec.EncodeError) as exc:
+        # ValueError: a lone surrogate in a reason; RecursionError: a detail nested too deeply.
         raise LedgerWriteError(f"audit event cannot be encoded: {exc}") from exc
 
 
@@ -308,11 +309,14 @@ class Ledger:
         for seq, ts, _kind, _run, payload, prev_hash, digest in self._rows(sql, params):
             try:
                 event = decode_event(payload)
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, RecursionError) as exc:
+                # msgspec encodes a few levels deeper than it decodes: such an event
+                # was written and cannot be read back; one line, not a traceback.
+                why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
                 raise LedgerError(
-                    f"audit ledger {self.path}: event {seq} is unreadable ({exc}); "
+                    f"audit ledger {self.path}: event {seq} is unreadable ({why}); "
                     "run `guardpool audit verify`"
-                ) from exc
+                ) from None
             yield StoredEvent(seq=seq, ts=ts, event=event, prev_hash=prev_hash, hash=digest)
 
     def verify(self, expect_head: str | None = None) -> VerifyReport:

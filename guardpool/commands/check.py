@@ -3,21 +3,25 @@
 Exit codes: 0 allowed (a warning included), 1 denied, 2 bad input. The input
 comes from ``--input TEXT`` or, with ``--input -``, from standard input read as
 bytes and decoded strictly as UTF-8: non-UTF-8 input is refused with exit 2,
-not silently mangled.
+not silently mangled. The same holds for every other argument: Python hands
+non-UTF-8 bytes in ``argv`` over as lone surrogates, which are refused here
+with the flag named.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from decimal import Decimal
 
 import msgspec
 
 from guardpool.cli import EXIT_DENIED, EXIT_OK, UsageError
+from guardpool.policy.bounds import check_amount
 from guardpool.policy.labels import validate_label
 from guardpool.policy.model import Decision, Operation, Usage
-from guardpool.policy.money import format_micros, parse_money
+from guardpool.policy.money import format_amount, parse_money
 from guardpool.runner.enforcer import Enforcer
 
 
@@ -37,9 +41,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--estimate-cost", default=None, metavar="MONEY", help='e.g. "$0.02"')
 
 
+def utf8_arg(flag: str, value: str) -> str:
+    """``value`` unless it carries bytes that were not UTF-8 on the command line."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = value[exc.start].encode("utf-8", "surrogateescape")
+        raise UsageError(f"{flag} is not UTF-8 (byte {bad!r} at character {exc.start})") from None
+    return value
+
+
 def read_input(value: str) -> str:
     if value != "-":
-        return value
+        return utf8_arg("--input", value)
     raw = sys.stdin.buffer.read()
     try:
         return raw.decode("utf-8")
@@ -54,9 +68,17 @@ def operation(args: argparse.Namespace) -> Operation:
         try:
             validate_label(label)
         except ValueError as exc:
+            raise UsageError(f"--label: {exc}") from None
+    for flag, value in (("--run", args.run), ("--principal", args.principal)):
+        if value is not None:
+            utf8_arg(flag, value)
+            if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value) or len(value) > 256:
+                raise UsageError(f"{flag} must be at most 256 printable characters")
+    if args.estimate_tokens is not None:
+        try:
+            check_amount(args.estimate_tokens, "--estimate-tokens")
+        except ValueError as exc:
             raise UsageError(str(exc)) from None
-    if args.estimate_tokens is not None and args.estimate_tokens < 0:
-        raise UsageError("--estimate-tokens must be >= 0")
     cost: Decimal | None = None
     if args.estimate_cost is not None:
         try:
@@ -69,6 +91,15 @@ def operation(args: argparse.Namespace) -> Operation:
     return Operation(labels=tuple(args.label), input=read_input(args.input), estimate=estimate)
 
 
+def to_json(d: Decision) -> str:
+    try:
+        return msgspec.json.encode(d).decode()
+    except UnicodeEncodeError:
+        # A guard's reason or a rewrite carried a lone surrogate: JSON can
+        # carry it as a \udXXX escape, which the stdlib encoder writes.
+        return json.dumps(msgspec.to_builtins(d))
+
+
 def render(d: Decision) -> str:
     lines = [f"{d.action.upper()}  decision {d.id}  run {d.run_id}"]
     lines += [f"  reason: {r}" for r in d.reasons]
@@ -77,7 +108,7 @@ def render(d: Decision) -> str:
     for s in d.limits:
 
         def fmt(x: int, dim: str = s.dimension) -> str:
-            return format_micros(x) if dim == "cost" else str(x)
+            return format_amount(dim, x)
 
         lines.append(
             f"  limit {s.pattern} {s.dimension}: used {fmt(s.used)}, reserved {fmt(s.reserved)}"
@@ -94,7 +125,7 @@ def main(args: argparse.Namespace) -> int:
             # A one-off check runs nothing: hand the reservation back.
             enforcer.release(decision)
     if args.json:
-        print(msgspec.json.encode(decision).decode())
+        print(to_json(decision))
     else:
         print(render(decision))
     return EXIT_OK if decision.allowed else EXIT_DENIED

@@ -3,6 +3,12 @@
 Binds 127.0.0.1 by default. A bearer token (``--token`` or ``GUARDPOOL_TOKEN``)
 is required unless ``--no-auth`` is given explicitly, or ``--unix PATH`` is used:
 the socket is created with mode 0600, so file permissions guard it.
+
+A connection that does not send its request headers within
+``--header-timeout`` seconds, or its body within ``--body-timeout`` seconds
+after the headers, gets a 408 and is closed (``guardpool.server.timeouts``).
+The listening socket is bound here, before the server starts, so that a port
+in use or a bad host is one line and exit 2 like every other user error.
 """
 
 from __future__ import annotations
@@ -27,6 +33,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", default=None, help="bearer token (or env GUARDPOOL_TOKEN)")
     parser.add_argument("--unix", default=None, metavar="PATH", help="listen on a Unix socket")
     parser.add_argument("--no-auth", action="store_true", help="serve without a token")
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="close a connection whose request headers take longer (default 10 s)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="close a connection whose request body takes longer (default 30 s)",
+    )
+
+
+def tcp_socket(host: str, port: int) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UsageError(f"--host {host}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
 
 
 def unix_socket(path: str) -> socket.socket:
@@ -53,6 +89,7 @@ def main(args: argparse.Namespace) -> int:
     import uvicorn
 
     from guardpool.server.app import build_app
+    from guardpool.server.timeouts import protocol
 
     token = args.token or os.environ.get("GUARDPOOL_TOKEN") or None
     if token is None and not args.no_auth and args.unix is None:
@@ -62,14 +99,27 @@ def main(args: argparse.Namespace) -> int:
         )
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port} is not a port")
-    enforcer = Enforcer.from_config(args.config)
+    for flag, value in (
+        ("--header-timeout", args.header_timeout),
+        ("--body-timeout", args.body_timeout),
+    ):
+        if not 0 < value <= 3600:  # also refuses nan
+            raise UsageError(f"{flag} must be between 0 and 3600 seconds, not {value}")
+    sock = unix_socket(args.unix) if args.unix else tcp_socket(args.host, args.port)
+    try:
+        enforcer = Enforcer.from_config(args.config)
+    except BaseException:
+        sock.close()
+        if args.unix:
+            Path(args.unix).unlink(missing_ok=True)
+        raise
     max_body = enforcer.policy.config.pool.max_input_bytes + _BODY_SLACK
     app = build_app(enforcer, token=token, max_body=max_body)
     config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
-        http="httptools",
+        http=protocol(args.header_timeout, args.body_timeout),
         access_log=False,
         log_level="warning",
         lifespan="on",
@@ -81,11 +131,7 @@ def main(args: argparse.Namespace) -> int:
     # clean exit is the truthful status.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_cleanly)
-    if args.unix:
-        sock = unix_socket(args.unix)
-        print(f"guardpool serve: listening on unix:{args.unix}", flush=True)
-        server.run(sockets=[sock])
-    else:
-        print(f"guardpool serve: listening on http://{args.host}:{args.port}", flush=True)
-        server.run()
+    where = f"unix:{args.unix}" if args.unix else f"http://{args.host}:{args.port}"
+    print(f"guardpool serve: listening on {where}", flush=True)
+    server.run(sockets=[sock])
     return 0

@@ -22,10 +22,11 @@ import msgspec
 from guardpool.policy.config import Config, EstimateSpec, LimitSpec, PriceSpec
 from guardpool.policy.errors import PolicyError
 from guardpool.policy.labels import validate_pattern
+from guardpool.policy.machine import check_paths
 from guardpool.policy.model import Usage
 from guardpool.policy.money import MICROS, parse_duration_ms, parse_money, to_micros
 from guardpool.policy.poolsettings import check_pool as check_pool_settings
-from guardpool.policy.source import pattern_key
+from guardpool.policy.source import pattern_key, toml_key
 
 _CORE_DIMENSIONS = ("calls", "tokens", "cost", "wall_ms")
 _MTOK = 1_000_000
@@ -87,7 +88,11 @@ class CompiledPrice(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def resolve_paths(config: Config, base_dir: Path) -> Config:
-    """Relative ``store.path`` and ``audit.path`` resolved against ``base_dir``."""
+    """Relative ``store.path`` and ``audit.path`` resolved against ``base_dir``.
+
+    The raw values are checked first: resolved, "" would become the directory.
+    """
+    check_paths(config)
 
     def resolve(p: str) -> str:
         return p if Path(p).is_absolute() else str(base_dir / p)
@@ -206,13 +211,14 @@ def _money_micros(value: str | int | None, key: str) -> int | None:
 
 def _check_dimensions(dimensions: dict[str, int], key: str) -> None:
     for name, value in dimensions.items():
-        if name in _CORE_DIMENSIONS or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        where = f"{key}.dimensions.{toml_key(name)}"
+        if name in _CORE_DIMENSIONS or not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", name):
             raise PolicyError(
-                f"custom dimension {name!r} must be lower_snake_case and not one of "
-                f"{', '.join(_CORE_DIMENSIONS)}",
-                key=f"{key}.dimensions",
+                f"custom dimension {name!r} must be lower_snake_case (at most 64 characters) "
+                f"and not one of {', '.join(_CORE_DIMENSIONS)}",
+                key=where,
             )
-        _positive(value, f"{key}.dimensions.{name}", zero_ok=True)
+        _positive(value, where, zero_ok=True)
 
 
 def compile_limit(pattern: str, spec: LimitSpec) -> CompiledLimit:

@@ -8,11 +8,29 @@ each error can name the key path it came from.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
+from guardpool.policy import bounds
+
 FailMode = Literal["deny", "allow"]
+
+# Upper bounds are part of the schema (msgspec refuses larger values while
+# decoding, naming the key); lower bounds and cross-field rules are the
+# loader's, whose messages say why. Every bound is explained in bounds.py.
+Workers = Annotated[int, msgspec.Meta(le=bounds.MAX_WORKERS)]
+JobMs = Annotated[int, msgspec.Meta(le=bounds.MAX_JOB_MS)]
+MemoryMb = Annotated[int, msgspec.Meta(le=bounds.MAX_MEMORY_MB)]
+JobsPerWorker = Annotated[int, msgspec.Meta(le=bounds.MAX_JOBS_PER_WORKER)]
+InputBytes = Annotated[int, msgspec.Meta(le=bounds.MAX_INPUT_BYTES)]
+RegexMem = Annotated[int, msgspec.Meta(le=bounds.MAX_REGEX_MEM)]
+StoreTimeoutMs = Annotated[int, msgspec.Meta(le=bounds.MAX_STORE_TIMEOUT_MS)]
+TtlMs = Annotated[int, msgspec.Meta(le=bounds.MAX_RESERVATION_TTL_MS)]
+# Limits and estimates: negative values get the loader's message.
+ConfigAmount = Annotated[int, msgspec.Meta(le=bounds.MAX_AMOUNT)]
+# Names are checked by the loader (its message says what a name may be).
+Dimensions = Annotated[dict[str, ConfigAmount], msgspec.Meta(max_length=64)]
 
 
 class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -22,13 +40,13 @@ class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class PoolConfig(_Section):
     """``[pool]``: the one place its defaults live; ``policy/poolsettings.py`` checks them."""
 
-    workers: int | None = None
-    job_timeout_ms: int = 1000
-    job_cpu_ms: int = 1000
-    memory_mb: int = 256
-    max_rss_mb: int | None = None
-    max_jobs_per_worker: int = 10_000
-    max_input_bytes: int = 1_048_576
+    workers: Workers | None = None
+    job_timeout_ms: JobMs = 1000
+    job_cpu_ms: JobMs = 1000
+    memory_mb: MemoryMb = 256
+    max_rss_mb: MemoryMb | None = None
+    max_jobs_per_worker: JobsPerWorker = 10_000
+    max_input_bytes: InputBytes = 1_048_576
     preload: list[str] = msgspec.field(default_factory=list)
     hardening: Literal["standard", "strict"] = "standard"
     user: str | int | None = None  # started as root, workers drop to this (default: nobody)
@@ -36,10 +54,10 @@ class PoolConfig(_Section):
 
 
 class GuardDefaults(_Section):
-    timeout_ms: int = 1000
+    timeout_ms: JobMs = 1000
     on_timeout: FailMode = "deny"
     on_error: FailMode = "deny"
-    regex_max_mem: int = 8 << 20
+    regex_max_mem: RegexMem = 8 << 20
 
 
 class GuardSpec(_Section):
@@ -50,18 +68,18 @@ class GuardSpec(_Section):
     require_regex: list[str] = msgspec.field(default_factory=list)
     call: str | None = None
     reason: str = ""
-    timeout_ms: int | None = None
+    timeout_ms: JobMs | None = None
     on_timeout: FailMode | None = None
     on_error: FailMode | None = None
     privileged: bool = False
 
 
 class LimitSpec(_Section):
-    calls: int | None = None
-    tokens: int | None = None
+    calls: ConfigAmount | None = None
+    tokens: ConfigAmount | None = None
     cost: str | int | None = None
-    wall_ms: int | None = None
-    dimensions: dict[str, int] = msgspec.field(default_factory=dict)
+    wall_ms: ConfigAmount | None = None
+    dimensions: Dimensions = msgspec.field(default_factory=dict)
     window: str = "run"
     scope: Literal["run", "principal", "global"] = "run"
     enforcement: Literal["fail-fast", "post-hoc"] = "fail-fast"
@@ -77,12 +95,12 @@ class PriceSpec(_Section):
 
 
 class EstimateSpec(_Section):
-    tokens: int | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
+    tokens: ConfigAmount | None = None
+    input_tokens: ConfigAmount | None = None
+    output_tokens: ConfigAmount | None = None
     cost: str | int | None = None
-    wall_ms: int | None = None
-    dimensions: dict[str, int] = msgspec.field(default_factory=dict)
+    wall_ms: ConfigAmount | None = None
+    dimensions: Dimensions = msgspec.field(default_factory=dict)
 
 
 class StoreConfig(_Section):
@@ -90,9 +108,9 @@ class StoreConfig(_Section):
     path: str = "guardpool.db"
     url: str | None = None
     key_prefix: str = "guardpool"
-    connect_timeout_ms: int = 250
-    op_timeout_ms: int = 250
-    reservation_ttl_ms: int = 60_000
+    connect_timeout_ms: StoreTimeoutMs = 250
+    op_timeout_ms: StoreTimeoutMs = 250
+    reservation_ttl_ms: TtlMs = 60_000
 
 
 class AuditConfig(_Section):

@@ -9,14 +9,26 @@ micro-units; ``LimitStatus`` values for the ``cost`` dimension are micro-units
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
+from guardpool.policy.bounds import MAX_AMOUNT, check_amount
+from guardpool.policy.labels import validate_labels
 from guardpool.policy.money import parse_money
 
 Action = Literal["allow", "deny", "ask", "warn"]
 Outcome = Literal["allow", "deny", "ask", "warn", "timeout", "error"]
+
+#: An amount of any dimension; the bound is enforced when decoding (HTTP,
+#: config) and again in ``__post_init__`` for objects built in Python.
+Amount = Annotated[int, msgspec.Meta(ge=0, le=MAX_AMOUNT)]
+#: A custom dimension's name, as ``[limits]`` declares it.
+# \Z, not $: msgspec searches with Python's re, where $ also matches before a
+# final newline.
+DimensionName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}\Z")]
+#: Custom dimensions per usage: more than any policy declares.
+MAX_EXTRA = 64
 
 
 class Usage(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -25,27 +37,41 @@ class Usage(msgspec.Struct, kw_only=True, omit_defaults=True):
     ``tokens`` is the total; hosts that know the split give ``input_tokens`` and
     ``output_tokens`` too (prices apply per side). ``extra`` holds custom named
     dimensions (integers) declared in ``[limits]``.
+
+    Every integer is in ``[0, MAX_AMOUNT]`` (10^15) and ``cost`` at most
+    ``MAX_MONEY`` ($10^9): beyond that a ValueError (a 422 over HTTP), never a
+    counter that wraps (see ``guardpool.policy.bounds``).
     """
 
-    tokens: int | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
+    tokens: Amount | None = None
+    input_tokens: Amount | None = None
+    output_tokens: Amount | None = None
     cost: Decimal | None = None
-    wall_ms: int | None = None
-    extra: dict[str, int] = msgspec.field(default_factory=dict)
+    wall_ms: Amount | None = None
+    extra: Annotated[dict[DimensionName, Amount], msgspec.Meta(max_length=MAX_EXTRA)] = (
+        msgspec.field(default_factory=dict)
+    )
 
     def __post_init__(self) -> None:
         if self.cost is not None:
-            self.cost = parse_money(self.cost)
+            try:
+                self.cost = parse_money(self.cost)
+            except ValueError as exc:
+                raise ValueError(f"Usage.cost: {exc}") from None
         for name in ("tokens", "input_tokens", "output_tokens", "wall_ms"):
             v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-                raise ValueError(f"Usage.{name} must be an integer >= 0, not {v!r}")
+            if v is not None:
+                check_amount(v, f"Usage.{name}")
         if self.tokens is None and self.input_tokens is not None and self.output_tokens is not None:
-            self.tokens = self.input_tokens + self.output_tokens
+            self.tokens = check_amount(
+                self.input_tokens + self.output_tokens, "Usage.input_tokens + output_tokens"
+            )
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"Usage.extra must be a dict, not {type(self.extra).__name__}")
+        if len(self.extra) > MAX_EXTRA:
+            raise ValueError(f"Usage.extra has more than {MAX_EXTRA} dimensions")
         for k, v in self.extra.items():
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"Usage.extra[{k!r}] must be an integer >= 0, not {v!r}")
+            check_amount(v, f"Usage.extra[{k!r}]")
 
 
 class Operation(msgspec.Struct, kw_only=True):
@@ -60,10 +86,12 @@ class Operation(msgspec.Struct, kw_only=True):
     estimate: Usage | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.labels, str):
-            self.labels = (self.labels,)
-        if not self.labels:
-            raise ValueError("Operation.labels must name at least one label")
+        # Every door (API, HTTP, CLI, hook) builds an Operation: the label
+        # grammar is enforced here once, with full-string matching.
+        try:
+            self.labels = validate_labels(self.labels)
+        except ValueError as exc:
+            raise ValueError(f"Operation.{exc}") from None
 
 
 class GuardVerdict(msgspec.Struct, frozen=True, kw_only=True):

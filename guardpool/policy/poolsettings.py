@@ -13,6 +13,7 @@ import os
 import pwd
 import re
 
+from guardpool.policy import bounds
 from guardpool.policy.config import PoolConfig
 from guardpool.policy.errors import PolicyError
 
@@ -27,6 +28,18 @@ _POSITIVE = (
     "max_input_bytes",
     "pids_max",
 )
+# Upper bounds (bounds.py says why). The config schema refuses larger values
+# while decoding; these hold for pools built from keyword arguments too.
+_AT_MOST = {
+    "workers": bounds.MAX_WORKERS,
+    "job_timeout_ms": bounds.MAX_JOB_MS,
+    "job_cpu_ms": bounds.MAX_JOB_MS,
+    "memory_mb": bounds.MAX_MEMORY_MB,
+    "max_rss_mb": bounds.MAX_MEMORY_MB,
+    "max_jobs_per_worker": bounds.MAX_JOBS_PER_WORKER,
+    "max_input_bytes": bounds.MAX_INPUT_BYTES,
+    "pids_max": bounds.MAX_PIDS,
+}
 DEFAULT_USER = "nobody"
 NOBODY_ID = 65534  # nobody/nogroup on Linux when the account database has no entry
 
@@ -41,6 +54,24 @@ def check_pool(pool: PoolConfig, *, machine: str | None = None) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise PolicyError(f"must be > 0, not {value!r}", key=f"pool.{field}")
+        if value > _AT_MOST[field]:
+            raise PolicyError(
+                f"must be at most {_AT_MOST[field]:_} (see docs/limits-and-inputs.md)",
+                key=f"pool.{field}",
+            )
+    if pool.memory_mb < bounds.MIN_MEMORY_MB:
+        raise PolicyError(
+            f"must be at least {bounds.MIN_MEMORY_MB} (MiB of address space per worker): a "
+            "guard worker needs about 22 MiB to start, more with its guard modules; "
+            f"{pool.memory_mb} would kill every worker before its first job",
+            key="pool.memory_mb",
+        )
+    if pool.max_rss_mb is not None and pool.max_rss_mb > pool.memory_mb:
+        raise PolicyError(
+            f"max_rss_mb ({pool.max_rss_mb}) is above memory_mb ({pool.memory_mb}): a worker "
+            "hits its memory limit before it could be recycled; set it at or below memory_mb",
+            key="pool.max_rss_mb",
+        )
     for i, module in enumerate(pool.preload):
         if not isinstance(module, str) or not _MODULE.fullmatch(module):
             raise PolicyError(f"{module!r} is not a module name", key=f"pool.preload[{i}]")

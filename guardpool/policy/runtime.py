@@ -30,6 +30,7 @@ from guardpool.policy.compile import (
 from guardpool.policy.config import Config
 from guardpool.policy.guards import CompiledGuard, compile_guards
 from guardpool.policy.labels import match, matches_any, specificity, validate_label
+from guardpool.policy.machine import check_machine
 from guardpool.policy.model import Usage
 
 # Distinct label tuples remembered; labels come from hosts, so the cache is bounded.
@@ -79,6 +80,7 @@ class Policy:
         self._estimates = {p: compile_estimate(p, e) for p, e in config.estimates.items()}
         self._prices = {p: compile_price(p, spec) for p, spec in config.prices.items()}
         check_pool(config)
+        check_machine(config, self.import_path)
         self._matches: dict[tuple[str, ...], PolicyMatch] = {}
         self._lock = threading.Lock()
 

@@ -22,6 +22,7 @@ import math
 
 import msgspec
 
+from guardpool.policy.bounds import MAX_AMOUNT
 from guardpool.policy.compile import CompiledLimit, CompiledPrice
 from guardpool.policy.model import LimitStatus, Usage
 from guardpool.policy.money import format_micros, to_micros
@@ -63,7 +64,10 @@ def usage_amounts(usage: Usage | None, price: CompiledPrice | None) -> dict[str,
     elif price is not None:
         priced = price.cost_micros(usage)
         if priced is not None:
-            amounts["cost"] = priced
+            # 10^15 tokens at $10^9 per million is 10^24 micro-units: past any
+            # limit, so charging the bound instead changes no decision and keeps
+            # the store's bound (MAX_AMOUNT) from refusing the charge.
+            amounts["cost"] = min(priced, MAX_AMOUNT)
     if usage.wall_ms is not None:
         amounts["wall_ms"] = usage.wall_ms
     amounts.update(usage.extra)

@@ -1,20 +1,29 @@
 """The HTTP sidecar: the Python API over JSON, for hosts in any language.
 
-    client ──HTTP──► auth (bearer, constant time) ──► bounded body read (413)
-                     ──► msgspec decode (400 malformed / 422 schema)
+    client ──HTTP──► read timeouts (timeouts.py: 408 and close when stalled)
+                     ──► auth (bearer, constant time) ──► bounded body read (413)
+                     ──► msgspec decode, in a thread when large (400 malformed / 422 schema)
+                     ──► labels, ids, numbers, money bounded (422 naming the field)
                      ──► run.acheck / asettle / arelease ──► Decision JSON
+                         (unknown decision id: 404; a denied one: 409)
 
 Every route but ``/healthz`` needs the bearer token unless the server was
 started with ``--no-auth`` (or on a Unix socket, where file permissions guard
 access). Bodies are read with a cap, so an oversized request costs at most the
-cap in memory. The Enforcer is started and closed by the app's lifespan, so
-SIGTERM lets in-flight checks finish, then stops the pool and the ledger.
+cap in memory. Every answer is JSON, errors included (``ErrorBody``: error,
+detail, field): a client error is a 4xx naming the field, and a 500 means a
+bug in guardpool, logged with its traceback. The Enforcer is started and
+closed by the app's lifespan, so SIGTERM lets in-flight checks finish, then
+stops the pool and the ledger.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
+import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
@@ -22,7 +31,7 @@ from typing import Any, TypeVar
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -38,20 +47,43 @@ from guardpool.server.bodies import (
     RunReport,
     SettleRequest,
 )
+from guardpool.server.decisions import DecisionBook
 from guardpool.server.hooks import routes as hook_routes
 from guardpool.server.metrics import Metrics
 from guardpool.server.openapi import render as render_openapi
 
 T = TypeVar("T")
 
+log = logging.getLogger("guardpool.server")
+
 _JSON = "application/json"
 _encode = msgspec.json.Encoder().encode
+# Bodies larger than this are decoded in a worker thread: decoding ~1 MB of
+# JSON (or a long digit string into a Decimal) takes milliseconds that every
+# other connection would otherwise wait for.
+_DECODE_INLINE_MAX = 64 * 1024
+_POST_INIT = re.compile(r"^Usage\.(\w+)")
+_AT = re.compile(r"^(?P<reason>.*) - at `(?P<field>[^`]*)`(?: in `(?P<outer>[^`]*)`)?$", re.S)
 
 
 class HTTPError(Exception):
-    def __init__(self, status: int, error: str, detail: str = "") -> None:
+    def __init__(self, status: int, error: str, detail: str = "", field: str = "") -> None:
         self.status = status
-        self.body = ErrorBody(error=error, detail=detail)
+        self.body = ErrorBody(error=error, detail=detail, field=field)
+
+
+def _invalid(exc: Exception) -> HTTPError:
+    """A 422 from msgspec's ``reason - at `$.path``` (or a plain ValueError)."""
+    m = _AT.match(str(exc))
+    if m is None:
+        return HTTPError(422, "invalid body", str(exc))
+    field, reason = m.group("field"), m.group("reason")
+    if m.group("outer"):  # "- at `key` in `$.usage.extra`": a bad key of that object
+        field, reason = m.group("outer"), f"{reason} (in a key)"
+    inner = _POST_INIT.match(reason)
+    if inner is not None:  # Usage.__post_init__ names its own field: `$.estimate` + `.cost`
+        field += f".{inner.group(1)}"
+    return HTTPError(422, "invalid body", f"{reason} - at `{field}`", field)
 
 
 def _json(value: Any, status: int = 200) -> Response:
@@ -67,6 +99,7 @@ class Sidecar:
         self.max_body = max_body
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry, enforcer)
+        self.decisions = DecisionBook(enforcer.ledger)
         self.openapi = render_openapi()
 
     # -- plumbing
@@ -87,36 +120,32 @@ class Sidecar:
             raise HTTPError(413, "body too large", f"{length} bytes > {self.max_body}")
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body:
-                raise HTTPError(413, "body too large", f"more than {self.max_body} bytes")
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self.max_body:
+                    raise HTTPError(413, "body too large", f"more than {self.max_body} bytes")
+                chunks.append(chunk)
+        except ClientDisconnect:
+            # The client went away (or the body timeout closed it): nobody reads this.
+            raise HTTPError(400, "incomplete body", "the client disconnected") from None
         raw = b"".join(chunks)
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise HTTPError(400, "body is not UTF-8", f"byte {exc.start}") from None
-        try:
-            return msgspec.json.decode(raw, type=kind)
-        except msgspec.ValidationError as exc:
-            raise HTTPError(422, "invalid body", str(exc)) from None
-        except msgspec.DecodeError as exc:
-            raise HTTPError(400, "malformed JSON", str(exc)) from None
+        if len(raw) > _DECODE_INLINE_MAX:
+            return await asyncio.to_thread(_decode, raw, kind)
+        return _decode(raw, kind)
 
     # -- routes
 
     async def check(self, request: Request) -> Response:
         self.authorise(request)
         req = await self.body(request, CheckRequest)
-        for i, label in enumerate(req.labels):
-            try:
-                validate_label(label)
-            except ValueError as exc:
-                raise HTTPError(422, "invalid body", f"{exc} - at `$.labels[{i}]`") from None
         if not req.labels:
-            raise HTTPError(422, "invalid body", "labels must name at least one label")
-        op = Operation(labels=tuple(req.labels), input=req.input, estimate=req.estimate)
+            raise HTTPError(422, "invalid body", "labels must name at least one label", "$.labels")
+        _check_labels(req.labels)
+        try:
+            op = Operation(labels=tuple(req.labels), input=req.input, estimate=req.estimate)
+        except ValueError as exc:  # pragma: no cover - every field was checked above
+            raise _invalid(exc) from None
         start = time.perf_counter()
         run = self.enforcer.run(req.run_id, req.principal)
         if self.local_store and not any(
@@ -128,27 +157,52 @@ class Sidecar:
         else:
             # May wait for a worker, or for a remote store up to its timeout.
             decision = await run.acheck(op)
+        self.decisions.record(decision)
         self.metrics.observe_check(decision, time.perf_counter() - start)
         return _json(decision)
+
+    async def known(self, run_id: str, decision_id: str) -> None:
+        """404 unless this run was given this decision; 409 when it was a denial."""
+        allowed = await _in_thread(self.decisions.lookup, run_id, decision_id)
+        if allowed is None:
+            raise HTTPError(
+                404,
+                "unknown decision",
+                f"no decision {decision_id!r} was issued to run {run_id!r}",
+                "$.decision_id",
+            )
+        if not allowed:
+            raise HTTPError(
+                409,
+                "decision was denied",
+                f"decision {decision_id!r} denied the operation: there is nothing to settle",
+                "$.decision_id",
+            )
 
     async def settle(self, request: Request) -> Response:
         self.authorise(request)
         req = await self.body(request, SettleRequest)
-        decision: Decision = await _in_thread(
-            self.enforcer.settle,
-            req.decision_id,
-            req.usage,
-            req.output,
-            run_id=req.run_id,
-            principal=req.principal,
-            labels=tuple(req.labels),
-        )
+        _check_labels(req.labels)
+        await self.known(req.run_id, req.decision_id)
+        try:
+            decision: Decision = await _in_thread(
+                self.enforcer.settle,
+                req.decision_id,
+                req.usage,
+                req.output,
+                run_id=req.run_id,
+                principal=req.principal,
+                labels=tuple(req.labels),
+            )
+        except ValueError as exc:  # a store refusing an amount it cannot hold
+            raise HTTPError(422, "invalid body", str(exc), "$.usage") from None
         self.metrics.observe_settle(req.usage)
         return _json(decision)
 
     async def release(self, request: Request) -> Response:
         self.authorise(request)
         req = await self.body(request, ReleaseRequest)
+        await self.known(req.run_id, req.decision_id)
         released = await self.enforcer.run(req.run_id).arelease(req.decision_id)
         return _json(ReleaseResponse(released=released))
 
@@ -156,6 +210,9 @@ class Sidecar:
         self.authorise(request)
         run_id = request.path_params["run_id"]
         principal = request.query_params.get("principal", "")
+        for name, value in (("run_id", run_id), ("principal", principal)):
+            if len(value) > 256 or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+                raise HTTPError(422, f"invalid {name}", "at most 256 printable characters", name)
         limits = await _in_thread(self.enforcer.usage, run_id, principal)
         summary = await _in_thread(self.enforcer.ledger.summary, run_id)
         return _json(
@@ -174,10 +231,39 @@ class Sidecar:
         return Response(self.openapi, media_type=_JSON)
 
 
-async def _in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    import asyncio
+def _decode(raw: bytes, kind: type[T]) -> T:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HTTPError(400, "body is not UTF-8", f"byte {exc.start}") from None
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as exc:
+        raise _invalid(exc) from None
+    except msgspec.DecodeError as exc:
+        raise HTTPError(400, "malformed JSON", str(exc)) from None
+    except RecursionError:
+        raise HTTPError(400, "malformed JSON", "nested too deeply") from None
 
+
+def _check_labels(labels: list[str]) -> None:
+    for i, label in enumerate(labels):
+        try:
+            validate_label(label)
+        except ValueError as exc:
+            raise HTTPError(
+                422, "invalid body", f"{exc} - at `$.labels[{i}]`", f"$.labels[{i}]"
+            ) from None
+
+
+async def _in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
     return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+_INTERNAL = ErrorBody(
+    error="internal error",
+    detail="a bug in guardpool (the server log has the traceback); please report it",
+)
 
 
 def build_app(enforcer: Enforcer, *, token: str | None, max_body: int) -> Starlette:
@@ -190,6 +276,9 @@ def build_app(enforcer: Enforcer, *, token: str | None, max_body: int) -> Starle
                 return response
             except HTTPError as exc:
                 return _json(exc.body, exc.status)
+            except Exception:
+                log.exception("guardpool serve: %s %s failed", request.method, request.url.path)
+                return _json(_INTERNAL, 500)
 
         return endpoint
 
@@ -208,6 +297,10 @@ def build_app(enforcer: Enforcer, *, token: str | None, max_body: int) -> Starle
     async def not_allowed(request: Request, exc: Exception) -> Response:
         return _json(ErrorBody(error="method not allowed", detail=request.method), 405)
 
+    async def internal(request: Request, exc: Exception) -> Response:
+        log.error("guardpool serve: %s %s failed", request.method, request.url.path, exc_info=exc)
+        return _json(_INTERNAL, 500)
+
     return Starlette(
         routes=[
             Route("/v1/check", guarded(sidecar.check), methods=["POST"]),
@@ -219,6 +312,6 @@ def build_app(enforcer: Enforcer, *, token: str | None, max_body: int) -> Starle
             Route("/openapi.json", sidecar.openapi_route, methods=["GET"]),
             *hook_routes(sidecar),
         ],
-        exception_handlers={404: not_found, 405: not_allowed},
+        exception_handlers={404: not_found, 405: not_allowed, Exception: internal},
         lifespan=lifespan,
     )

@@ -2,34 +2,44 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 from guardpool.audit.events import Summary
+from guardpool.policy.bounds import MAX_ID_CHARS
+from guardpool.policy.labels import MAX_LABEL_CHARS, MAX_LABELS
 from guardpool.policy.model import Decision, LimitStatus, Usage
+
+# Ids and principals: printable, bounded. \Z, not $ (which also matches
+# before a final newline in Python's re, which msgspec uses).
+Id = Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS, pattern=r"^[^\x00-\x1f\x7f]*\Z")]
+# The grammar itself is checked label by label (its reasons are precise);
+# the schema only bounds the sizes.
+Label = Annotated[str, msgspec.Meta(max_length=MAX_LABEL_CHARS)]
+Labels = Annotated[list[Label], msgspec.Meta(max_length=MAX_LABELS)]
 
 
 class CheckRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    labels: list[str]
+    labels: Labels
     input: Any = ""
     estimate: Usage | None = None
-    run_id: str | None = None
-    principal: str = ""
+    run_id: Id | None = None
+    principal: Id = ""
 
 
 class SettleRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    run_id: str
-    decision_id: str
+    run_id: Id
+    decision_id: Id
     usage: Usage = msgspec.field(default_factory=Usage)
     output: Any = None
-    labels: list[str] = msgspec.field(default_factory=list)
-    principal: str = ""
+    labels: Labels = msgspec.field(default_factory=list)
+    principal: Id = ""
 
 
 class ReleaseRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    run_id: str
-    decision_id: str
+    run_id: Id
+    decision_id: Id
 
 
 class ReleaseResponse(msgspec.Struct, kw_only=True):
@@ -43,9 +53,12 @@ class RunReport(msgspec.Struct, kw_only=True):
     audit: Summary
 
 
-class ErrorBody(msgspec.Struct, kw_only=True):
+class ErrorBody(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Every 4xx/5xx answer. ``field`` is the JSON path of the bad value (``$.usage.tokens``)."""
+
     error: str
     detail: str = ""
+    field: str = ""
 
 
 class Health(msgspec.Struct, kw_only=True):

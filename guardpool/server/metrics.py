@@ -1,14 +1,21 @@
-"""Prometheus metrics of the sidecar, in the app's own registry."""
+"""Prometheus metrics of the sidecar, in the app's own registry.
+
+Counts that only grow are counters (``_total``), levels are gauges: a
+Prometheus ``rate()`` over a gauge that is really a count gives nonsense, and
+a counter is what ``rate()`` handles correctly across restarts. The pool's
+killed/crashed counts are counters; workers, busy and queued are gauges.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from guardpool.policy.model import Decision, Usage
+from guardpool.policy.money import to_micros
 from guardpool.runner.enforcer import Enforcer
 
 
@@ -31,7 +38,7 @@ class _PoolCollector(Collector):
     def __init__(self, enforcer: Enforcer) -> None:
         self.enforcer = enforcer
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         pool = self.enforcer.pool
         if pool is None:
             return
@@ -40,14 +47,22 @@ class _PoolCollector(Collector):
             ("guardpool_pool_workers", stats.workers, "live guard workers"),
             ("guardpool_pool_busy", stats.busy, "workers running a guard job"),
             ("guardpool_pool_queued", stats.queued, "guard jobs waiting for a worker"),
+        ):
+            yield GaugeMetricFamily(name, doc, value=value)
+        for name, value, doc in (
             ("guardpool_pool_killed", stats.killed, "workers killed at a deadline"),
             ("guardpool_pool_crashed", stats.crashed, "workers that crashed"),
         ):
-            yield GaugeMetricFamily(name, doc, value=value)
+            # Exposed as guardpool_pool_killed_total etc.
+            yield CounterMetricFamily(name, doc, value=value)
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry, enforcer: Enforcer) -> None:
+        # prometheus_client also exposes every counter's creation time as a
+        # separate `_created` *gauge* series; scrapers then see a gauge per
+        # counter. Off: each count is exactly one counter.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.checks = Counter("guardpool_checks", "checks by action", ["action"], registry=registry)
         self.denials = Counter(
             "guardpool_denials", "denials by reason kind", ["reason"], registry=registry
@@ -82,4 +97,4 @@ class Metrics:
         if usage.tokens is not None:
             self.usage.labels("tokens").inc(usage.tokens)
         if usage.cost is not None:
-            self.usage.labels("cost").inc(int(usage.cost * 1_000_000))
+            self.usage.labels("cost").inc(to_micros(usage.cost))

@@ -18,17 +18,31 @@ def _ref(name: str) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
 
 
-def _op(summary: str, request: str | None, response: str) -> dict[str, Any]:
+def _op(summary: str, request: str | None, response: str, *, by_id: bool = False) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
         "responses": {
             "200": {"description": "ok", **_ref(response)},
             "400": {"description": "malformed JSON or not UTF-8", **_ref("ErrorBody")},
             "401": {"description": "missing or wrong bearer token", **_ref("ErrorBody")},
+            "408": {"description": "headers or body not received in time", **_ref("ErrorBody")},
             "413": {"description": "body too large", **_ref("ErrorBody")},
-            "422": {"description": "the body does not match the schema", **_ref("ErrorBody")},
+            "422": {
+                "description": "a value is out of its schema or bounds (`field` names it)",
+                **_ref("ErrorBody"),
+            },
+            "500": {"description": "a bug in guardpool", **_ref("ErrorBody")},
         },
     }
+    if by_id:
+        op["responses"]["404"] = {
+            "description": "no such decision was issued to this run",
+            **_ref("ErrorBody"),
+        }
+        op["responses"]["409"] = {
+            "description": "the decision denied the operation: nothing to settle",
+            **_ref("ErrorBody"),
+        }
     if request:
         op["requestBody"] = {"required": True, **_ref(request)}
     return op
@@ -55,10 +69,13 @@ def document() -> dict[str, Any]:
                     "settle a decision with the actual usage (and output)",
                     "SettleRequest",
                     "Decision",
+                    by_id=True,
                 )
             },
             "/v1/release": {
-                "post": _op("return an unused reservation", "ReleaseRequest", "ReleaseResponse")
+                "post": _op(
+                    "return an unused reservation", "ReleaseRequest", "ReleaseResponse", by_id=True
+                )
             },
             "/v1/runs/{run_id}": {
                 "get": {

@@ -13,6 +13,17 @@ this one protocol and passes one conformance suite
 Time: a store reads "now" from a ``Clock`` it is given (milliseconds), so tests
 move time forward instead of sleeping. The default is the wall clock, which
 processes sharing a file agree on; Redis without a clock uses the server's.
+
+Numbers (``guardpool.policy.bounds``): every store refuses, with a
+``ValueError`` and before touching anything, an amount, headroom or limit
+outside ``[0, MAX_AMOUNT]`` (10^15). A counter never passes ``COUNTER_CAP``
+(2^52): a reservation that would take ``used + reserved`` past it is refused
+(whatever ``check`` says), and a charge that would take ``used`` past it is
+clamped to it (``capped_charge``), which only ever happens to a counter far
+over any limit. So SQLite never overflows its 64-bit integers (the settle used
+to raise ``OverflowError`` and be lost) and Redis's Lua doubles never lose
+exactness or wrap (``tokens = 2**63`` used to wrap a counter to -2^63 and
+make the budget unlimited).
 """
 
 from __future__ import annotations
@@ -22,6 +33,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import msgspec
+
+from guardpool.policy.bounds import COUNTER_CAP, MAX_AMOUNT
 
 # Milliseconds since some fixed origin; only differences matter to a store.
 Clock = Callable[[], int]
@@ -108,7 +121,38 @@ def refuses(item: ReserveItem, used: int, reserved: int) -> bool:
     """The grant rule for one item, written once (``lua/common.lua`` has its Lua twin).
 
     ``used + reserved < limit`` makes a counter that stands at its limit refuse
-    the next operation even when that operation carries no estimate.
+    the next operation even when that operation carries no estimate. Past
+    ``COUNTER_CAP`` every item refuses, checked or not: a counter that cannot
+    hold the reservation must not wrap.
     """
     total = used + reserved
+    if total + item.amount > COUNTER_CAP:
+        return True
     return item.check and (total >= item.limit or total + item.amount + item.headroom > item.limit)
+
+
+def capped_charge(used: int, amount: int) -> int:
+    """What a charge of ``amount`` adds to a counter at ``used``: never past COUNTER_CAP."""
+    return max(0, min(amount, COUNTER_CAP - used))
+
+
+def _amount(value: object, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_AMOUNT:
+        shown = value if isinstance(value, int) and value.bit_length() < 200 else type(value)
+        raise ValueError(f"{what} must be an integer in [0, {MAX_AMOUNT}], not {shown}")
+
+
+def check_items(items: Sequence[ReserveItem]) -> None:
+    """ValueError unless every number of every item is in bounds (before any store step)."""
+    for it in items:
+        where = f"reservation item {it.key!r} {it.dimension!r}"
+        _amount(it.amount, f"{where} amount")
+        _amount(it.headroom, f"{where} headroom")
+        _amount(it.limit, f"{where} limit")
+        _amount(it.window_ms, f"{where} window_ms")
+
+
+def check_actual(actual: Mapping[str, int]) -> None:
+    """ValueError unless every settled amount is in bounds (nothing is charged otherwise)."""
+    for dimension, value in actual.items():
+        _amount(value, f"settled {dimension!r}")

@@ -17,7 +17,16 @@ from typing import Literal, Protocol
 
 import msgspec
 
-from guardpool.store.base import CounterState, Expired, ReserveItem, StoreAnswer, refuses
+from guardpool.store.base import (
+    CounterState,
+    Expired,
+    ReserveItem,
+    StoreAnswer,
+    capped_charge,
+    check_actual,
+    check_items,
+    refuses,
+)
 
 State = Literal["live", "settled", "released", "expired", "refused"]
 
@@ -61,6 +70,17 @@ def states_of(tx: Transaction, items: Sequence[ReserveItem]) -> tuple[CounterSta
     )
 
 
+def capped(
+    tx: Transaction, charges: Sequence[tuple[ReserveItem, int]]
+) -> list[tuple[ReserveItem, int]]:
+    """Each charge clamped so that a counter's ``used`` never passes COUNTER_CAP (base.py)."""
+    before = tx.counters([item for item, _ in charges])
+    return [
+        (item, capped_charge(used, amount))
+        for (item, amount), (used, _) in zip(charges, before, strict=True)
+    ]
+
+
 def expire(tx: Transaction) -> tuple[Expired, ...]:
     """Charge every overdue live reservation at its estimate."""
     expired = []
@@ -68,7 +88,7 @@ def expire(tx: Transaction) -> tuple[Expired, ...]:
         charged: dict[str, int] = {}
         for item in r.items:
             charged[item.dimension] = max(charged.get(item.dimension, 0), item.amount)
-        tx.charge([(item, item.amount) for item in r.items])
+        tx.charge(capped(tx, [(item, item.amount) for item in r.items]))
         r.state = "expired"
         tx.put(r)
         expired.append(Expired(reservation_id=r.id, charged=charged))
@@ -78,6 +98,7 @@ def expire(tx: Transaction) -> tuple[Expired, ...]:
 def reserve(
     tx: Transaction, reservation_id: str, items: Sequence[ReserveItem], ttl_ms: int
 ) -> StoreAnswer:
+    check_items(items)
     previous = tx.get(reservation_id)
     if previous is not None:  # a retried request: same answer, no second reservation
         return previous.result
@@ -117,12 +138,13 @@ def reserve(
 
 
 def settle(tx: Transaction, reservation_id: str, actual: Mapping[str, int]) -> StoreAnswer:
+    check_actual(actual)
     expired = expire(tx)
     r = tx.get(reservation_id)
     if r is None or r.state != "live":
         current = states_of(tx, r.items) if r is not None else ()
         return StoreAnswer(ok=False, states=current, expired=expired)
-    tx.charge([(item, actual.get(item.dimension, item.amount)) for item in r.items])
+    tx.charge(capped(tx, [(item, actual.get(item.dimension, item.amount)) for item in r.items]))
     r.state = "settled"
     tx.put(r)
     return StoreAnswer(ok=True, states=states_of(tx, r.items), expired=expired)

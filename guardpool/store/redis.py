@@ -37,7 +37,15 @@ import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from guardpool.store.base import Clock, CounterState, Expired, ReserveItem, StoreAnswer
+from guardpool.store.base import (
+    Clock,
+    CounterState,
+    Expired,
+    ReserveItem,
+    StoreAnswer,
+    check_actual,
+    check_items,
+)
 from guardpool.store.errors import StoreUnavailable
 
 T = TypeVar("T")
@@ -153,10 +161,12 @@ class RedisStore:
     def reserve(
         self, reservation_id: str, items: Sequence[ReserveItem], ttl_ms: int
     ) -> StoreAnswer:
+        check_items(items)  # Lua numbers are doubles: bound them before they get there
         keys = [*self._fixed, self._record(reservation_id), *self._window_keys(items)]
         return _answer(self._run("reserve", keys, reservation_id, ttl_ms, _encode(list(items))))
 
     def settle(self, reservation_id: str, actual: Mapping[str, int]) -> StoreAnswer:
+        check_actual(actual)
         keys = [*self._fixed, self._record(reservation_id)]
         return _answer(self._run("settle", keys, reservation_id, _encode(dict(actual))))
 

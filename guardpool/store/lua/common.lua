@@ -17,12 +17,19 @@
 --
 -- Items arrive as msgpack maps with ReserveItem's field names, and answers leave
 -- as maps with StoreAnswer's and CounterState's names: nothing is positional.
--- Amounts are Lua numbers (doubles): exact up to 2^53, $9 billion in micro-units.
+-- Amounts are Lua numbers (doubles): exact up to 2^53. The Python side refuses
+-- any amount, headroom or limit above 10^15 before calling (store/base.py), and
+-- no counter passes CAP = 2^52 here: a reservation that would take used +
+-- reserved past it is refused, a charge that would take used past it is clamped
+-- (capped() below, the twin of capped_charge()). CAP + 2 x 10^15 < 2^53, so
+-- every sum computed on the way is exact, and '%d' never sees a value that wraps.
 
 local C, DEADLINES, SEQ = KEYS[1], KEYS[2], KEYS[3]
 local P = string.sub(C, 1, #C - #':counters')
 -- Finished reservations answer retries for this long past their deadline.
 local KEEP_FINISHED_MS = 24 * 3600 * 1000
+-- guardpool.policy.bounds.COUNTER_CAP
+local CAP = 4503599627370496
 -- Overdue reservations charged per call, at most: one call never blocks the server long.
 local EXPIRE_BATCH = 1000
 
@@ -69,7 +76,13 @@ end
 -- holds both to the same answers).
 local function refuses(it, used, reserved)
   local total = used + reserved
+  if total + it.amount > CAP then return true end
   return it.check and (total >= it.limit or total + it.amount + it.headroom > it.limit)
+end
+
+-- What a charge of `amount` adds to a counter at `used`: never past CAP.
+local function capped(used, amount)
+  return math.max(0, math.min(amount, CAP - used))
 end
 
 -- A windowed counter is a sorted set of charges beside a running sum, so a read
@@ -93,6 +106,8 @@ local function window_used(it)
 end
 
 local function window_charge(it, amount)
+  -- The sum after pruning: the clamp sees what engine.charge sees.
+  amount = capped(window_used(it), amount)
   local seq = redis.call('INCR', SEQ)
   redis.call('ZADD', it.wkey, now, seq .. ':' .. int(amount))
   redis.call('INCRBY', it.skey, int(amount))
@@ -149,7 +164,14 @@ local function apply(deltas)
   if #fields == 0 then return {} end
   local vals = redis.call('HMGET', C, unpack(fields))
   local out = {}
-  for i, f in ipairs(fields) do out[f] = tonumber(vals[i] or 0) + deltas[f] end
+  for i, f in ipairs(fields) do
+    local old = tonumber(vals[i] or 0)
+    if string.sub(f, 1, 1) == 'u' then
+      out[f] = old + capped(old, deltas[f])
+    else
+      out[f] = old + deltas[f]
+    end
+  end
   write(out)
   return out
 end

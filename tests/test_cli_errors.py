@@ -1,0 +1,195 @@
+"""Every user error on the command line is one line on stderr and exit 2; a bug is exit 70.
+
+Each case used to end in a traceback: a store or ledger that cannot be opened,
+a preload module that does not exist, a bad Redis URL, non-UTF-8 bytes in argv,
+a port in use, a ledger event nested too deeply to read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from guardpool import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str | bytes, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "guardpool", *args],
+        cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def one_line_exit_2(out: subprocess.CompletedProcess[bytes], *needles: str) -> str:
+    err = out.stderr.decode("utf-8", "replace")
+    assert out.returncode == 2, (out.returncode, err)
+    assert "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def policy(tmp_path: Path, extra: dict[str, object] | None = None) -> Path:
+    config: dict[str, object] = {
+        "guard": [{"name": "keys", "ops": ["*"], "deny_regex": ["AKIA[0-9A-Z]{16}"]}],
+        "store": {"backend": "sqlite", "path": str(tmp_path / "g.db")},
+        "audit": {"path": str(tmp_path / "g.db")},
+    }
+    for section, values in (extra or {}).items():
+        base = config.get(section)
+        config[section] = {**base, **values} if isinstance(base, dict) else values  # type: ignore[dict-item]
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps(config))
+    return p
+
+
+def check(config: Path, *args: str | bytes) -> subprocess.CompletedProcess[bytes]:
+    return run("check", "--config", str(config), "--label", "exe:llm:x", "--input", "hi", *args)
+
+
+def test_a_store_file_that_cannot_be_opened(tmp_path: Path) -> None:
+    (tmp_path / "dir.db").mkdir()
+    p = policy(tmp_path, {"store": {"path": str(tmp_path / "dir.db")}})
+    one_line_exit_2(check(p), "budget store")
+
+
+def test_a_ledger_that_cannot_be_opened(tmp_path: Path) -> None:
+    (tmp_path / "ledger").mkdir()
+    p = policy(tmp_path, {"audit": {"path": str(tmp_path / "ledger")}})
+    one_line_exit_2(check(p), "ledger")
+
+
+def test_a_missing_preload_module_names_the_key(tmp_path: Path) -> None:
+    p = policy(tmp_path, {"pool": {"preload": ["no_such_module_anywhere"]}})
+    one_line_exit_2(check(p), "pool.preload[0]", "no_such_module_anywhere")
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:99999/0", "http://127.0.0.1/0", "redis:///0", "redis://h/x"]
+)
+def test_a_bad_redis_url_names_the_key(tmp_path: Path, url: str) -> None:
+    p = policy(tmp_path, {"store": {"backend": "redis", "url": url}})
+    one_line_exit_2(check(p), "store.url", "bad Redis URL")
+
+
+@pytest.mark.parametrize(
+    ("config", "key"),
+    [
+        ({"pool": {"memory_mb": 1}}, "pool.memory_mb"),
+        ({"pool": {"workers": 100_000}}, "pool.workers"),
+        ({"pool": {"max_rss_mb": 512, "memory_mb": 256}}, "pool.max_rss_mb"),
+        ({"limits": {"x": {"tokens": 2**63}}}, 'limits."x".tokens'),
+        ({"limits": {"x": {"dimensions": {"rows": 2**63}}}}, 'limits."x".dimensions.rows'),
+        ({"limits": {"x": {"cost": "1e999999"}}}, 'limits."x".cost'),
+        ({"limits": {"op:net:w\n": {"calls": 1}}}, 'limits."op:net:w\\n"'),
+        ({"guards": {"regex_max_mem": 2**63}}, "guards.regex_max_mem"),
+    ],
+)
+def test_config_values_out_of_bounds_name_the_key(
+    tmp_path: Path, config: dict[str, object], key: str
+) -> None:
+    one_line_exit_2(check(policy(tmp_path, config)), key)
+
+
+def test_a_json_config_with_a_huge_integer(tmp_path: Path) -> None:
+    p = tmp_path / "p.json"
+    p.write_text('{"pool": {"workers": ' + "9" * 5000 + "}}")
+    one_line_exit_2(check(p), "invalid JSON")
+
+
+def test_a_toml_config_nested_too_deeply(tmp_path: Path) -> None:
+    p = tmp_path / "p.toml"
+    p.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    out = check(p)
+    one_line_exit_2(out)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--input", b"caf\xe9"),
+        ("--label", b"op:\xff"),
+        ("--run", b"r\xff"),
+        ("--principal", b"\xfe"),
+    ],
+)
+def test_non_utf8_bytes_in_argv_are_refused(tmp_path: Path, flag: str, value: bytes) -> None:
+    p = policy(tmp_path)
+    base: list[str | bytes] = ["check", "--config", str(p), "--json"]
+    if flag != "--input":
+        base += ["--input", "hi"]
+    if flag != "--label":
+        base += ["--label", "exe:llm:x"]
+    out = run(*base, flag.encode(), value)
+    one_line_exit_2(out, flag)
+
+
+def test_a_hostile_label_is_refused_with_the_reason(tmp_path: Path) -> None:
+    out = run("check", "--config", str(policy(tmp_path)), "--label", "op:net:w\n", "--input", "x")
+    one_line_exit_2(out, "--label", "U+000A")
+
+
+def test_estimates_are_bounded(tmp_path: Path) -> None:
+    out = check(policy(tmp_path), "--estimate-tokens", str(2**63))
+    one_line_exit_2(out, "--estimate-tokens", "10^15")
+    out = check(policy(tmp_path), "--estimate-cost", "9" * 100)
+    one_line_exit_2(out, "--estimate-cost")
+
+
+def test_serve_on_a_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = run("serve", "--config", str(policy(tmp_path)), "--port", str(port), "--no-auth")
+    one_line_exit_2(out, f"127.0.0.1:{port}")
+
+
+def test_audit_show_and_verify_on_an_event_nested_too_deeply(tmp_path: Path) -> None:
+    db = tmp_path / "a.db"
+    # msgspec encodes a few levels deeper than it decodes: such an event can be
+    # written and then not read back (RecursionError, a traceback, before).
+    # Written in a fresh process: how deep msgspec goes depends on the stack.
+    write = (
+        "from guardpool.audit.events import AuditEvent\n"
+        "from guardpool.audit.ledger import Ledger\n"
+        "nested = 'leaf'\n"
+        "for _ in range(990):\n"
+        "    nested = [nested]\n"
+        f"with Ledger({str(db)!r}) as ledger:\n"
+        "    ledger.append([AuditEvent(kind='check', run_id='r', detail={'x': nested})])\n"
+    )
+    subprocess.run([sys.executable, "-c", write], cwd=ROOT, check=True, timeout=60)
+    one_line_exit_2(run("audit", "show", "r", "--db", str(db)), "nested too deeply")
+    out = run("audit", "verify", "--db", str(db))
+    assert out.returncode == 1 and b"Traceback" not in out.stderr
+    assert b"nested too deeply" in out.stdout + out.stderr
+
+
+def test_a_bug_is_a_traceback_with_a_request_to_report_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A command whose main() has a genuine bug (a KeyError), registered like any other.
+    monkeypatch.setitem(cli.COMMANDS, "boom", ("tests.cli_boom", "a command with a bug"))
+    assert cli.main(["boom"]) == cli.EXIT_BUG
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyError" in err
+    assert "please report it" in err.splitlines()[-1]
+
+
+def test_the_exit_codes_are_documented() -> None:
+    assert cli.EXIT_BAD_INPUT == 2 and cli.EXIT_BUG == os.EX_SOFTWARE == 70
+    assert "70" in (cli.__doc__ or "")
