@@ -101,11 +101,11 @@ def test_bad_durations_are_refused(bad: object) -> None:
         (10**4000, "largest amount"),
         (Decimal("1e999999"), "largest amount"),
         (Decimal("9" * 100_000), "largest amount"),
-        (Decimal("1e-19"), "18 digits after the point"),
-        (Decimal("0." + "1" * 30), "18 digits after the point"),
-        ("0." + "1" * 19, "bad money"),
+        (Decimal("1e-97"), "96 digits after the point"),
+        (Decimal("0." + "1" * 100), "96 digits after the point"),
+        ("0." + "1" * 97, "bad money"),
         ("1" * 11, "bad money"),
-        ("9" * 990_000, "longer than 64 characters"),
+        ("9" * 990_000, "longer than 128 characters"),
         ("$1\n$2", "bad money"),
         ("١٢", "bad money"),  # Arabic-Indic digits: \d would accept them
         (Decimal("Infinity"), "finite amount"),
@@ -122,6 +122,10 @@ def test_the_largest_money_fits_the_amount_bound() -> None:
 
     assert to_micros(parse_money("$1000000000")) == MAX_AMOUNT
     assert to_micros(parse_money(Decimal("0.000000000000000001"))) == 1
+    # a cost that came as a float is accepted, exactly or as its shortest repr
+    exact = 1.365e-05  # a float on purpose: Decimal(float) is its exact binary value
+    assert to_micros(parse_money(Decimal(exact))) == 14
+    assert to_micros(parse_money(Decimal("0.0000136499999999999999"))) == 14
     assert parse_money(MAX_MONEY) == MAX_MONEY
     assert parse_money(Decimal("-0")) == 0
 

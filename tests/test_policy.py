@@ -206,7 +206,7 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
         load_policy(typo)
     assert str(err.value) == (
         f'{typo}: limits."exe:llm:*".cost: bad money \'five dollars\': expected "$5.00" or "5.00" '
-        "(at most 10 digits before the point and 18 after)"
+        "(at most 10 digits before the point and 96 after)"
     )
 
 

@@ -63,7 +63,7 @@ def post(s: Server, path: str, body: Any) -> httpx.Response:
         ),
         (b'{"labels":["x"],"estimate":{"cost":1e999999}}', 422, "$.estimate.cost", "largest"),
         ({"labels": ["x"], "estimate": {"cost": "1e999999"}}, 422, "$.estimate.cost", "largest"),
-        ({"labels": ["x"], "estimate": {"cost": "0." + "1" * 30}}, 422, "$.estimate.cost", "18"),
+        ({"labels": ["x"], "estimate": {"cost": "0." + "1" * 120}}, 422, "$.estimate.cost", "96"),
         ({"labels": ["x"], "estimate": {"wall_ms": -1}}, 422, "$.estimate.wall_ms", ">= 0"),
         ({"labels": ["x"], "estimate": {"extra": {"Rows": 1}}}, 422, "$.estimate.extra", "regex"),
         ({"labels": ["x"], "run_id": "r\n1"}, 422, "$.run_id", "regex"),

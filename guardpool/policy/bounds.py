@@ -38,13 +38,17 @@ COUNTER_CAP = 2**52
 #: Largest amount of money anywhere (a cost, a limit, a price per million
 #: tokens): $10^9, so that it is ``MAX_AMOUNT`` micro-units.
 MAX_MONEY = Decimal(10**9)
-#: A money string is at most this long (``"$1000000000.000000000000"`` is 24).
-MAX_MONEY_CHARS = 64
-#: Significant digits a money value may carry (10 whole + 18 fractional), and
-#: the smallest exponent: a Decimal is checked on these before any arithmetic,
-#: because converting a 10^6-digit Decimal to an integer takes seconds.
-MAX_MONEY_DIGITS = 28
-MIN_MONEY_EXPONENT = -18
+#: A money string is at most this long.
+MAX_MONEY_CHARS = 128
+#: Significant digits a money value may carry, and the smallest exponent. A
+#: Decimal is checked on these before any arithmetic, because converting a
+#: 10^6-digit Decimal to an integer takes seconds. 96 covers the exact decimal
+#: expansion of any binary float between $10^-9 and $10^9 (at most 74 digits,
+#: exponent >= -82, as ``Decimal(float)`` gives it) and every shortest float
+#: repr (``"1.3649999999999999e-05"``): hosts that got a cost as a float are
+#: not refused; amounts round up to whole micro-units anyway.
+MAX_MONEY_DIGITS = 96
+MIN_MONEY_EXPONENT = -96
 
 # ------------------------------------------------------------- durations
 

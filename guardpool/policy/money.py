@@ -27,10 +27,10 @@ MICROS = 1_000_000
 
 # ASCII digits only ([0-9], not \d, which admits every script's digits);
 # whole-string matches only.
-_MONEY = re.compile(r"\s*\$?\s*(?P<num>[0-9]{1,10}(?:\.[0-9]{1,18})?)\s*")
+_MONEY = re.compile(r"\s*\$?\s*(?P<num>[0-9]{1,10}(?:\.[0-9]{1,96})?)\s*")
 _DURATION = re.compile(r"\s*(?P<num>[0-9]{1,12})\s*(?P<unit>ms|s|m|h|d)\s*")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-_EXPECTED = '"$5.00" or "5.00" (at most 10 digits before the point and 18 after)'
+_EXPECTED = '"$5.00" or "5.00" (at most 10 digits before the point and 96 after)'
 
 
 def parse_money(value: object) -> Decimal:
