@@ -25,6 +25,7 @@ from guardpool.policy.labels import validate_pattern
 from guardpool.policy.machine import check_paths
 from guardpool.policy.model import Usage
 from guardpool.policy.money import MICROS, parse_duration_ms, parse_money, to_micros
+from guardpool.policy.poolsettings import check_memory_floor
 from guardpool.policy.poolsettings import check_pool as check_pool_settings
 from guardpool.policy.source import pattern_key, toml_key
 
@@ -112,6 +113,7 @@ def _positive(value: int | None, key: str, *, zero_ok: bool = False) -> None:
 def check_pool(config: Config) -> None:
     # [pool] is checked in one place, shared with GuardPool (policy/poolsettings.py).
     check_pool_settings(config.pool)
+    check_memory_floor(config.pool)
     _positive(config.guards.timeout_ms, "guards.timeout_ms")
     _positive(config.guards.regex_max_mem, "guards.regex_max_mem")
     store = config.store

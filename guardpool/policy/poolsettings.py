@@ -44,6 +44,18 @@ DEFAULT_USER = "nobody"
 NOBODY_ID = 65534  # nobody/nogroup on Linux when the account database has no entry
 
 
+def check_memory_floor(pool: PoolConfig) -> None:
+    """A policy's memory_mb must let a worker start (checked at load, not by GuardPool:
+    ``guardpool bench`` builds pools below the floor on purpose to measure it)."""
+    if pool.memory_mb < bounds.MIN_MEMORY_MB:
+        raise PolicyError(
+            f"must be at least {bounds.MIN_MEMORY_MB} (MiB of address space per worker): a "
+            "guard worker needs about 22 MiB to start, more with its guard modules; "
+            f"{pool.memory_mb} would kill every worker before its first job",
+            key="pool.memory_mb",
+        )
+
+
 def check_pool(pool: PoolConfig, *, machine: str | None = None) -> None:
     """Raise ``PolicyError`` for the first bad setting. ``machine`` overrides the arch (tests)."""
     from guardpool.worker.sandbox import strict_unsupported_reason
@@ -59,13 +71,6 @@ def check_pool(pool: PoolConfig, *, machine: str | None = None) -> None:
                 f"must be at most {_AT_MOST[field]:_} (see docs/limits-and-inputs.md)",
                 key=f"pool.{field}",
             )
-    if pool.memory_mb < bounds.MIN_MEMORY_MB:
-        raise PolicyError(
-            f"must be at least {bounds.MIN_MEMORY_MB} (MiB of address space per worker): a "
-            "guard worker needs about 22 MiB to start, more with its guard modules; "
-            f"{pool.memory_mb} would kill every worker before its first job",
-            key="pool.memory_mb",
-        )
     if pool.max_rss_mb is not None and pool.max_rss_mb > pool.memory_mb:
         raise PolicyError(
             f"max_rss_mb ({pool.max_rss_mb}) is above memory_mb ({pool.memory_mb}): a worker "

@@ -17,6 +17,8 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
+from guardpool.audit.backend import AuditLedger
+from guardpool.audit.events import StoredEvent
 from guardpool.audit.ledger import Ledger
 from guardpool.policy.model import Decision
 
@@ -25,7 +27,7 @@ _KEPT = 200_000
 
 
 class DecisionBook:
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: AuditLedger) -> None:
         self.ledger = ledger
         self._lock = threading.Lock()
         self._seen: OrderedDict[str, tuple[str, bool]] = OrderedDict()
@@ -47,8 +49,23 @@ class DecisionBook:
         if seen is not None:
             return seen[1] if seen[0] == run_id else None
         allowed: bool | None = None
-        for stored in self.ledger.events(run_id=run_id, kinds=["decision"]):
+        for stored in self._decision_events(run_id):
             ev = stored.event
             if ev.decision_id == decision_id and ev.detail.get("phase") != "after":
                 allowed = ev.outcome != "deny"
         return allowed
+
+    def _decision_events(self, run_id: str) -> list[StoredEvent]:
+        # The two ledger backends read events in different shapes (one chain in a
+        # SQLite file, or every host's chain in PostgreSQL).
+        if isinstance(self.ledger, Ledger):
+            return self.ledger.events(run_id=run_id, kinds=["decision"])
+        from guardpool.audit.pg_ledger import PgLedger
+
+        if isinstance(self.ledger, PgLedger):
+            return [
+                c.stored
+                for c in self.ledger.events(run_id=run_id)
+                if c.stored.event.kind == "decision"
+            ]
+        return []  # an unknown ledger: an id we cannot find is refused (404)
