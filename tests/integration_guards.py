@@ -22,3 +22,10 @@ def no_rm_rf(value: Any, ctx: Any) -> Verdict | bool:
 
 def upper(value: Any, ctx: Any) -> Verdict:
     return Verdict.rewrite(str(value).upper())
+
+
+def ask_deploy(value: Any, ctx: Any) -> Verdict:
+    """A question for a human: deploys are fine, once someone says so."""
+    if "deploy" in str(value):
+        return Verdict.ask("deploys need a human's approval")
+    return Verdict.allow()

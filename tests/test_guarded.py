@@ -174,3 +174,50 @@ def test_async_functions(run: Run) -> None:
     asyncio.run(main())
     assert used(run, "op:cmd", "calls") == (6, 0)
     assert "rm -rf /" not in ran
+
+
+def test_asks_go_to_on_ask(tmp_path: Path) -> None:
+    cfg = policy(tmp_path)
+    cfg["guard"].append(
+        {"name": "deploys", "ops": ["op:cmd"], "call": "tests.integration_guards:ask_deploy"}
+    )
+    with Enforcer.from_config(cfg) as enforcer:
+        run = enforcer.run("asks")
+        questions: list[str] = []
+
+        def human(decision: Any) -> bool:
+            questions.append(decision.reasons[0])
+            return "prod" not in decision.input
+
+        @guarded(run, labels="op:cmd:make", on_ask=human, approver="alice")
+        def make(target: str) -> str:
+            return f"made {target}"
+
+        assert make("deploy-staging") == "made deploy-staging"
+        with pytest.raises(OperationDenied, match="rejected by alice"):
+            make("deploy-prod")
+        assert questions == ["deploys need a human's approval"] * 2
+
+        @guarded(run, labels="op:cmd:make")
+        def unattended(target: str) -> str:
+            raise AssertionError("never runs")
+
+        with pytest.raises(OperationDenied, match="rejected by host"):
+            unattended("deploy")  # nobody to ask: no
+
+        async def async_human(decision: Any) -> bool:
+            return True
+
+        @guarded(run, labels="op:cmd:make", on_ask=async_human)
+        def mismatched(target: str) -> str:
+            raise AssertionError("never runs")
+
+        with pytest.raises(TypeError, match="async on_ask"):
+            mismatched("deploy")
+
+        @guarded(run, labels="op:cmd:make", on_ask=async_human)
+        async def adeploy(target: str) -> str:
+            return f"made {target}"
+
+        assert asyncio.run(adeploy("deploy")) == "made deploy"
+        assert used(run, "op:cmd", "calls") == (2, 0)  # rejected asks were released

@@ -153,6 +153,8 @@ def write_policy(tmp_path: Path) -> Path:
         'reason = "credential in outbound data"\n'
         '[[guard]]\nname = "force-push"\nops = ["op:cmd:git:push"]\n'
         'call = "tests.integration_guards:warn_force_push"\n'
+        '[[guard]]\nname = "deploys"\nops = ["op:cmd"]\n'
+        'call = "tests.integration_guards:ask_deploy"\n'
         '[[guard]]\nname = "injection"\nphase = "after"\nops = ["op:mcp", "op:net:r"]\n'
         "deny_regex = ['(?i)ignore (all )?previous instructions']\n"
         'reason = "prompt injection in tool output"\n'
@@ -236,6 +238,10 @@ def walk(send: Send, db: Path) -> None:
     assert send(payload("webfetch_postfail")) == {}
     assert send(payload("bash_fails_pre")) == {}
     assert send(payload("bash_fails_postfail")) == {}
+    # a guard's ask is Claude Code's ask; the tool running afterwards is the user's yes
+    deploy = send(payload("bash_background_pre", command="make deploy"))
+    assert permission(deploy) == "ask" and reason(deploy) == "deploys need a human's approval"
+    assert send(payload("bash_background_post")) == {}
     # a Post without its Pre (or a repeated one) settles nothing and says nothing
     assert send(payload("bash_git_push_post")) == {}
 
@@ -243,8 +249,11 @@ def walk(send: Send, db: Path) -> None:
     try:
         events = [e.event for e in ledger.events()]
         settles = [e for e in events if e.kind == "settle"]
-        # git push and cat (op:cmd), /etc write (op:fs:w), echo (op:mcp): reserved and settled
-        assert len(settles) == 4
+        # git push, cat and make (op:cmd), /etc write (op:fs:w), echo (op:mcp): settled
+        assert len(settles) == 5
+        approvals = [e for e in events if e.kind == "approve"]
+        assert [a.detail for a in approvals] == [{"by": "claude-code-user"}]
+        assert approvals[0].decision_id in {e.decision_id for e in settles}
         # the failed command's settle is charged with the duration Claude Code measured
         assert any(e.usage == {"calls": 1, "wall_ms": 8} for e in settles)
         assert any(

@@ -45,6 +45,11 @@ def policy(tmp_path: Path) -> dict[str, Any]:
                 "reason": "recursive delete",
             },
             {
+                "name": "deploys",
+                "ops": ["op:tool:shell"],
+                "call": "tests.integration_guards:ask_deploy",
+            },
+            {
                 "name": "injection",
                 "phase": "after",
                 "deny_regex": ["(?i)ignore previous instructions"],
@@ -189,3 +194,29 @@ def test_rejecting_instead_of_raising_lets_the_model_carry_on(run: Run) -> None:
     result = asyncio.run(Runner.run(agent_with(g, model, tools(g, ran)), "clean up"))
     assert result.final_output == "I will not do that" and ran == []
     assert "guardpool refused this tool call: recursive delete" in str(model.calls[1].input)
+
+
+def test_asks_are_approved_by_on_ask_or_refused(run: Run) -> None:
+    ran: list[str] = []
+
+    async def yes(decision: Any) -> bool:
+        return True
+
+    for guardrails, expect in (
+        (Guardrails(run, on_ask=yes, approver="ops"), ["deploy"]),
+        (Guardrails(run), []),
+    ):
+        model = ScriptedModel(
+            [
+                ModelStep(output=[function_call("shell", {"cmd": "deploy"}, call_id="c1")]),
+                reply("ok"),
+            ]
+        )
+        agent = agent_with(guardrails, model, tools(guardrails, ran))
+        if expect:
+            assert asyncio.run(Runner.run(agent, "ship it")).final_output == "ok"
+        else:
+            with pytest.raises(ToolInputGuardrailTripwireTriggered):
+                asyncio.run(Runner.run(agent, "ship it"))
+        assert ran == ["deploy"]
+    assert used(run, "op:tool", "calls") == (1, 0)  # the refused ask was released

@@ -26,6 +26,8 @@ KINDS: Final[frozenset[str]] = frozenset(
         "limit_breach",
         "overrun",
         "decision",
+        "approve",
+        "reject",
     }
 )
 

@@ -65,12 +65,25 @@ class _InProcess:
             return enforcer.run(run_id, self.principal).check(op)
 
     def approve(self, run_id: str, pending: cc.Pending, by: str) -> None:
+        from guardpool.audit.events import AuditEvent
         from guardpool.runner.enforcer import Enforcer
 
+        # The ask was decided by another process, so this one has no pending
+        # ask to flip; the reservation lives in the store and settle finds it.
+        # What is left to do is the record: the user said yes at the prompt.
+        event = AuditEvent(
+            kind="approve",
+            run_id=run_id,
+            principal=self.principal,
+            labels=pending.labels,
+            decision_id=pending.decision_id,
+            outcome="approve",
+            reason=f"by {by}",
+            detail={"by": by},
+        )
         with Enforcer.from_config(self.config) as enforcer:
-            approve = getattr(enforcer, "approve", None)
-            if approve is not None:
-                approve(pending.decision_id, by=by, run_id=run_id, principal=self.principal)
+            if not enforcer.audit.append([event]):
+                raise RuntimeError("audit ledger unavailable: the approval was not recorded")
 
     def settle(self, run_id: str, pending: cc.Pending, usage: Usage, output: Any) -> Decision:
         from guardpool.runner.enforcer import Enforcer

@@ -2,7 +2,8 @@
 
     call(*args, **kwargs)
       labels(*args, **kwargs) / input(*args, **kwargs) / estimate(*args, **kwargs)
-      ──► run.check ──► deny / ask ─► OperationDenied (or on_deny(decision))
+      ──► run.check ──► ask ─► on_ask(decision): yes ─► run.approve, no ─► run.reject
+                    ──► deny ─► OperationDenied (or on_deny(decision))
                     └─► allow/warn ─► the function (with a before-guard's rewritten input)
                                        ├─ raises ─► run.release, the exception goes on
                                        └─ returns ─► run.settle(usage(result), output=result)
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 import msgspec
@@ -86,6 +87,8 @@ def guarded(
     usage: Callable[[Any], Usage | None] | None = None,
     output: Callable[[Any], Any] | None = None,
     on_deny: Callable[[Decision], Any] | None = None,
+    on_ask: Callable[[Decision], bool | Awaitable[bool]] | None = None,
+    approver: str = "host",
 ) -> Callable[[F], F]:
     """Guard a sync or async tool function; see the module docstring.
 
@@ -94,7 +97,10 @@ def guarded(
     and ``estimate``; ``usage(result)`` gives the actual usage (default: none
     beyond the wall time the enforcer measures); ``output(result)`` is what the
     after-guards judge (default: the result itself). ``on_deny(decision)``
-    returns a value instead of raising ``OperationDenied``.
+    returns a value instead of raising ``OperationDenied``. A decision that asks
+    for a human goes to ``on_ask(decision)`` (sync, or async for a coroutine
+    function): True approves it (``by=approver``), False — or no ``on_ask`` —
+    rejects it, which is then a deny.
     """
 
     def current_run() -> Run:
@@ -149,6 +155,11 @@ def guarded(
                 r = current_run()
                 call, op = prepare(args, kwargs)
                 decision = await r.acheck(op)
+                if decision.action == "ask":
+                    answer = on_ask(decision) if on_ask is not None else False
+                    yes = await answer if inspect.isawaitable(answer) else answer
+                    answered = r.aapprove if yes else r.areject
+                    decision = await answered(decision, by=approver)
                 if not decision.allowed:
                     return denied(decision)
                 planned = arguments(call, decision)
@@ -174,6 +185,13 @@ def guarded(
             r = current_run()
             call, op = prepare(args, kwargs)
             decision = r.check(op)
+            if decision.action == "ask":
+                answer = on_ask(decision) if on_ask is not None else False
+                if inspect.isawaitable(answer):  # never read an un-awaited answer as a yes
+                    getattr(answer, "close", lambda: None)()
+                    r.reject(decision, by=approver)
+                    raise TypeError("an async on_ask needs an async tool function")
+                decision = (r.approve if answer else r.reject)(decision, by=approver)
             if not decision.allowed:
                 return denied(decision)
             planned = arguments(call, decision)

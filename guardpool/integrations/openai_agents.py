@@ -110,11 +110,12 @@ class Guardrails:
 
     async def _check(self, run: Run, op: Operation) -> Decision:
         decision = await run.acheck(op)
-        if decision.action == "ask" and self.on_ask is not None and await self.on_ask(decision):
-            approve = getattr(run, "aapprove", None)
-            if approve is not None:
-                decision = await approve(decision, by=self.approver)
-        return decision
+        if decision.action != "ask":
+            return decision
+        if self.on_ask is not None and await self.on_ask(decision):
+            return await run.aapprove(decision, by=self.approver)
+        # Nobody to ask, or the answer was no: a deny, and the reservation goes back.
+        return await run.areject(decision, by=self.approver)
 
     # ---------------------------------------------------------------- agent run
 

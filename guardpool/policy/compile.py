@@ -42,8 +42,9 @@ class CompiledLimit(msgspec.Struct, frozen=True, kw_only=True):
     window: str
     scope: Literal["run", "principal", "global"]
     enforcement: Literal["fail-fast", "post-hoc"]
-    on_exceed: Literal["deny", "warn"]
+    on_exceed: Literal["deny", "warn", "ask"]
     warn_at: float | None
+    on_warn_at: Literal["warn", "ask"] = "warn"
     margin: float
 
 
@@ -266,6 +267,7 @@ def compile_limit(pattern: str, spec: LimitSpec) -> CompiledLimit:
         enforcement=spec.enforcement,
         on_exceed=spec.on_exceed,
         warn_at=spec.warn_at,
+        on_warn_at=spec.on_warn_at,
         margin=spec.margin,
     )
 

@@ -83,8 +83,9 @@ class LimitSpec(_Section):
     window: str = "run"
     scope: Literal["run", "principal", "global"] = "run"
     enforcement: Literal["fail-fast", "post-hoc"] = "fail-fast"
-    on_exceed: Literal["deny", "warn"] = "deny"
+    on_exceed: Literal["deny", "warn", "ask"] = "deny"
     warn_at: float | None = 0.8
+    on_warn_at: Literal["warn", "ask"] = "warn"
     margin: float = 0.05
 
 

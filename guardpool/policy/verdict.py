@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import msgspec
 
-VerdictAction = Literal["allow", "deny", "warn", "rewrite"]
+VerdictAction = Literal["allow", "deny", "ask", "warn", "rewrite"]
 
 
 class Verdict(msgspec.Struct, frozen=True, tag="verdict"):
@@ -26,6 +26,11 @@ class Verdict(msgspec.Struct, frozen=True, tag="verdict"):
     @classmethod
     def deny(cls, reason: str) -> Verdict:
         return cls("deny", reason)
+
+    @classmethod
+    def ask(cls, reason: str) -> Verdict:
+        """A human must approve the operation before it runs (``run.approve``)."""
+        return cls("ask", reason)
 
     @classmethod
     def warn(cls, reason: str) -> Verdict:

@@ -7,6 +7,8 @@
       │                 refused / store down ──────────────────────────► deny
       │ 4. guards       GuardRunner: banks in-process, callables in the pool
       │                 any deny ──────────────► release reservation ──► deny
+      │                 any ask (guard, on_exceed/on_warn_at = "ask") ─► ask:
+      │                 reservation held until run.approve / run.reject
       │ 5. ledger       one batch: check, reserve, verdicts, decision
       │                 write fails (on_failure=deny) ► release ───────► deny
       ▼
@@ -124,12 +126,13 @@ class _Check:
             except StoreUnavailable as exc:
                 return self.finish([f"budget store unavailable: {exc}"], "deny")
             self.reservation.extend(svc.expired(answer.expired))
-            refusals, warnings = self.read_reservation(answer)
+            refusals, notes = self.read_reservation(answer)
             if not answer.ok:
                 return self.finish(refusals, "deny")
             self.reserved = True
-            reasons.extend(warnings)
-            effects.extend(["warn"] if warnings else [])
+            for reason, effect in notes:
+                reasons.append(reason)
+                effects.append(effect)
         results, value = svc.guards.run("before", match.before, op.input, scope)
         self.take_verdicts(results, reasons, effects)
         action = combine(effects)
@@ -154,12 +157,13 @@ class _Check:
         def step(j: Joint) -> tuple[Decision, StoreAnswer]:
             answer = j.reserve(scope.decision_id, [p.item for p in self.planned], svc.ttl_ms)
             self.reservation.extend(svc.audit.expired_events(answer.expired))
-            refusals, warnings = self.read_reservation(answer)
+            refusals, notes = self.read_reservation(answer)
             if not answer.ok:  # another check took the last of it since the snapshot
                 decision = self.build(refusals, "deny")
             else:
-                effects = guard_effects + (["warn"] if warnings else [])
-                decision = self.build(warnings + guard_reasons, combine(effects), value)
+                effects = guard_effects + [effect for _, effect in notes]
+                reasons = [reason for reason, _ in notes] + guard_reasons
+                decision = self.build(reasons, combine(effects), value)
             svc.audit.append_in(j.conn, self.events(decision))
             return decision, answer
 
@@ -193,13 +197,15 @@ class _Check:
             if r.effect != "allow":
                 reasons.append(r.verdict.reason)
 
-    def read_reservation(self, answer: StoreAnswer) -> tuple[list[str], list[str]]:
-        """Limit statuses, audit events, hooks and reasons from the store's answer."""
+    def read_reservation(
+        self, answer: StoreAnswer
+    ) -> tuple[list[str], list[tuple[str, Action]]]:
+        """Limit statuses, audit events, hooks, refusals, and (reason, warn|ask) notes."""
         scope = self.scope
         refused = set(answer.refused)
         statuses: list[LimitStatus] = []
         refusals: list[str] = []
-        warnings: list[str] = []
+        notes: list[tuple[str, Action]] = []
         for i, (p, state) in enumerate(self.pairs(answer.states)):
             total = state.used + state.reserved
             over = i in refused or (not p.item.check and total > state.limit)
@@ -212,11 +218,13 @@ class _Check:
                 self.reservation.append(scope.event("limit_breach", reason=reason, detail=where))
                 self.hooks.append(("limit_exceeded", hook))
             elif over:
+                ask = p.limit.on_exceed == "ask"
+                outcome = "needs approval (on_exceed=ask)" if ask else "allowed (on_exceed=warn)"
                 reason = (
                     f"limit {p.limit.pattern} {p.item.dimension} exceeded "
-                    f"({total} of {state.limit}); allowed (on_exceed=warn)"
+                    f"({total} of {state.limit}); {outcome}"
                 )
-                warnings.append(reason)
+                notes.append((reason, "ask" if ask else "warn"))
                 self.reservation.append(scope.event("warning", reason=reason))
                 self.hooks.append(("limit_exceeded", hook))
             elif answer.ok and budget.crossed_warning(p.item, state, p.limit.warn_at):
@@ -224,13 +232,17 @@ class _Check:
                     f"limit {p.limit.pattern} {p.item.dimension} passed "
                     f"{p.limit.warn_at:.0%} ({total} of {state.limit})"
                 )
+                if p.limit.on_warn_at == "ask":
+                    # Crossing the mark is a question for a human, not only a note.
+                    reason += "; needs approval (on_warn_at=ask)"
+                    notes.append((reason, "ask"))
                 self.reservation.append(scope.event("warning", reason=reason))
                 self.hooks.append(("limit_warning", hook))
         self.limits = tuple(statuses)
         if answer.ok:
             usage = {f"{p.limit.pattern}:{p.item.dimension}": p.item.amount for p in self.planned}
             self.reservation.append(scope.event("reserve", usage=usage))
-        return refusals, warnings
+        return refusals, notes
 
     def build(self, reasons: list[str], action: Action, value: Any = None) -> Decision:
         return decide(self.scope, action, reasons, self.verdicts, self.limits, value)
@@ -248,7 +260,9 @@ class _Check:
         return decision
 
     def remember(self, decision: Decision) -> None:
-        if decision.allowed and self.reserved and self.match is not None:
+        # An ask holds its reservation (if any) until the host approves or rejects.
+        asking = decision.action == "ask"
+        if ((decision.allowed and self.reserved) or asking) and self.match is not None:
             self.svc.pending.remember(
                 self.scope.decision_id,
                 Pending(
@@ -257,6 +271,7 @@ class _Check:
                     principal=self.scope.principal,
                     started=self.started,
                     planned=tuple(self.planned),
+                    ask=decision if asking else None,
                 ),
             )
 

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from guardpool.audit.backend import AuditLedger, open_ledger
 from guardpool.audit.events import AuditEvent
 from guardpool.audit.ledger import Ledger
@@ -39,6 +41,7 @@ from guardpool.runner.pool import GuardPool
 from guardpool.runner.scope import Scope
 from guardpool.runner.services import Services
 from guardpool.runner.settle import settle as run_settle
+from guardpool.runner.verdicts import decide
 from guardpool.store import open_store
 from guardpool.store.base import BudgetStore, Expired, ReserveItem
 from guardpool.store.errors import StoreUnavailable
@@ -203,6 +206,10 @@ class Enforcer:
                 principal or (source.principal if source else ""),
             )
         scope = Scope(decision_id, pending.run_id, pending.principal, pending.match.labels)
+        if pending.ask is not None:
+            # The host ran an operation nobody approved: charge it, and say so.
+            reason = "settled an ask decision that was never approved"
+            self.audit.append([scope.event("warning", reason=reason)])
         result = run_settle(self._services, scope, pending, usage, output)
         self._services.pending.done(decision_id, result)
         return result
@@ -211,6 +218,50 @@ class Enforcer:
         match = self.policy.match(labels)
         planned = budget.plan_reservation(match, None, run_id, principal)
         return Pending(match, run_id, principal, time.monotonic(), tuple(planned))
+
+    def approve(self, decision: Decision | str, *, by: str) -> Decision:
+        """A human approved an ``ask``: audited, and the decision now allows (same id).
+
+        Approving twice answers the same; an id with no pending ask is a deny
+        (unknown, already rejected, or its reservation expired and was charged).
+        """
+        return self._answer(decision, by, approved=True)
+
+    def reject(self, decision: Decision | str, *, by: str) -> Decision:
+        """A human rejected an ``ask``: audited, the reservation released, a deny."""
+        return self._answer(decision, by, approved=False)
+
+    def _answer(self, decision: Decision | str, by: str, *, approved: bool) -> Decision:
+        if not by:
+            raise ValueError("say who answered: by= must name the approver")
+        decision_id = decision if isinstance(decision, str) else decision.id
+        pending = self._services.pending.get(decision_id)
+        if pending is not None and pending.approved is not None and approved:
+            return pending.approved  # approving twice answers the same
+        asked = pending.ask if pending is not None else None
+        if pending is None or asked is None:
+            labels = decision.labels if isinstance(decision, Decision) else ()
+            scope = Scope(decision_id, "", "", labels)
+            return decide(scope, "deny", [f"no pending ask decision {decision_id}"])
+        scope = Scope(decision_id, pending.run_id, pending.principal, pending.match.labels)
+        kind = "approve" if approved else "reject"
+        events = [scope.event(kind, outcome=kind, reason=f"by {by}", detail={"by": by})]
+        if approved:
+            answer = msgspec.structs.replace(
+                asked, allowed=True, reasons=(*asked.reasons, f"approved by {by}")
+            )
+            if not self.audit.append(events):
+                return decide(scope, "deny", ["audit ledger unavailable: approval not recorded"])
+            self._services.pending.remember(
+                decision_id, msgspec.structs.replace(pending, ask=None, approved=answer)
+            )
+            return answer
+        self._services.pending.pop(decision_id)
+        with contextlib.suppress(StoreUnavailable):  # unreleased: it expires at its estimate
+            if self.store.release(decision_id):
+                events.append(scope.event("release"))
+        self.audit.append(events)
+        return decide(scope, "deny", [*asked.reasons, f"rejected by {by}"], asked.verdicts)
 
     def release(self, decision: Decision | str) -> bool:
         decision_id = decision if isinstance(decision, str) else decision.id
@@ -283,6 +334,20 @@ class Run:
 
     def release(self, decision: Decision | str) -> bool:
         return self.enforcer.release(decision)
+
+    def approve(self, decision: Decision | str, *, by: str) -> Decision:
+        """Record a human's yes to an ``ask``; the returned decision allows."""
+        return self.enforcer.approve(decision, by=by)
+
+    async def aapprove(self, decision: Decision | str, *, by: str) -> Decision:
+        return await asyncio.to_thread(self.enforcer.approve, decision, by=by)
+
+    def reject(self, decision: Decision | str, *, by: str) -> Decision:
+        """Record a human's no to an ``ask``; the reservation is released."""
+        return self.enforcer.reject(decision, by=by)
+
+    async def areject(self, decision: Decision | str, *, by: str) -> Decision:
+        return await asyncio.to_thread(self.enforcer.reject, decision, by=by)
 
     async def arelease(self, decision: Decision | str) -> bool:
         return await asyncio.to_thread(self.release, decision)

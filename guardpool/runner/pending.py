@@ -30,6 +30,10 @@ class Pending(msgspec.Struct, frozen=True):
     principal: str
     started: float  # time.monotonic() when the check began (default wall_ms)
     planned: tuple[PlannedItem, ...]
+    # An ``ask`` decision awaiting the host's approve/reject; None once answered.
+    ask: Decision | None = None
+    # The approved decision, so that approving twice answers the same.
+    approved: Decision | None = None
 
 
 class PendingTable:
@@ -46,6 +50,10 @@ class PendingTable:
         """(the settle's earlier answer, the pending state); each None when unknown."""
         with self._lock:
             return self._settled.get(decision_id), self._pending.pop(decision_id, None)
+
+    def get(self, decision_id: str) -> Pending | None:
+        with self._lock:
+            return self._pending.get(decision_id)
 
     def pop(self, decision_id: str) -> Pending | None:
         with self._lock:

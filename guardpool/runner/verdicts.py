@@ -11,9 +11,10 @@ the loader already refuses a privileged guard that asks to fail open, this is
 the second lock). A fail-open effect is a ``warn``: the operation is allowed,
 but the host and the ledger see why.
 
-Combination (design §5): the strongest effect in ``PRECEDENCE`` wins. A new
-action (``ask``) joins by taking its place in that tuple, and in ``ALLOWING``
-if it lets the operation run.
+Combination (design §5): the strongest effect in ``PRECEDENCE`` wins:
+deny > ask > warn > allow. ``ask`` is not in ``ALLOWING``: the operation waits
+for a human (``run.approve`` / ``run.reject``), and its decision keeps the input
+so that the human can see what they approve.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ Phase = Literal["before", "after"]
 RunKind = Literal["verdict", "timeout", "crash"]
 
 # Strongest first.
-PRECEDENCE: tuple[Action, ...] = ("deny", "warn", "allow")
+PRECEDENCE: tuple[Action, ...] = ("deny", "ask", "warn", "allow")
 _RANK = {action: i for i, action in enumerate(PRECEDENCE)}
 # Effects under which the operation may run.
 ALLOWING: frozenset[Action] = frozenset({"allow", "warn"})
@@ -71,7 +72,7 @@ def decide(
     limits: Sequence[LimitStatus] = (),
     value: Any = None,
 ) -> Decision:
-    """Every Decision is built here. A decision that does not allow carries no input."""
+    """Every Decision is built here. A deny carries no input; an ask keeps it for review."""
     allowed = action in ALLOWING
     return Decision(
         id=scope.decision_id,
@@ -80,7 +81,7 @@ def decide(
         reasons=tuple(reasons),
         verdicts=tuple(verdicts),
         limits=tuple(limits),
-        input=value if allowed else None,
+        input=value if allowed or action == "ask" else None,
         run_id=scope.run_id,
         principal=scope.principal,
         labels=scope.labels,

@@ -38,6 +38,7 @@ from starlette.routing import Route
 from guardpool.policy.labels import validate_label
 from guardpool.policy.model import Decision, Operation
 from guardpool.runner.enforcer import Enforcer
+from guardpool.server.approvals import routes as approval_routes
 from guardpool.server.bodies import (
     CheckRequest,
     ErrorBody,
@@ -311,6 +312,7 @@ def build_app(enforcer: Enforcer, *, token: str | None, max_body: int) -> Starle
             Route("/metrics", guarded(sidecar.metrics_route), methods=["GET"]),
             Route("/openapi.json", sidecar.openapi_route, methods=["GET"]),
             *hook_routes(sidecar),
+            *approval_routes(sidecar, guarded),
         ],
         exception_handlers={404: not_found, 405: not_allowed, Exception: internal},
         lifespan=lifespan,

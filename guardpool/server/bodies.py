@@ -42,6 +42,14 @@ class ReleaseRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     decision_id: Id
 
 
+class AnswerRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A human's answer to an ``ask`` decision (``/v1/approve``, ``/v1/reject``)."""
+
+    run_id: str
+    decision_id: str
+    by: str
+
+
 class ReleaseResponse(msgspec.Struct, kw_only=True):
     released: bool
 
@@ -70,6 +78,7 @@ BODIES: tuple[type[Any], ...] = (
     CheckRequest,
     SettleRequest,
     ReleaseRequest,
+    AnswerRequest,
     Decision,
     ReleaseResponse,
     RunReport,

@@ -47,9 +47,7 @@ class EnforcerBackend:
         return self.enforcer.run(run_id, self.principal).check(op)
 
     def approve(self, run_id: str, pending: cc.Pending, by: str) -> None:
-        approve = getattr(self.enforcer, "approve", None)
-        if approve is not None:  # the ask action and its approval
-            approve(pending.decision_id, by=by, run_id=run_id, principal=self.principal)
+        self.enforcer.approve(pending.decision_id, by=by)
 
     def settle(self, run_id: str, pending: cc.Pending, usage: Usage, output: Any) -> Decision:
         return self.enforcer.settle(

@@ -77,6 +77,20 @@ def document() -> dict[str, Any]:
                     "return an unused reservation", "ReleaseRequest", "ReleaseResponse", by_id=True
                 )
             },
+            "/v1/approve": {
+                "post": _op(
+                    "a human approves an ask decision: it now allows (same id)",
+                    "AnswerRequest",
+                    "Decision",
+                )
+            },
+            "/v1/reject": {
+                "post": _op(
+                    "a human rejects an ask decision: a deny, the reservation released",
+                    "AnswerRequest",
+                    "Decision",
+                )
+            },
             "/v1/runs/{run_id}": {
                 "get": {
                     **_op("limit usage and audit summary of a run", None, "RunReport"),
