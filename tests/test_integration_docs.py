@@ -45,31 +45,67 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def run_python(name: str, cwd: Path, timeout: float = 120) -> list[str]:
+def run_python(name: str, cwd: Path, timeout: float = 180) -> list[str]:
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+        # LiteLLM would otherwise fetch its price map from the network first
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    }
     done = subprocess.run(
         [sys.executable, "-c", snippets()[name]],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"},
+        env=env,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()
 
 
 def test_every_adapter_has_a_snippet() -> None:
-    assert {"policy", "claude-code-http", "claude-code-command", "guarded"} <= set(snippets())
+    assert {
+        "policy",
+        "claude-code-http",
+        "claude-code-command",
+        "guarded",
+        "ask",
+        "agents",
+        "litellm",
+    } <= set(snippets())
 
 
 def test_policy_snippet_loads(tmp_path: Path) -> None:
     policy = load_policy(workdir(tmp_path) / "guardpool.toml")
     assert list(policy.guards) == ["no-cloud-keys", "no-recursive-delete", "prompt-injection"]
+    assert [limit.on_exceed for limit in policy.limits][-1] == "ask"
 
 
 def test_guarded_snippet(tmp_path: Path) -> None:
     out = run_python("guarded", workdir(tmp_path))
     assert out == ["hello", "denied: recursive delete", "echo: hi"]
+
+
+def test_ask_snippet(tmp_path: Path) -> None:
+    out = run_python("ask", workdir(tmp_path))
+    assert out == [
+        "deploying v2.3",
+        "asking: limit op:deploy calls exceeded (2 of 1); needs approval (on_exceed=ask)",
+        "deploying v2.4",
+    ]
+
+
+def test_agents_snippet(tmp_path: Path) -> None:
+    out = run_python("agents", workdir(tmp_path))
+    assert out == ["Disks are fine.", "blocked: credential in outbound data"]
+
+
+def test_litellm_snippet(tmp_path: Path) -> None:
+    out = run_python("litellm", workdir(tmp_path))
+    assert out[:2] == ["Hello!", "denied: credential in outbound data"]
+    used = re.fullmatch(r"tokens used: (\d+) reserved: 0", out[2])
+    assert used is not None and int(used.group(1)) > 0, out
 
 
 def test_claude_code_snippets_are_what_print_settings_prints() -> None:
