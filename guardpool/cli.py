@@ -45,6 +45,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "test": ("guardpool.commands.test", "check a policy against written-down cases"),
     "audit": ("guardpool.commands.audit", "show, summarise and verify the audit ledger"),
     "hook": ("guardpool.commands.hook", "adapters for coding-agent hooks (claude-code)"),
+    "mcp-proxy": ("guardpool.commands.mcp_proxy", "guard the tool calls of a stdio MCP server"),
     "doctor": ("guardpool.commands.doctor", "report which sandbox measures are active here"),
 }
 

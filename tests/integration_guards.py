@@ -29,3 +29,18 @@ def ask_deploy(value: Any, ctx: Any) -> Verdict:
     if "deploy" in str(value):
         return Verdict.ask("deploys need a human's approval")
     return Verdict.allow()
+
+
+def redact_passwords(value: Any, ctx: Any) -> Verdict:
+    """A rewrite that keeps the value's shape (strings inside dicts and lists too)."""
+
+    def scrub(v: Any) -> Any:
+        if isinstance(v, str):
+            return v.replace("password", "********")
+        if isinstance(v, dict):
+            return {k: scrub(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [scrub(x) for x in v]
+        return v
+
+    return Verdict.rewrite(scrub(value))

@@ -1,0 +1,50 @@
+"""``guardpool mcp-proxy --config F [--name N] -- <server command ...>``.
+
+Runs the stdio MCP server given after ``--`` as a child process and serves MCP
+on this process's own stdin/stdout in front of it, checking every tool call
+against the policy (see ``guardpool.integrations.mcp_proxy``). Stdout belongs
+to the MCP protocol: everything else guardpool says goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from guardpool.cli import EXIT_OK, UsageError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="policy file (TOML or JSON)")
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="the server's name in labels op:mcp:NAME:TOOL (default: the name it reports)",
+    )
+    parser.add_argument("--run-id", default=None, help="the budget run (default: one per proxy)")
+    parser.add_argument("--principal", default="", help="the principal budgets are charged to")
+    parser.add_argument(
+        "server", nargs=argparse.REMAINDER, help="-- then the MCP server's command and arguments"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    command = list(args.server)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UsageError("give the MCP server's command after --, e.g. -- python server.py")
+    try:
+        from guardpool.integrations.mcp_proxy import proxy
+    except ImportError as exc:  # MissingExtra: the hint names the extra to install
+        raise UsageError(str(exc)) from None
+    import anyio
+
+    from guardpool.runner.enforcer import Enforcer
+
+    with Enforcer.from_config(args.config) as enforcer:
+        anyio.run(
+            lambda: proxy(
+                enforcer, command, name=args.name, run_id=args.run_id, principal=args.principal
+            )
+        )
+    return EXIT_OK
