@@ -87,7 +87,7 @@ class Metrics:
     def observe_check(self, d: Decision, seconds: float) -> None:
         self.checks.labels(d.action).inc()
         self.latency.observe(seconds)
-        if not d.allowed:
+        if d.action == "deny":  # an ask is waiting for a human, not refused
             for reason in d.reasons or ("unknown",):
                 self.denials.labels(reason_kind(reason)).inc()
         for v in d.verdicts:
