@@ -197,9 +197,7 @@ class _Check:
             if r.effect != "allow":
                 reasons.append(r.verdict.reason)
 
-    def read_reservation(
-        self, answer: StoreAnswer
-    ) -> tuple[list[str], list[tuple[str, Action]]]:
+    def read_reservation(self, answer: StoreAnswer) -> tuple[list[str], list[tuple[str, Action]]]:
         """Limit statuses, audit events, hooks, refusals, and (reason, warn|ask) notes."""
         scope = self.scope
         refused = set(answer.refused)
