@@ -140,11 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        hint = missing_extra_hint(name, exc)
-        if hint is None:
-            return _bug(name)
-        print(f"guardpool {name}: error: {hint}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _missing_module(name, exc)
     parser = argparse.ArgumentParser(prog=f"guardpool {name}", description=help_text)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
@@ -152,11 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = module.main(args)
     except ModuleNotFoundError as exc:
-        hint = missing_extra_hint(name, exc)
-        if hint is None:
-            return _bug(name)
-        print(f"guardpool {name}: error: {hint}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _missing_module(name, exc)
     except user_errors as exc:
         print(f"guardpool {name}: error: {describe(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -169,6 +161,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception:
         return _bug(name)
     return result
+
+
+def _missing_module(name: str, exc: ModuleNotFoundError) -> int:
+    """Exit 2 with the install hint when an optional extra is missing, else report a bug."""
+    hint = missing_extra_hint(name, exc)
+    if hint is None:
+        return _bug(name)
+    print(f"guardpool {name}: error: {hint}", file=sys.stderr)
+    return EXIT_BAD_INPUT
 
 
 def _bug(name: str) -> int:

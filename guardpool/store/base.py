@@ -101,6 +101,19 @@ class StoreAnswer(msgspec.Struct, frozen=True, kw_only=True):
     expired: tuple[Expired, ...] = ()
 
 
+class ServerStoreSettings(Protocol):
+    """What a store backed by a server (Redis, PostgreSQL) reads of ``[store]``."""
+
+    @property
+    def url(self) -> str | None: ...
+    @property
+    def key_prefix(self) -> str: ...
+    @property
+    def connect_timeout_ms(self) -> int: ...
+    @property
+    def op_timeout_ms(self) -> int: ...
+
+
 class BudgetStore(Protocol):
     def reserve(
         self, reservation_id: str, items: Sequence[ReserveItem], ttl_ms: int

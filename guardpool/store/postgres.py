@@ -38,14 +38,21 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import msgspec
 
 from guardpool.pg.migrate import SchemaError, migrate
 from guardpool.pg.pool import DeadlineConnection, Pg, PgUnavailable
 from guardpool.store import engine
-from guardpool.store.base import Clock, CounterState, Expired, ReserveItem, StoreAnswer
+from guardpool.store.base import (
+    Clock,
+    CounterState,
+    Expired,
+    ReserveItem,
+    ServerStoreSettings,
+    StoreAnswer,
+)
 from guardpool.store.errors import StoreUnavailable
 
 T = TypeVar("T")
@@ -77,15 +84,7 @@ def _load_queries() -> dict[str, str]:
 Q = _load_queries()
 
 
-class PostgresSettings(Protocol):
-    @property
-    def url(self) -> str | None: ...
-    @property
-    def key_prefix(self) -> str: ...
-    @property
-    def connect_timeout_ms(self) -> int: ...
-    @property
-    def op_timeout_ms(self) -> int: ...
+PostgresSettings = ServerStoreSettings  # the same settings as every server-backed store
 
 
 class _Retry(Exception):

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 import redis
@@ -42,6 +42,7 @@ from guardpool.store.base import (
     CounterState,
     Expired,
     ReserveItem,
+    ServerStoreSettings,
     StoreAnswer,
     check_actual,
     check_items,
@@ -51,15 +52,7 @@ from guardpool.store.errors import StoreUnavailable
 T = TypeVar("T")
 
 
-class RedisSettings(Protocol):
-    @property
-    def url(self) -> str | None: ...
-    @property
-    def key_prefix(self) -> str: ...
-    @property
-    def connect_timeout_ms(self) -> int: ...
-    @property
-    def op_timeout_ms(self) -> int: ...
+RedisSettings = ServerStoreSettings  # the same settings as every server-backed store
 
 
 def script_source(name: str) -> str:
