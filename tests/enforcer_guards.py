@@ -63,3 +63,9 @@ def crash(value: Any, ctx: Any) -> Verdict:
 
     os.kill(os.getpid(), signal.SIGKILL)
     return Verdict.allow()
+
+
+def nap(value: Any, ctx: Any) -> Verdict:
+    """Sleeps 0.3 s (no CPU), then allows."""
+    time.sleep(0.3)
+    return Verdict.allow()

@@ -555,3 +555,15 @@ def test_a_callable_beside_the_policy_file_runs_in_the_workers_without_sys_path(
         d = e.run("beside").check(llm())
     assert sys.path == before
     assert d.reasons == ("denied from beside the file",)
+
+
+def test_a_guards_own_timeout_is_its_deadline_not_job_timeout_ms(make: Any) -> None:
+    # What lint's GP207 says: pool.job_timeout_ms (here 50 ms) caps GuardPool.submit jobs,
+    # not guards; this guard's timeout_ms (5 s) is its deadline, so a 0.3 s nap passes.
+    e = make(
+        pool={"workers": 1, "job_timeout_ms": 50},
+        guard=[{"name": "nap", "ops": ["*"], "call": f"{G}:nap", "timeout_ms": 5000}],
+    )
+    decision = e.run("nap").check(llm())
+    assert decision.allowed, decision
+    assert [(v.guard, v.outcome) for v in decision.verdicts] == [("nap", "allow")], decision

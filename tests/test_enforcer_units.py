@@ -212,3 +212,20 @@ def test_the_warning_threshold_is_crossed_once(harness: Any) -> None:
     for _ in range(5):
         h.settle(h.check(op()), Usage())
     assert h.kinds().count("warning") == 1
+
+
+def test_every_reason_shows_money_as_money(harness: Any) -> None:
+    # Issue 12 item 7: no reason reads "actual 30000 > estimate 20000" for three cents.
+    h = harness(limits={"exe:llm:*": {"cost": "$0.05", "on_exceed": "warn", "warn_at": 0.3}})
+    first = h.check(op(cost="$0.02"))
+    h.settle(first, Usage(cost="$0.03"))
+    second = h.check(op(cost="$0.03"))  # 0.03 used + 0.03 > 0.05: allowed with a warning
+    p = harness(limits={"*": {"cost": "$0.025", "enforcement": "post-hoc"}})
+    after = p.settle(p.check(op(cost="$0.02")), Usage(cost="$0.03"))
+    reasons = [s.event.reason for s in h.ledger.events() if s.event.reason]
+    text = "\n".join([*reasons, *second.reasons, *after.reasons])
+    assert "exe:llm:* cost passed 30% ($0.02 of $0.05)" in text, text
+    assert "exe:llm:* cost: actual $0.03 > estimate $0.02" in text, text
+    assert "exe:llm:* cost exceeded ($0.06 of $0.05); allowed (on_exceed=warn)" in text, text
+    assert "post-hoc limit * cost: $0.03 of $0.025 used" in text, text
+    assert "30000" not in text and "20000" not in text, text

@@ -361,3 +361,36 @@ def test_lint_passes_the_example_policy_with_warnings_only() -> None:
     report = json.loads(out.stdout)
     assert report["dangers"] == 0
     assert any(i["code"] == "GP201" and "fails open" in i["message"] for i in report["issues"])
+
+
+def test_lint_shows_the_machine_advice_under_its_rule_codes(tmp_path: Path) -> None:
+    import os
+    import tomllib
+
+    from guardpool.policy.machine import advice
+    from guardpool.policy.source import decode_config
+
+    cores = os.cpu_count() or 1
+    extra = (
+        f"timeout_ms = 900\n[pool]\nworkers = {4 * cores + 1}\njob_cpu_ms = 500\n"
+        "job_timeout_ms = 800\n"
+    )
+    policy = _policy(tmp_path, "okguard", "def check(value, ctx):\n    return True\n", extra)
+    out = lint(policy, "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr  # advice never fails lint
+    found = {(i["code"], i["level"], i["where"]) for i in json.loads(out.stdout)["issues"]}
+    assert ("GP205", "warning", "pool.workers") in found
+    assert ("GP206", "warning", "guard[0].timeout_ms") in found
+    assert ("GP207", "info", "guard[0].timeout_ms") in found
+    # One place computes the advice: lint shows exactly what advice() says.
+    cfg = decode_config(tomllib.loads(policy.read_text()), str(policy))
+    shown = {(c, w) for c, _, w in found if c in ("GP205", "GP206", "GP207")}
+    assert {(a.code, a.key) for a in advice(cfg)} == shown
+
+
+def test_sane_settings_get_no_advice(tmp_path: Path) -> None:
+    extra = "timeout_ms = 200\n[pool]\nworkers = 1\njob_cpu_ms = 500\njob_timeout_ms = 800\n"
+    policy = _policy(tmp_path, "okguard2", "def check(value, ctx):\n    return True\n", extra)
+    out = lint(policy, "--json", cwd=tmp_path)
+    codes = {i["code"] for i in json.loads(out.stdout)["issues"]}
+    assert out.returncode == 0 and not codes & {"GP205", "GP206", "GP207"}, out.stdout

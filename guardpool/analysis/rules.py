@@ -91,6 +91,19 @@ RULES: dict[str, Rule] = {
         ),
         Rule("GP205", "warning", "more workers than cores can serve", "lower pool.workers"),
         Rule(
+            "GP206",
+            "warning",
+            "guard timeout above the pool's CPU budget",
+            "raise pool.job_cpu_ms to at least the guard's timeout_ms, or lower the timeout",
+        ),
+        Rule(
+            "GP207",
+            "info",
+            "guard timeout above pool.job_timeout_ms",
+            "job_timeout_ms is the deadline of GuardPool.submit jobs; a guard's deadline is its "
+            "own timeout_ms (or guards.timeout_ms)",
+        ),
+        Rule(
             "GP301",
             "warning",
             "RE2 and Python re read this pattern differently",

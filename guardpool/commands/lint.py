@@ -30,6 +30,7 @@ from guardpool.analysis.rules import RULES, Issue, issue
 from guardpool.policy.errors import PolicyError
 from guardpool.policy.labels import match
 from guardpool.policy.loader import Policy, load_policy
+from guardpool.policy.machine import advice
 from guardpool.policy.regex import compile_pattern, re_semantic_warnings
 
 _LONG_PRIVILEGED_MS = 5000
@@ -123,11 +124,8 @@ def check_settings(policy: Policy) -> list[Issue]:
                 f"{cfg.pool.max_input_bytes} bytes: every guard must handle this",
             )
         )
-    cores = os.cpu_count() or 1
-    if cfg.pool.workers and cfg.pool.workers > cores * 4:
-        issues.append(
-            issue("GP205", "pool.workers", f"{cfg.pool.workers} workers on {cores} cores")
-        )
+    # Machine-aware advice is computed in one place (policy/machine.py); lint only shows it.
+    issues.extend(issue(a.code, a.key, a.message) for a in advice(cfg))
     return issues
 
 

@@ -12,13 +12,14 @@ pool that dies at start-up or a traceback from a Redis client.
 
 ``advice(config)`` lists settings that are legal but probably wrong (a guard
 timeout longer than the CPU budget that kills it first, more workers than
-cores); ``guardpool lint`` is the place to show them.
+cores); ``guardpool lint`` shows them, each under its own rule code.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from guardpool.policy.config import Config
@@ -82,14 +83,24 @@ def _check_redis_url(url: str) -> None:
         raise PolicyError(f"bad Redis URL {url!r}: the database must be a number", key="store.url")
 
 
-def advice(config: Config) -> list[tuple[str, str]]:
-    """(key, message) for settings that load but are probably mistakes."""
-    out: list[tuple[str, str]] = []
+class Advice(NamedTuple):
+    """A setting that loads but is probably a mistake: ``guardpool lint`` shows it
+    under ``code`` (a rule in ``analysis.rules``)."""
+
+    code: str
+    key: str
+    message: str
+
+
+def advice(config: Config, cores: int | None = None) -> list[Advice]:
+    """Settings that load but are probably mistakes. ``cores`` defaults to this machine's."""
+    out: list[Advice] = []
     pool = config.pool
-    cores = os.cpu_count() or 1
+    cores = cores or os.cpu_count() or 1
     if pool.workers is not None and pool.workers > 4 * cores:
         out.append(
-            (
+            Advice(
+                "GP205",
                 "pool.workers",
                 f"{pool.workers} workers on {cores} cores: guards are CPU jobs, extra workers "
                 "only queue in the kernel and cost memory",
@@ -98,21 +109,29 @@ def advice(config: Config) -> list[tuple[str, str]]:
     default = config.guards.timeout_ms
     for i, g in enumerate(config.guard):
         if g.call is None:
-            continue
+            continue  # RE2 banks run in the host, outside the pool's job limits
         timeout = g.timeout_ms if g.timeout_ms is not None else default
+        where = f"guard[{i}].timeout_ms" if g.timeout_ms is not None else "guards.timeout_ms"
+        name = f" (guard {g.name!r})"
         if timeout > pool.job_cpu_ms:
             out.append(
-                (
-                    f"guard[{i}].timeout_ms",
-                    f"{timeout} ms is above pool.job_cpu_ms ({pool.job_cpu_ms}): a busy guard "
-                    "is killed by its CPU budget first",
+                Advice(
+                    "GP206",
+                    where,
+                    f"{timeout} ms{name} is above pool.job_cpu_ms ({pool.job_cpu_ms}): a guard "
+                    "that computes for the whole time is killed by its CPU budget first",
                 )
             )
         if timeout > pool.job_timeout_ms:
+            # job_timeout_ms is the deadline of GuardPool.submit jobs only; a guard's own
+            # timeout_ms is its deadline. `guardpool bench --write` sets job_timeout_ms to
+            # the largest guard timeout, so people read it as a cap on guards: say it is not.
             out.append(
-                (
-                    f"guard[{i}].timeout_ms",
-                    f"{timeout} ms is above pool.job_timeout_ms ({pool.job_timeout_ms})",
+                Advice(
+                    "GP207",
+                    where,
+                    f"{timeout} ms{name} is above pool.job_timeout_ms ({pool.job_timeout_ms}), "
+                    "which does not cap guards: this guard may run its full timeout_ms",
                 )
             )
     return out

@@ -25,7 +25,7 @@ import msgspec
 from guardpool.policy.bounds import MAX_AMOUNT
 from guardpool.policy.compile import CompiledLimit, CompiledPrice
 from guardpool.policy.model import LimitStatus, Usage
-from guardpool.policy.money import format_micros, to_micros
+from guardpool.policy.money import format_amount, to_micros
 from guardpool.policy.runtime import PolicyMatch
 from guardpool.store.base import CounterState, ReserveItem
 
@@ -157,8 +157,8 @@ def crossed_warning(item: ReserveItem, state: CounterState, warn_at: float | Non
 
 def describe_refusal(planned: PlannedItem, state: CounterState) -> str:
     item = planned.item
-    unit = _format(item.dimension, state.used + state.reserved)
-    cap = _format(item.dimension, item.limit)
+    unit = format_amount(item.dimension, state.used + state.reserved)
+    cap = format_amount(item.dimension, item.limit)
     if state.used + state.reserved >= item.limit:
         return (
             f"limit {planned.limit.pattern} {item.dimension}: {unit} of {cap} already used "
@@ -171,11 +171,5 @@ def describe_refusal(planned: PlannedItem, state: CounterState) -> str:
         )
     return (
         f"limit {planned.limit.pattern} {item.dimension}: estimate "
-        f"{_format(item.dimension, item.amount)} would exceed {cap} ({unit} used or reserved)"
+        f"{format_amount(item.dimension, item.amount)} would exceed {cap} ({unit} used or reserved)"
     )
-
-
-def _format(dimension: str, value: int) -> str:
-    if dimension == "cost":
-        return format_micros(value)
-    return str(value)

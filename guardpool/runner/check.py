@@ -28,6 +28,7 @@ nothing at all. Hooks raised while the transaction is open fire after it ends.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any
@@ -37,6 +38,7 @@ import msgspec
 from guardpool.audit.events import AuditEvent
 from guardpool.audit.ledger import LedgerWriteError
 from guardpool.policy.model import Action, Decision, GuardVerdict, LimitStatus, Operation
+from guardpool.policy.money import format_amount
 from guardpool.policy.runtime import PolicyMatch
 from guardpool.runner import budget
 from guardpool.runner.pending import Pending
@@ -209,6 +211,7 @@ class _Check:
             over = i in refused or (not p.item.check and total > state.limit)
             statuses.append(budget.limit_status(p, state, exceeded=over))
             where = {"pattern": p.limit.pattern, "dimension": p.item.dimension}
+            amount = functools.partial(format_amount, p.item.dimension)
             hook = {**where, "used": state.used, "reserved": state.reserved, "limit": state.limit}
             if i in refused:
                 reason = budget.describe_refusal(p, state)
@@ -220,7 +223,7 @@ class _Check:
                 outcome = "needs approval (on_exceed=ask)" if ask else "allowed (on_exceed=warn)"
                 reason = (
                     f"limit {p.limit.pattern} {p.item.dimension} exceeded "
-                    f"({total} of {state.limit}); {outcome}"
+                    f"({amount(total)} of {amount(state.limit)}); {outcome}"
                 )
                 notes.append((reason, "ask" if ask else "warn"))
                 self.reservation.append(scope.event("warning", reason=reason))
@@ -228,7 +231,7 @@ class _Check:
             elif answer.ok and budget.crossed_warning(p.item, state, p.limit.warn_at):
                 reason = (
                     f"limit {p.limit.pattern} {p.item.dimension} passed "
-                    f"{p.limit.warn_at:.0%} ({total} of {state.limit})"
+                    f"{p.limit.warn_at:.0%} ({amount(total)} of {amount(state.limit)})"
                 )
                 if p.limit.on_warn_at == "ask":
                     # Crossing the mark is a question for a human, not only a note.

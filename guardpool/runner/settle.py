@@ -20,12 +20,14 @@ own, so the budget is never left holding only the estimate.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from typing import Any
 
 from guardpool.audit.events import AuditEvent
 from guardpool.audit.ledger import LedgerWriteError
 from guardpool.policy.model import Action, Decision, GuardVerdict, LimitStatus, Usage
+from guardpool.policy.money import format_amount
 from guardpool.runner import budget
 from guardpool.runner.pending import Pending
 from guardpool.runner.scope import Scope
@@ -164,7 +166,10 @@ class _Settle:
                 "estimate": item.amount,
                 "actual": amount,
             }
-            reason = f"{pattern} {item.dimension}: actual {amount} > estimate {item.amount}"
+            fmt = functools.partial(format_amount, item.dimension)
+            reason = (
+                f"{pattern} {item.dimension}: actual {fmt(amount)} > estimate {fmt(item.amount)}"
+            )
             self.events.append(self.scope.event("overrun", reason=reason, detail=detail))
             self.hooks.append(("overrun", detail))
 
@@ -181,7 +186,8 @@ class _Settle:
             statuses.append(budget.limit_status(planned, state, exceeded=over))
             if not over:
                 continue
-            reason = f"limit {limit.pattern} {dim}: {state.used} of {state.limit} used"
+            used, cap = format_amount(dim, state.used), format_amount(dim, state.limit)
+            reason = f"limit {limit.pattern} {dim}: {used} of {cap} used"
             if limit.enforcement == "post-hoc" and limit.on_exceed == "deny":
                 self.reasons.append(f"post-hoc {reason}")
                 self.effects.append("deny")
