@@ -153,6 +153,26 @@ def test_expiry_also_happens_inside_reserve_and_settle(
     assert settled.ok and [e.reservation_id for e in settled.expired] == ["c"]
 
 
+def test_each_reservation_expires_on_its_own_deadline_whatever_the_order(
+    store: BudgetStore, clock: ManualClock
+) -> None:
+    # Redis keeps the earliest deadline aside to skip the overdue scan: a settled
+    # earliest, or a shorter reservation made after a longer one, must not fool it.
+    store.reserve("short", [item(1)], 100)
+    store.reserve("long", [item(2)], 1_000)
+    assert store.settle("short", {}).ok
+    clock.advance(500)
+    assert store.expire() == ()
+    store.reserve("shorter", [item(3)], 100)
+    clock.advance(101)
+    assert [e.reservation_id for e in store.expire()] == ["shorter"]
+    clock.advance(400)
+    assert [e.reservation_id for e in store.expire()] == ["long"]
+    assert store.expire() == ()
+    s = store.states([item()])[0]
+    assert (s.used, s.reserved) == (6, 0)
+
+
 # Windows here are a minute long so that Redis's own key expiry (real time) never
 # fires during a test; the manual clock moves past them in one step.
 

@@ -6,36 +6,39 @@ the server: no host can read "39 of 40" between another host's read and
 write. The scripts implement the algorithm of ``engine.py`` (memory and SQLite)
 and pass the same conformance suite.
 
-    reserve(id, items) ──► EVALSHA reserve.lua  KEYS = counters, deadlines, seq,
+    reserve(id, items) ──► EVALSHA reserve.lua  KEYS = counters, deadlines, seq, due,
                                                        record, window keys of the items
                                                 ARGV = now | '', id, ttl, msgpack items
-                       ◄── msgpack StoreAnswer (decoded by msgspec straight into Structs)
+                       ◄── msgpack [ok, counts, refused, expired] (array_like Structs)
+    settle(id, actual) ──► EVALSHA settle.lua   ARGV = now | '', id, dim, n, dim, n, ...
+                       ◄── the same, plus the reservation's items to name the counts
 
+- One round trip per step, over a lean client (``resp.py``): the scripts
+  answer one msgpack string, so the client only packs a command and reads one
+  bulk reply. Wire values are positional arrays decoded by msgspec into named
+  Structs here and into named tables in Lua at once.
 - Time is the server's (``TIME``) unless the store is given a clock, so hosts
   with skewed clocks agree on rolling windows and reservation deadlines; tests
   give a clock and move it instead of sleeping.
 - Every key lives under one hash tag (``{prefix}``): the scripts also run on
   Redis Cluster, at the price of one budget namespace living in one slot.
-- Scripts are loaded once (``SCRIPT LOAD`` by sha on first use) and loaded again
-  after a server restart flushed them (NOSCRIPT).
+- Scripts are sent by SHA1 and loaded once per server (on ``NOSCRIPT``, which
+  also covers a restarted server that flushed them).
 - Any connection error or timeout raises StoreUnavailable: the enforcer
-  denies. A dropped connection is retried once at once (every script is
-  idempotent by reservation id, so a reply lost in transit cannot count twice),
-  a timeout never: the worst case is about 2 x connect_timeout_ms +
-  op_timeout_ms. redis-py's connection pool reconnects by itself.
+  denies. A dropped connection is retried once at once on a new connection
+  (every script is idempotent by reservation id, so a reply lost in transit
+  cannot count twice), a timeout never: the worst case is about
+  2 x connect_timeout_ms + op_timeout_ms. A connection that failed is closed,
+  never reused; the next step connects again by itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import os
+from collections.abc import Mapping, Sequence
 from importlib import resources
-from typing import Any, TypeVar
 
 import msgspec
-import redis
-import redis.exceptions
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from guardpool.store.base import (
     Clock,
@@ -48,9 +51,7 @@ from guardpool.store.base import (
     check_items,
 )
 from guardpool.store.errors import StoreUnavailable
-
-T = TypeVar("T")
-
+from guardpool.store.resp import Connection, RedisReplyError, Script, parse_url
 
 RedisSettings = ServerStoreSettings  # the same settings as every server-backed store
 
@@ -61,42 +62,82 @@ def script_source(name: str) -> str:
     return (lua / "common.lua").read_text() + (lua / f"{name}.lua").read_text()
 
 
-class _WireExpired(msgspec.Struct, frozen=True):
+class _WireItem(msgspec.Struct, array_like=True, frozen=True):
+    """A ReserveItem as the scripts read it (common.lua: named())."""
+
+    key: str
+    dimension: str
+    limit: int
+    amount: int
+    headroom: int
+    window_ms: int
+    check: bool
+
+
+class _WireExpired(msgspec.Struct, array_like=True, frozen=True):
     reservation_id: str
-    # cmsgpack packs an empty Lua table as an array: a reservation of no items.
-    charged: dict[str, int] | list[int]
+    charged: tuple[str | int, ...]  # dimension, amount, dimension, amount, ...
 
 
-class _WireAnswer(msgspec.Struct, frozen=True):
+class _WireAnswer(msgspec.Struct, array_like=True, frozen=True):
     ok: bool
-    states: tuple[CounterState, ...]
+    counts: tuple[int, ...]  # used, reserved of each item in turn
     refused: tuple[int, ...]
     expired: tuple[_WireExpired, ...]
+    # settle: the items' bytes as the reserve stored them (a msgpack str: Lua
+    # has no bytes type), so the counts can be named whoever made the reservation.
+    items: msgspec.Raw = msgspec.Raw(b"\xa0")
 
 
 _decode_answer = msgspec.msgpack.Decoder(_WireAnswer).decode
-_decode_states = msgspec.msgpack.Decoder(tuple[CounterState, ...]).decode
+_decode_counts = msgspec.msgpack.Decoder(tuple[int, ...]).decode
 _decode_expired = msgspec.msgpack.Decoder(tuple[_WireExpired, ...]).decode
+_decode_items = msgspec.msgpack.Decoder(tuple[_WireItem, ...]).decode
 _encode = msgspec.msgpack.Encoder().encode
 
 
-def _expired(wire: Sequence[_WireExpired]) -> tuple[Expired, ...]:
-    return tuple(
-        Expired(
-            reservation_id=e.reservation_id,
-            charged=e.charged if isinstance(e.charged, dict) else {},
-        )
-        for e in wire
+def _pack_items(items: Sequence[ReserveItem]) -> bytes:
+    """Items as the scripts read them: _WireItem's arrays."""
+    return _encode(
+        [
+            (it.key, it.dimension, it.limit, it.amount, it.headroom, it.window_ms, it.check)
+            for it in items
+        ]
     )
 
 
-def _answer(raw: bytes) -> StoreAnswer:
-    w = _decode_answer(raw)
-    return StoreAnswer(
-        ok=w.ok,
-        states=w.states,
-        refused=w.refused,
-        expired=_expired(w.expired) if w.expired else (),
+def _str_payload(raw: bytes) -> bytes:
+    """The bytes inside one msgpack str (lua-cmsgpack packs every Lua string as str)."""
+    head = raw[0]
+    if head & 0xE0 == 0xA0:
+        return raw[1:]
+    skip = {0xD9: 2, 0xDA: 3, 0xDB: 5}.get(head)
+    if skip is None:
+        raise StoreUnavailable("budget store unavailable: redis: malformed answer")
+    return raw[skip:]
+
+
+def _expired(wire: Sequence[_WireExpired]) -> tuple[Expired, ...]:
+    out = []
+    for e in wire:
+        flat = e.charged
+        charged = {str(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+        out.append(Expired(reservation_id=e.reservation_id, charged=charged))
+    return tuple(out)
+
+
+def _states(
+    items: Sequence[ReserveItem | _WireItem], counts: Sequence[int]
+) -> tuple[CounterState, ...]:
+    return tuple(
+        CounterState(
+            key=it.key,
+            dimension=it.dimension,
+            used=counts[2 * i],
+            reserved=counts[2 * i + 1],
+            limit=it.limit,
+        )
+        for i, it in enumerate(items)
     )
 
 
@@ -104,50 +145,86 @@ class RedisStore:
     def __init__(self, config: RedisSettings, *, clock: Clock | None = None) -> None:
         if not config.url:
             raise ValueError("the redis store needs a url")
+        self._address = parse_url(config.url)
+        self._connect_timeout = config.connect_timeout_ms / 1000
+        self._op_timeout = config.op_timeout_ms / 1000
         self._prefix = "{" + config.key_prefix + "}"
         self._clock = clock
-        self._client = redis.Redis.from_url(
-            config.url,
-            socket_connect_timeout=config.connect_timeout_ms / 1000,
-            socket_timeout=config.op_timeout_ms / 1000,
-            # redis-py's default retries three times with up to seconds of backoff,
-            # which would hold a denied check far past op_timeout_ms.
-            retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
-        )
         p = self._prefix
-        self._fixed = [f"{p}:counters", f"{p}:deadlines", f"{p}:seq"]
-        scripts = ("reserve", "settle", "release", "states", "expire")
+        self._fixed = [f"{p}:{name}".encode() for name in ("counters", "deadlines", "seq", "due")]
         self._scripts = {
-            name: self._client.register_script(script_source(name)) for name in scripts
+            name: Script(script_source(name))
+            for name in ("reserve", "settle", "release", "states", "expire")
         }
+        # Idle connections; a step pops one (or connects) and pushes it back
+        # when it succeeded. list.pop/append are atomic, so threads share it.
+        self._idle: list[Connection] = []
+        self._pid = os.getpid()
 
     # -- keys
 
-    def _record(self, reservation_id: str) -> str:
-        return f"{self._prefix}:res:{reservation_id}"
+    def _record(self, reservation_id: str) -> bytes:
+        return f"{self._prefix}:res:{reservation_id}".encode()
 
-    def _window_keys(self, items: Sequence[ReserveItem]) -> list[str]:
-        keys: list[str] = []
+    def _window_keys(self, items: Sequence[ReserveItem]) -> list[bytes]:
+        keys: list[bytes] = []
         for it in items:
             if it.window_ms:
                 counter = f"{it.key}\n{it.dimension}"
-                keys += (f"{self._prefix}:w:{counter}", f"{self._prefix}:ws:{counter}")
+                keys += (
+                    f"{self._prefix}:w:{counter}".encode(),
+                    f"{self._prefix}:ws:{counter}".encode(),
+                )
         return keys
 
-    def _now(self) -> str:
-        return str(self._clock()) if self._clock is not None else ""
+    def _now(self) -> bytes:
+        return b"%d" % self._clock() if self._clock is not None else b""
 
-    def _run(self, name: str, keys: list[str], *args: Any) -> Any:
+    # -- the one round trip
+
+    def _connect(self) -> Connection:
+        return Connection(self._address, self._connect_timeout, self._op_timeout)
+
+    def _run(self, name: str, keys: list[bytes], *args: bytes) -> bytes | int | None:
+        if self._pid != os.getpid():
+            # A forked child must not share its parent's sockets: replies would cross.
+            self._idle, self._pid = [], os.getpid()
         script = self._scripts[name]
-        return self._call(lambda: script(keys=keys, args=[self._now(), *args]))
+        argv = [self._now(), *args]
+        for attempt in (1, 2):
+            conn = None
+            try:
+                conn = self._idle.pop() if self._idle else self._connect()
+                reply = conn.evalsha(script, keys, argv)
+            except RedisReplyError as exc:
+                if conn is not None:  # the connection itself is fine
+                    self._idle.append(conn)
+                raise StoreUnavailable(f"budget store unavailable: redis error: {exc}") from None
+            except TimeoutError as exc:
+                if conn is not None:
+                    conn.close()  # its late reply must never answer another step
+                raise StoreUnavailable(f"budget store unavailable: redis: timeout {exc}") from None
+            except OSError as exc:
+                if conn is not None:
+                    conn.close()
+                # The server went away: every idle connection is as stale as this one.
+                for stale in self._drain():
+                    stale.close()
+                if attempt == 2:
+                    raise StoreUnavailable(f"budget store unavailable: redis: {exc}") from None
+                continue
+            self._idle.append(conn)
+            return reply
+        raise AssertionError("unreachable")
 
-    def _call(self, fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise StoreUnavailable(f"budget store unavailable: redis: {exc}") from None
-        except redis.exceptions.RedisError as exc:
-            raise StoreUnavailable(f"budget store unavailable: redis error: {exc}") from None
+    def _drain(self) -> list[Connection]:
+        idle, self._idle = self._idle, []
+        return idle
+
+    def _bytes(self, reply: bytes | int | None) -> bytes:
+        if not isinstance(reply, bytes):
+            raise StoreUnavailable(f"budget store unavailable: redis: unexpected reply {reply!r}")
+        return reply
 
     # -- BudgetStore
 
@@ -155,26 +232,43 @@ class RedisStore:
         self, reservation_id: str, items: Sequence[ReserveItem], ttl_ms: int
     ) -> StoreAnswer:
         check_items(items)  # Lua numbers are doubles: bound them before they get there
+        packed = _pack_items(items)
         keys = [*self._fixed, self._record(reservation_id), *self._window_keys(items)]
-        return _answer(self._run("reserve", keys, reservation_id, ttl_ms, _encode(list(items))))
+        rid = reservation_id.encode()
+        w = _decode_answer(self._bytes(self._run("reserve", keys, rid, b"%d" % ttl_ms, packed)))
+        return StoreAnswer(
+            ok=w.ok,
+            states=_states(items, w.counts),
+            refused=w.refused,
+            expired=_expired(w.expired) if w.expired else (),
+        )
 
     def settle(self, reservation_id: str, actual: Mapping[str, int]) -> StoreAnswer:
         check_actual(actual)
+        args = [reservation_id.encode()]
+        for dimension, amount in actual.items():
+            args += (dimension.encode(), b"%d" % amount)
         keys = [*self._fixed, self._record(reservation_id)]
-        return _answer(self._run("settle", keys, reservation_id, _encode(dict(actual))))
+        w = _decode_answer(self._bytes(self._run("settle", keys, *args)))
+        payload = _str_payload(bytes(w.items))
+        return StoreAnswer(
+            ok=w.ok,
+            states=_states(_decode_items(payload), w.counts) if payload else (),
+            expired=_expired(w.expired) if w.expired else (),
+        )
 
     def release(self, reservation_id: str) -> bool:
         keys = [*self._fixed, self._record(reservation_id)]
-        return bool(self._run("release", keys, reservation_id))
+        return bool(self._run("release", keys, reservation_id.encode()))
 
     def states(self, items: Sequence[ReserveItem]) -> tuple[CounterState, ...]:
+        packed = _pack_items(items)
         keys = [*self._fixed, *self._window_keys(items)]
-        raw = self._run("states", keys, _encode(list(items)))
-        states: tuple[CounterState, ...] = _decode_states(raw)
-        return states
+        return _states(items, _decode_counts(self._bytes(self._run("states", keys, packed))))
 
     def expire(self) -> tuple[Expired, ...]:
-        return _expired(_decode_expired(self._run("expire", list(self._fixed))))
+        return _expired(_decode_expired(self._bytes(self._run("expire", list(self._fixed)))))
 
     def close(self) -> None:
-        self._client.close()
+        for conn in self._drain():
+            conn.close()

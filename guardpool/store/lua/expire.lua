@@ -1,2 +1,2 @@
--- expire: ARGV = now. Answers packed Expired maps.
+-- expire: ARGV = now. Answers packed [id, charged] pairs.
 return cmsgpack.pack(expire())

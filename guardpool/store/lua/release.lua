@@ -1,10 +1,9 @@
 -- release: ARGV = now, id. Answers 1 when a live reservation was returned, else 0.
-local RECORD, id = KEYS[4], ARGV[2]
-local rec = load(RECORD)
-if not rec or rec.state ~= 'live' then return 0 end
+local RECORD, id = KEYS[5], ARGV[2]
+local state, items, deadline = load(RECORD)
+if state ~= 'live' then return 0 end
 local deltas = {}
-for _, it in ipairs(record_items(rec)) do add(deltas, 'r' .. counter(it), 0 - it.amount) end
+for _, it in ipairs(items) do add(deltas, it[R], 0 - it[AMOUNT]) end
 apply(deltas)
-rec.state = 'released'
-save(RECORD, id, rec)
+finish(RECORD, id, 'released', deadline)
 return 1

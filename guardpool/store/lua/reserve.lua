@@ -1,9 +1,11 @@
--- reserve: ARGV = now, id, ttl_ms, packed items. Answers a packed StoreAnswer.
-local RECORD, id, ttl = KEYS[4], ARGV[2], tonumber(ARGV[3])
-local prev = load(RECORD)
+-- reserve: ARGV = now, id, ttl_ms, packed items. Answers a packed [ok, counts, refused, expired].
+local RECORD, id, ttl = KEYS[5], ARGV[2], tonumber(ARGV[3])
 -- A retried request gets the very bytes it got the first time, and nothing changes.
-if prev then return prev.reply end
-local items, wkeys = decode_items(ARGV[4], 5)
+local prev = redis.call('HGET', RECORD, 'a')
+if prev then return prev end
+local wkeys = {}
+for k = 6, #KEYS do wkeys[#wkeys + 1] = KEYS[k] end
+local items = named(ARGV[4], wkeys)
 local expired = expire()
 local used, reserved = read(items)
 local refused = {}
@@ -14,17 +16,20 @@ local ok = #refused == 0
 if ok then
   -- Reserved values were just read: the new ones need no second read.
   local new = {}
-  for i, it in ipairs(items) do
-    local f = 'r' .. counter(it)
-    new[f] = (new[f] or reserved[i]) + it.amount
-  end
+  for i, it in ipairs(items) do new[it[R]] = (new[it[R]] or reserved[i]) + it[AMOUNT] end
   write(new)
-  for i, it in ipairs(items) do reserved[i] = new['r' .. counter(it)] end
+  for i, it in ipairs(items) do reserved[i] = new[it[R]] end
 end
-local reply = cmsgpack.pack({ok = ok, states = states_of(items, used, reserved),
-                             refused = refused, expired = expired})
-local state = 'refused'
-if ok then state = 'live' end
-save(RECORD, id, {items = ARGV[4], wkeys = wkeys, deadline = now + ttl, state = state,
-                  reply = reply})
+local reply = cmsgpack.pack({ok, counts(items, used, reserved), refused, expired})
+local deadline = now + ttl
+local record = {'s', ok and 'live' or 'refused', 'd', int(deadline), 'i', ARGV[4], 'a', reply}
+if #wkeys > 0 then
+  record[#record + 1], record[#record + 2] = 'w', cmsgpack.pack(wkeys)
+end
+redis.call('HSET', RECORD, unpack(record))
+if ok then
+  live(id, deadline)
+else
+  redis.call('PEXPIRE', RECORD, ttl + KEEP_FINISHED_MS)
+end
 return reply

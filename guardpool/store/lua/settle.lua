@@ -1,34 +1,31 @@
--- settle: ARGV = now, id, packed {dimension: actual}. Answers a packed StoreAnswer.
-local RECORD, id = KEYS[4], ARGV[2]
-local actual = cmsgpack.unpack(ARGV[3])
+-- settle: ARGV = now, id, then dimension, actual, dimension, actual, ...
+-- Answers a packed [ok, counts, refused, expired, items] (items: the bytes the
+-- reserve received, so the caller can name the counts; '' when there is no record).
+local RECORD, id = KEYS[5], ARGV[2]
+local actual = {}
+for k = 3, #ARGV, 2 do actual[ARGV[k]] = tonumber(ARGV[k + 1]) end
 local expired = expire()  -- may expire this very reservation: then it is too late
-local rec = load(RECORD)
-if not rec then
-  return cmsgpack.pack({ok = false, states = {}, refused = {}, expired = expired})
-end
-local items = record_items(rec)
-if rec.state ~= 'live' then
+local state, items, deadline, packed = load(RECORD)
+if not state then return cmsgpack.pack({false, {}, {}, expired, ''}) end
+if state ~= 'live' then
   local used, reserved = read(items)
-  return cmsgpack.pack({ok = false, states = states_of(items, used, reserved),
-                        refused = {}, expired = expired})
+  return cmsgpack.pack({false, counts(items, used, reserved), {}, expired, packed})
 end
 local deltas = {}
 for _, it in ipairs(items) do
-  local amount = actual[it.dimension]
-  if amount == nil then amount = it.amount end
+  local amount = actual[it[DIMENSION]]
+  if amount == nil then amount = it[AMOUNT] end
   charge(deltas, it, amount)
 end
 local new = apply(deltas)
-rec.state = 'settled'
-save(RECORD, id, rec)
+finish(RECORD, id, 'settled', deadline)
 local used, reserved = {}, {}
 for i, it in ipairs(items) do
-  if it.window_ms > 0 then
+  if it[WINDOW_MS] > 0 then
     used[i] = window_used(it)
   else
-    used[i] = new['u' .. counter(it)]
+    used[i] = new[it[U]]
   end
-  reserved[i] = new['r' .. counter(it)]
+  reserved[i] = new[it[R]]
 end
-return cmsgpack.pack({ok = true, states = states_of(items, used, reserved),
-                      refused = {}, expired = expired})
+return cmsgpack.pack({true, counts(items, used, reserved), {}, expired, packed})

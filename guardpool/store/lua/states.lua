@@ -1,4 +1,5 @@
--- states: ARGV = now, packed items (window keys from KEYS[4]). Answers packed CounterStates.
-local items = decode_items(ARGV[2], 4)
-local used, reserved = read(items)
-return cmsgpack.pack(states_of(items, used, reserved))
+-- states: ARGV = now, packed items (window keys from KEYS[5]). Answers packed counts.
+local wkeys = {}
+for k = 5, #KEYS do wkeys[#wkeys + 1] = KEYS[k] end
+local items = named(ARGV[2], wkeys)
+return cmsgpack.pack(counts(items, read(items)))
