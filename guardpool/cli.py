@@ -27,6 +27,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from guardpool.extras import install_line, missing_extra
+
 EXIT_OK = 0
 EXIT_DENIED = 1
 EXIT_BAD_INPUT = 2
@@ -50,30 +52,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-# Third-party module -> the optional extra that installs it. A command whose
-# extra is missing prints the install hint and exits 2 instead of a
-# ModuleNotFoundError traceback (a core install used to die that way on `serve`).
-OPTIONAL_MODULES: dict[str, str] = {
-    "uvicorn": "server",
-    "starlette": "server",
-    "httptools": "server",
-    "prometheus_client": "server",
-    "redis": "redis",
-    "hypothesis": "fuzz",
-    "atheris": "fuzz",
-}
-
-
 def missing_extra_hint(command: str, exc: ModuleNotFoundError) -> str | None:
-    """The install hint for a missing optional module, or None for any other import error."""
-    top = (exc.name or "").split(".")[0]
-    extra = OPTIONAL_MODULES.get(top)
-    if extra is None:
+    """The install hint for a missing optional module, or None for any other import error.
+
+    A command whose extra is missing exits 2 with this line instead of a
+    ModuleNotFoundError traceback (a core install used to die that way on `serve`).
+    """
+    found, line = missing_extra(exc), install_line(exc)
+    if found is None or line is None:
         return None
-    return (
-        f"guardpool {command} needs the {extra} extra (module {top!r} is not installed): "
-        f"pip install 'guardpool[{extra}]'"
-    )
+    return f"guardpool {command} needs the {found.extra} extra ({line})"
 
 
 class UsageError(Exception):

@@ -106,6 +106,54 @@ def test_core_install_serve_names_the_missing_extra(installed: Path, tmp_path: P
     assert "pip install 'guardpool[server]'" in served.stderr
 
 
+@pytest.mark.parametrize(
+    ("policy_text", "command", "extra"),
+    [
+        ('[store]\nbackend = "postgres"\nurl = "postgresql://h/x"\n', "check", "postgres"),
+        ('[store]\nbackend = "redis"\nurl = "redis://127.0.0.1:1/0"\n', "check", "redis"),
+        ("", "mcp-proxy", "mcp"),
+    ],
+)
+def test_core_install_names_each_missing_extra(
+    installed: Path, tmp_path: Path, policy_text: str, command: str, extra: str
+) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(policy_text)
+    args = {
+        "check": ["check", "--config", str(policy), "--label", "exe:llm:m", "--input", "hi"],
+        "mcp-proxy": ["mcp-proxy", "--config", str(policy), "--", "true"],
+    }[command]
+    out = _run(installed, *args, cwd=tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+    assert f"pip install 'guardpool[{extra}]'" in out.stderr, out.stderr
+
+
+def test_the_extras_table_matches_pyproject() -> None:
+    # One table says which extra installs which module; it must agree with pyproject.
+    import re
+    import tomllib
+
+    from guardpool.extras import EXTRAS
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+
+    def name(req: str) -> str:
+        return re.split(r"[\[<>=~!; ]", req, maxsplit=1)[0].lower()
+
+    for module, (extra, distribution) in EXTRAS.items():
+        assert extra in declared, (module, extra)
+        assert distribution.lower() in {name(r) for r in declared[extra]}, (module, extra)
+    covered = {(e, d.lower()) for e, d in EXTRAS.values()}
+    for extra, reqs in declared.items():
+        if extra == "dev":
+            continue
+        for req in reqs:
+            assert (extra, name(req)) in covered, f"{name(req)} ({extra}) is not in EXTRAS"
+
+
 def test_sdist_carries_what_its_tests_need(tmp_path: Path) -> None:
     sdist = _build("sdist", tmp_path)
     with tarfile.open(sdist) as tf:

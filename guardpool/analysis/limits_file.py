@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from guardpool.extras import MissingExtra, require
 from guardpool.policy.loader import load_policy
 
 
@@ -33,13 +34,9 @@ class Change:
 
 def _tomlkit() -> Any:
     try:
-        import tomlkit
-    except ModuleNotFoundError:
-        raise WriteError(
-            "bench --write needs the tune extra (tomlkit keeps your comments): "
-            "pip install 'guardpool[tune]'"
-        ) from None
-    return tomlkit
+        return require("tomlkit")
+    except MissingExtra as exc:
+        raise WriteError(f"bench --write (tomlkit keeps your comments): {exc}") from None
 
 
 def rewrite(

@@ -19,6 +19,7 @@ import msgspec
 from guardpool.audit.events import StoredEvent, Summary
 from guardpool.audit.ledger import Ledger, LedgerError
 from guardpool.cli import EXIT_DENIED, EXIT_OK, UsageError
+from guardpool.extras import install_line
 from guardpool.policy.money import format_micros
 
 if TYPE_CHECKING:
@@ -88,8 +89,11 @@ def main(args: argparse.Namespace) -> int:
 def _fleet(args: argparse.Namespace) -> int:
     try:
         from guardpool.commands import audit_fleet
-    except ImportError as exc:
-        raise UsageError(f"--url needs psycopg: pip install 'guardpool[postgres]' ({exc})") from exc
+    except ModuleNotFoundError as exc:
+        line = install_line(exc)
+        if line is None:
+            raise
+        raise UsageError(f"--url needs {line}") from None
     from guardpool.audit.pg_ledger import PgLedger
 
     heads = audit_fleet.parse_heads(args.expect_head) if args.action == "verify" else {}

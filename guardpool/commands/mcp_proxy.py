@@ -33,18 +33,10 @@ def main(args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         raise UsageError("give the MCP server's command after --, e.g. -- python server.py")
-    try:
-        from guardpool.integrations.mcp_proxy import proxy
-    except ImportError as exc:  # MissingExtra: the hint names the extra to install
-        raise UsageError(str(exc)) from None
-    import anyio
-
+    # Without the mcp extra this raises MissingExtra; the CLI prints the install line.
+    from guardpool.integrations.mcp_proxy import run_proxy
     from guardpool.runner.enforcer import Enforcer
 
     with Enforcer.from_config(args.config) as enforcer:
-        anyio.run(
-            lambda: proxy(
-                enforcer, command, name=args.name, run_id=args.run_id, principal=args.principal
-            )
-        )
+        run_proxy(enforcer, command, name=args.name, run_id=args.run_id, principal=args.principal)
     return EXIT_OK

@@ -1,7 +1,7 @@
 """Adapters that plug guardpool into agent stacks.
 
 Each adapter is its own module and imports its third-party package lazily (see
-``_optional.require``), so ``import guardpool.integrations.guarded`` never pulls
+``guardpool.extras.require``), so ``import guardpool.integrations.guarded`` never pulls
 in ``openai-agents``, ``litellm`` or ``mcp``:
 
     claude_code   Claude Code hook payloads <-> operations and decisions

@@ -31,11 +31,11 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from guardpool.integrations._optional import require
+from guardpool.extras import require
 from guardpool.policy.model import Decision, Operation, Usage
 from guardpool.runner.enforcer import Enforcer, OperationDenied, Run
 
-require("litellm", "litellm")
+require("litellm")
 
 from litellm.integrations.custom_logger import CustomLogger  # noqa: E402
 

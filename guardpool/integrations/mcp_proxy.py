@@ -20,12 +20,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from guardpool.integrations._optional import require
+from guardpool.extras import require
 from guardpool.policy.model import Decision, Operation, Usage
 from guardpool.runner.enforcer import Enforcer, Run
 
-require("mcp", "mcp")
+require("mcp")
 
+import anyio  # noqa: E402  (mcp depends on it)
 import mcp.types as types  # noqa: E402
 from mcp import ClientSession, StdioServerParameters, stdio_client  # noqa: E402
 from mcp.server.lowlevel.server import Server  # noqa: E402
@@ -111,6 +112,18 @@ def rewritten(tool: str, result: types.CallToolResult, value: Any) -> types.Call
     return types.CallToolResult(
         content=[types.TextContent(text=text)], structured_content=value, is_error=result.is_error
     )
+
+
+def run_proxy(
+    enforcer: Enforcer,
+    command: list[str],
+    *,
+    name: str | None = None,
+    run_id: str | None = None,
+    principal: str = "",
+) -> None:
+    """``proxy`` from synchronous code: serve until the client or the server hangs up."""
+    anyio.run(lambda: proxy(enforcer, command, name=name, run_id=run_id, principal=principal))
 
 
 async def proxy(

@@ -25,11 +25,11 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from guardpool.integrations._optional import require
+from guardpool.extras import require
 from guardpool.policy.model import Decision, Operation, Usage
 from guardpool.runner.enforcer import Run
 
-require("agents", "agents", "openai-agents")
+require("agents")
 
 if TYPE_CHECKING:
     from agents import (

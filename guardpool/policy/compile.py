@@ -19,6 +19,7 @@ from typing import Literal
 
 import msgspec
 
+from guardpool.extras import install_line
 from guardpool.policy.config import Config, EstimateSpec, LimitSpec, PriceSpec
 from guardpool.policy.errors import PolicyError
 from guardpool.policy.labels import validate_pattern
@@ -138,11 +139,11 @@ def check_postgres(url: str | None, schema: str, section: str) -> None:
     The store names its schema ``key_prefix``, the ledger ``schema``."""
     try:
         from guardpool.pg.pool import check_schema, check_url
-    except ImportError:
-        raise PolicyError(
-            "the postgres backend needs psycopg: pip install 'guardpool[postgres]'",
-            key=f"{section}.backend",
-        ) from None
+    except ModuleNotFoundError as exc:
+        line = install_line(exc)
+        if line is None:
+            raise
+        raise PolicyError(f"the postgres backend needs {line}", key=f"{section}.backend") from None
     try:
         check_url(url)
     except ValueError as exc:
