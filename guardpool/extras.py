@@ -33,7 +33,6 @@ EXTRAS: dict[str, Extra] = {
     "starlette": Extra("server", "starlette"),
     "httptools": Extra("server", "httptools"),
     "prometheus_client": Extra("server", "prometheus-client"),
-    "redis": Extra("redis", "redis"),
     "psycopg": Extra("postgres", "psycopg"),
     "psycopg_pool": Extra("postgres", "psycopg-pool"),
     "hypothesis": Extra("fuzz", "hypothesis"),

@@ -110,7 +110,6 @@ def test_core_install_serve_names_the_missing_extra(installed: Path, tmp_path: P
     ("policy_text", "command", "extra"),
     [
         ('[store]\nbackend = "postgres"\nurl = "postgresql://h/x"\n', "check", "postgres"),
-        ('[store]\nbackend = "redis"\nurl = "redis://127.0.0.1:1/0"\n', "check", "redis"),
         ("", "mcp-proxy", "mcp"),
     ],
 )
