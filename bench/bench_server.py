@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,10 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import httpx
-
 from guardpool import Enforcer, Operation
-from tests.conftest import free_port
+from tests.sidecar import TOKEN, Sidecar
 
 POLICY = """
 [[guard]]
@@ -60,7 +56,7 @@ def http_load(url: str, clients: int, per_client: int) -> tuple[list[float], flo
 
     host, port = url.removeprefix("http://").split(":")
     body = json.dumps(BODY).encode()
-    headers = {"Authorization": "Bearer b", "Content-Type": "application/json"}
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 
     def worker() -> None:
         local = []
@@ -105,38 +101,11 @@ def main() -> None:
                 run.check(op)
                 inproc.append((time.perf_counter() - t) * 1000)
             inproc_rps = n / (time.perf_counter() - start)
-        port = free_port()
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "guardpool",
-                "serve",
-                "--config",
-                str(policy),
-                "--port",
-                str(port),
-                "--token",
-                "b",
-            ],
-            cwd=Path(__file__).resolve().parent.parent,
-            stdout=subprocess.DEVNULL,
-            env={**os.environ},
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(300):
-                try:
-                    httpx.get(f"{url}/healthz", timeout=0.5)
-                    break
-                except httpx.HTTPError:
-                    time.sleep(0.05)
-            http_load(url, 1, 100)  # warm up
-            one, one_rps = http_load(url, 1, n)
-            many, many_rps = http_load(url, 16, max(20, n // 16))
-        finally:
-            proc.terminate()
-            proc.wait()
+        # The same real `guardpool serve` the integration tests start (tests/sidecar.py).
+        with Sidecar(policy) as server:
+            http_load(server.url, 1, 100)  # warm up
+            one, one_rps = http_load(server.url, 1, n)
+            many, many_rps = http_load(server.url, 16, max(20, n // 16))
     print(f"{'':28}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}")
     print(
         f"{'in-process run.check()':28}{statistics.median(inproc):9.3f}{pct(inproc, 0.99):9.3f}"
