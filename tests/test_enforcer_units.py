@@ -12,6 +12,7 @@ import pytest
 
 from guardpool import Operation, Usage, Verdict
 from guardpool.audit.ledger import Ledger
+from guardpool.policy import inputs
 from guardpool.policy.guards import CompiledGuard
 from guardpool.policy.loader import Policy, load_policy
 from guardpool.runner import budget
@@ -43,6 +44,7 @@ class StandInGuards(GuardRunner):
         self, phase: Phase, guards: Sequence[CompiledGuard], value: Any, scope: Scope
     ) -> tuple[list[GuardResult], Any]:
         results = []
+        value = inputs.plain(value)  # the enforcer hands the runner its measured input
         for g in guards:
             self.calls.append((phase, g.spec.name, value))
             result = from_verdict(g, self.answers[g.spec.name], 0.5, phase)

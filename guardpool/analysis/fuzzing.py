@@ -32,7 +32,8 @@ from typing import Any, Literal
 
 from guardpool.analysis.astscan import scan_module
 from guardpool.analysis.fuzzgen import inputs
-from guardpool.policy.guards import CompiledGuard, input_bytes
+from guardpool.policy.guards import CompiledGuard
+from guardpool.policy.inputs import InputError, measure, too_large
 from guardpool.policy.loader import Policy
 from guardpool.runner.pool import GuardPool, JobResult
 
@@ -81,13 +82,13 @@ class GuardStats:
 def enforcer_refuses(value: Any, max_input_bytes: int) -> str:
     """Why the enforcer would deny ``value`` before running any guard, or "".
 
-    The enforcer measures an input's size as the bytes a regex guard scans;
-    over ``max_input_bytes`` it denies without running guards.
+    The input contract (``policy/inputs.py``): outside it, or over
+    ``max_input_bytes``, the enforcer denies without running guards.
     """
-    size = len(input_bytes(value))
-    if size > max_input_bytes:
-        return f"input is {size} bytes, over max_input_bytes ({max_input_bytes})"
-    return ""
+    try:
+        return too_large(measure(value).size, max_input_bytes) or ""
+    except InputError as exc:
+        return str(exc)
 
 
 def _pool_refused(job: JobResult) -> bool:

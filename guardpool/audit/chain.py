@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from guardpool.audit.events import GENESIS_HASH, AuditEvent, StoredEvent, Summary, VerifyReport
+from guardpool.policy import inputs
 
 _encoder = msgspec.json.Encoder(order="sorted")
 _decoder = msgspec.json.Decoder(AuditEvent)
@@ -50,27 +51,18 @@ def chain_hash(prev_hash: str, seq: int, ts: int, payload: bytes) -> str:
 def input_digest(input: object, *, capture: bool) -> dict[str, Any]:
     """sha256 and length of an input's bytes, plus its text when ``capture``.
 
-    Bytes are those a regex guard sees: UTF-8 for ``str``, bytes as they are,
-    canonical JSON for anything else (``repr`` if it is not JSON-encodable, so
-    recording never fails on an odd input).
+    The bytes are the input contract's (``policy/inputs.py``), the ones the
+    guards saw: pass the enforcer's ``Measured`` and nothing is encoded again.
+    An input outside the contract (denied before any guard) is identified by its
+    ``repr``, so recording the denial never fails.
     """
-    data: bytes
-    if isinstance(input, str):
-        # surrogatepass: a lone surrogate must not make the check fail here.
-        data = input.encode("utf-8", "surrogatepass")
-    elif isinstance(input, bytes | bytearray | memoryview):
-        data = bytes(input)
-    else:
-        try:
-            data = _encoder.encode(input)
-        except (TypeError, msgspec.EncodeError):
-            data = repr(input).encode("utf-8", "surrogatepass")
-    fields: dict[str, Any] = {
-        "input_sha256": hashlib.sha256(data).hexdigest(),
-        "input_len": len(data),
-    }
+    try:
+        measured = inputs.measure(input)
+    except inputs.InputError:
+        measured = inputs.Measured(input, repr(input).encode("utf-8", "surrogatepass"))
+    fields: dict[str, Any] = {"input_sha256": measured.digest, "input_len": measured.size}
     if capture:
-        fields["input"] = data.decode("utf-8", "backslashreplace")
+        fields["input"] = measured.data.decode("utf-8", "backslashreplace")
     return fields
 
 

@@ -25,6 +25,7 @@ import msgspec
 
 from guardpool.policy.config import GuardDefaults, GuardSpec
 from guardpool.policy.errors import PolicyError
+from guardpool.policy.inputs import guard_bytes
 from guardpool.policy.regex import RegexBank
 from guardpool.policy.verdict import Verdict
 
@@ -45,17 +46,6 @@ class GuardContext(Protocol):
 
 
 GuardFunction = Callable[[Any, GuardContext], object]
-
-
-def input_bytes(value: Any) -> bytes:
-    """The bytes a regex bank scans: UTF-8 text, raw bytes, or canonical JSON."""
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        # surrogatepass: a lone surrogate in hostile text must not make the
-        # guard raise (and so fail per on_error) instead of scanning it.
-        return value.encode("utf-8", "surrogatepass")
-    return msgspec.json.encode(value, order="sorted")
 
 
 def import_module(name: str, import_path: Sequence[str] = ()) -> ModuleType:
@@ -138,7 +128,10 @@ class CompiledGuard:
     def evaluate(self, value: Any, ctx: GuardContext) -> object:
         if self._fn is not None:
             return self._fn(value, ctx)
-        data = input_bytes(value)
+        return self.scan(guard_bytes(value))
+
+    def scan(self, data: bytes) -> Verdict:
+        """A regex guard's verdict on an input's bytes (``policy/inputs.py``)."""
         name = self.spec.name
         if self._deny is not None:
             hit = self._deny.first_match(data)

@@ -1,7 +1,8 @@
 """One check: guard verdicts and budgets combined into one audited decision.
 
     check(services, op, scope)
-      │ 1. input size   > max_input_bytes ──────────────────────────────► deny
+      │ 1. input        measured once (policy/inputs.py): outside the contract,
+      │                 or size > max_input_bytes ─────────────────────► deny
       │ 2. match        policy.match(labels): guards, limits, estimate, price (cached)
       │ 3. budgets      store.reserve(every matching limit, one atomic step)
       │                 refused / store down ──────────────────────────► deny
@@ -33,10 +34,9 @@ import logging
 import time
 from typing import Any
 
-import msgspec
-
 from guardpool.audit.events import AuditEvent
 from guardpool.audit.ledger import LedgerWriteError
+from guardpool.policy import inputs
 from guardpool.policy.model import Action, Decision, GuardVerdict, LimitStatus, Operation
 from guardpool.policy.money import format_amount
 from guardpool.policy.runtime import PolicyMatch
@@ -74,14 +74,6 @@ def _decision_event(scope: Scope, decision: Decision) -> AuditEvent:
     return scope.event("decision", outcome=decision.action, reason="; ".join(decision.reasons))
 
 
-def input_size(value: Any) -> int:
-    if isinstance(value, bytes):
-        return len(value)
-    if isinstance(value, str):
-        return len(value.encode("utf-8", "surrogatepass"))
-    return len(msgspec.json.encode(value))
-
-
 class _Check:
     """The bookkeeping of one check, so that every exit path can audit and release."""
 
@@ -100,14 +92,22 @@ class _Check:
         self.planned: list[budget.PlannedItem] = []
         self.limits: tuple[LimitStatus, ...] = ()
         self.verdicts: tuple[GuardVerdict, ...] = ()
+        self.input = inputs.Measured(op.input, b"")  # measured in decide()
 
     def decide(self) -> Decision:
         svc, op, scope = self.svc, self.op, self.scope
-        self.head.append(scope.event("check", **svc.audit.input_fields(op.input)))
-        size = input_size(op.input)
-        if size > svc.max_input_bytes:
-            reason = f"input too large: {size} bytes > max_input_bytes {svc.max_input_bytes}"
-            return self.finish([reason], "deny")
+        # One measure for the cap, the ledger, the banks and the pool. Refused
+        # here is a deny whatever a guard's on_error says: no guard ran.
+        try:
+            measured = inputs.measure(op.input)
+        except inputs.InputError as exc:
+            self.head.append(scope.event("check", **svc.audit.input_fields(op.input)))
+            return self.finish([str(exc)], "deny")
+        self.head.append(scope.event("check", **svc.audit.input_fields(measured)))
+        too_large = inputs.too_large(measured.size, svc.max_input_bytes)
+        if too_large is not None:
+            return self.finish([too_large], "deny")
+        self.input = measured
         match = self.match = svc.policy.match(op.labels)
         self.planned = budget.plan_reservation(match, op.estimate, scope.run_id, scope.principal)
         if self.planned and svc.joint is not None:
@@ -135,7 +135,7 @@ class _Check:
             for reason, effect in notes:
                 reasons.append(reason)
                 effects.append(effect)
-        results, value = svc.guards.run("before", match.before, op.input, scope)
+        results, value = svc.guards.run("before", match.before, measured, scope)
         self.take_verdicts(results, reasons, effects)
         action = combine(effects)
         if action == "deny":
@@ -146,7 +146,7 @@ class _Check:
         self, joint: SqliteStore, match: PolicyMatch, states: tuple[CounterState, ...]
     ) -> Decision:
         svc, scope = self.svc, self.scope
-        results, value = svc.guards.run("before", match.before, self.op.input, scope)
+        results, value = svc.guards.run("before", match.before, self.input, scope)
         guard_reasons: list[str] = []
         guard_effects: list[Action] = []
         self.take_verdicts(results, guard_reasons, guard_effects)

@@ -7,6 +7,10 @@
 Before-guards run concurrently (callables are submitted first, then the banks
 run while the workers work) and the last rewrite in config order wins;
 after-guards run in order, each seeing the previous one's rewrite.
+
+The value arrives measured (``policy/inputs.py``): banks scan its bytes and
+the pool takes its size, so nothing here encodes the input again. A rewrite
+is measured when the next guard needs it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+from guardpool.policy import inputs
 from guardpool.policy.verdict import Verdict
 from guardpool.runner.verdicts import GuardResult, Phase, failed_in_host, from_job, from_verdict
 
@@ -32,7 +37,7 @@ class GuardRunner:
     def run(
         self, phase: Phase, guards: Sequence[CompiledGuard], value: Any, scope: Scope
     ) -> tuple[list[GuardResult], Any]:
-        """Results in config order and the value after rewrites."""
+        """Results in config order and the value after rewrites (``value`` may be Measured)."""
         if phase == "after":
             results: list[GuardResult] = []
             for guard in guards:
@@ -40,7 +45,7 @@ class GuardRunner:
                 results.append(result)
                 if result.has_rewrite:
                     value = result.rewrite
-            return results, value
+            return results, inputs.plain(value)
         futures: dict[int, Future[JobResult]] = {}
         for i, guard in enumerate(guards):
             if guard.kind == "callable":
@@ -55,7 +60,7 @@ class GuardRunner:
         for result in ordered:
             if result.has_rewrite:
                 value = result.rewrite
-        return ordered, value
+        return ordered, inputs.plain(value)
 
     def _one(self, guard: CompiledGuard, value: Any, scope: Scope, phase: Phase) -> GuardResult:
         if guard.kind == "callable":
@@ -82,31 +87,10 @@ def _regex(guard: CompiledGuard, value: Any, phase: Phase) -> GuardResult:
     # so a process hop (and its ~50 µs) buys nothing here.
     start = time.perf_counter()
     try:
-        verdict = guard.evaluate(value, _NO_CONTEXT)
+        verdict = guard.scan(inputs.measure(value).data)
     except Exception as exc:
         return failed_in_host(guard, exc, phase)
     ms = (time.perf_counter() - start) * 1000
     if not isinstance(verdict, Verdict):  # pragma: no cover - regex banks return Verdicts
         return failed_in_host(guard, TypeError("regex guard returned no Verdict"), phase)
     return from_verdict(guard, verdict, ms, phase)
-
-
-class _NoContext:
-    """Regex banks never consult the context; this placeholder satisfies the protocol."""
-
-    labels: tuple[str, ...] = ()
-    run_id = ""
-    principal = ""
-    phase = "before"
-
-    def remaining_ms(self) -> float:
-        return float("inf")
-
-    def regex(self, pattern: str) -> Any:
-        raise RuntimeError("regex banks have no context")
-
-    def guard(self, name: str, value: Any) -> Verdict:
-        raise RuntimeError("regex banks have no context")
-
-
-_NO_CONTEXT = _NoContext()

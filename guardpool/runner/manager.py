@@ -44,6 +44,7 @@ from typing import Any
 
 import msgspec
 
+from guardpool.policy import inputs
 from guardpool.policy.config import PoolConfig
 from guardpool.policy.verdict import Verdict
 from guardpool.runner.results import JobResult, LimitName, PoolBroken, PoolState, PoolStats
@@ -121,15 +122,16 @@ class Manager:
         self, make: MakeJob, value: Any, timeout_ms: int, cpu_ms: int, owner: object, guard: bool
     ) -> Future[JobResult]:
         now = time.monotonic()
+        # The cap is the input contract's size (policy/inputs.py), as in the enforcer,
+        # which passes its Measured so that a check measures once.
         try:
-            raw = encode_input(value)
-        except (TypeError, ValueError, msgspec.EncodeError) as exc:
+            size = value.size if isinstance(value, inputs.Measured) else inputs.input_size(value)
+            raw = encode_input(inputs.plain(value))
+        except (TypeError, ValueError, msgspec.EncodeError) as exc:  # InputError is a ValueError
             return self._refused(f"input is not serialisable: {exc}", "", now)
-        limit = self.config.max_input_bytes
-        if len(raw) > limit:
-            return self._refused(
-                f"input is {len(raw)} bytes encoded, over max_input_bytes ({limit})", "input", now
-            )
+        too_large = inputs.too_large(size, self.config.max_input_bytes)
+        if too_large is not None:
+            return self._refused(too_large, "input", now)
         if self.broken is not None:
             raise self.broken
         if self.stopping:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from guardpool.policy import inputs
 from guardpool.runner.results import JobResult, LimitName, Outcome
 
 if TYPE_CHECKING:
@@ -35,13 +36,13 @@ _local = threading.local()
 def encode_input(value: Any) -> bytes:
     """A job's input as the msgpack the worker decodes; the one place its encoding is chosen.
 
-    Raises TypeError/ValueError (a lone surrogate in hostile text is a
-    UnicodeEncodeError) or msgspec.EncodeError for what cannot be sent.
+    ``policy/inputs.pack``: lone surrogates travel intact (the worker decodes with
+    ``inputs.unpack_ext``). Raises ``inputs.InputError`` for what cannot be sent.
     """
     enc: msgspec.msgpack.Encoder | None = getattr(_local, "encoder", None)
     if enc is None:  # one encoder per calling thread: encoding happens in the caller
         enc = _local.encoder = msgspec.msgpack.Encoder()
-    return enc.encode(value)
+    return inputs.pack(enc, value)
 
 
 class Task:

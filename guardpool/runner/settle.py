@@ -26,6 +26,7 @@ from typing import Any
 
 from guardpool.audit.events import AuditEvent
 from guardpool.audit.ledger import LedgerWriteError
+from guardpool.policy import inputs
 from guardpool.policy.model import Action, Decision, GuardVerdict, LimitStatus, Usage
 from guardpool.policy.money import format_amount
 from guardpool.runner import budget
@@ -67,7 +68,18 @@ class _Settle:
     def after_guards(self, output: Any) -> Any:
         if output is None or not self.p.match.after:
             return output
-        results, value = self.svc.guards.run("after", self.p.match.after, output, self.scope)
+        # The output is hostile like an input: the same contract and cap, and a
+        # refusal is a deny whatever an after-guard's on_error says.
+        try:
+            measured = inputs.measure(output, "output")
+            refusal = inputs.too_large(measured.size, self.svc.max_input_bytes, "output")
+        except inputs.InputError as exc:
+            refusal = str(exc)
+        if refusal is not None:
+            self.reasons.append(refusal)
+            self.effects.append("deny")
+            return None
+        results, value = self.svc.guards.run("after", self.p.match.after, measured, self.scope)
         self.verdicts = tuple(r.verdict for r in results)
         for r in results:
             self.events.append(self.svc.audit.guard(self.scope, r))

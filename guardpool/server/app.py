@@ -2,7 +2,8 @@
 
     client ──HTTP──► read timeouts (timeouts.py: 408 and close when stalled)
                      ──► auth (bearer, constant time) ──► bounded body read (413)
-                     ──► msgspec decode, in a thread when large (400 malformed / 422 schema)
+                     ──► msgspec decode, in a thread when large (400 malformed / 422 schema;
+                         a lone surrogate escape in input/output: surrogates.py)
                      ──► labels, ids, numbers, money bounded (422 naming the field)
                      ──► run.acheck / asettle / arelease ──► Decision JSON
                          (unknown decision id: 404; a denied one: 409)
@@ -35,9 +36,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from guardpool.policy import inputs
 from guardpool.policy.labels import validate_label
 from guardpool.policy.model import Decision, Operation
 from guardpool.runner.enforcer import Enforcer
+from guardpool.server import surrogates
 from guardpool.server.approvals import routes as approval_routes
 from guardpool.server.bodies import (
     CheckRequest,
@@ -88,7 +91,13 @@ def _invalid(exc: Exception) -> HTTPError:
 
 
 def _json(value: Any, status: int = 200) -> Response:
-    return Response(_encode(value), status_code=status, media_type=_JSON)
+    try:
+        body = _encode(value)
+    except UnicodeEncodeError:
+        # The input (or a guard's reason quoting it) holds a lone surrogate:
+        # JSON carries it as its \udXXX escape, as the client sent it.
+        body = inputs.canonical_json(value)
+    return Response(body, status_code=status, media_type=_JSON)
 
 
 class Sidecar:
@@ -238,10 +247,21 @@ def _decode(raw: bytes, kind: type[T]) -> T:
     except UnicodeDecodeError as exc:
         raise HTTPError(400, "body is not UTF-8", f"byte {exc.start}") from None
     try:
-        return msgspec.json.decode(raw, type=kind)
+        try:
+            return msgspec.json.decode(raw, type=kind)
+        except msgspec.ValidationError:
+            raise
+        except msgspec.DecodeError as exc:
+            if not surrogates.may_hold_surrogates(raw, exc):
+                raise
+            return surrogates.decode(raw, kind)  # guarded text with a lone surrogate
     except msgspec.ValidationError as exc:
         raise _invalid(exc) from None
     except msgspec.DecodeError as exc:
+        raise HTTPError(400, "malformed JSON", str(exc)) from None
+    except surrogates.BodyError as exc:
+        if exc.field:
+            raise HTTPError(422, "invalid body", f"{exc} - at `{exc.field}`", exc.field) from None
         raise HTTPError(400, "malformed JSON", str(exc)) from None
     except RecursionError:
         raise HTTPError(400, "malformed JSON", "nested too deeply") from None

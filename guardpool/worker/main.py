@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from guardpool.policy import inputs
 from guardpool.policy.verdict import normalize
 from guardpool.worker import cgroups, context, protocol, sandbox
 
@@ -38,7 +39,8 @@ class Channel:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.reader = protocol.FrameReader()
-        self.decoder = msgspec.msgpack.Decoder(protocol.HostMsg)
+        # ext_hook: a job's input may carry text with a lone surrogate (policy/inputs.pack).
+        self.decoder = msgspec.msgpack.Decoder(protocol.HostMsg, ext_hook=inputs.unpack_ext)
         self.pending: collections.deque[protocol.HostMsg] = collections.deque()
         self.encoder = msgspec.msgpack.Encoder()
 
