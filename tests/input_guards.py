@@ -32,3 +32,10 @@ def report_digest(value: Any, ctx: Any) -> Verdict:
 
 def allow(value: Any, ctx: Any) -> Verdict:
     return Verdict.allow()
+
+
+def words_only(value: Any, ctx: Any) -> Verdict:
+    """Uses ctx.regex (RE2) on the text, lone surrogates and all."""
+    if ctx.regex(r"^[\w ]*$").search(value) is None:
+        return Verdict.deny("not only words")
+    return Verdict.allow()

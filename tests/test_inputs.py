@@ -51,6 +51,7 @@ def enforcer(tmp_path: Path) -> Iterator[Enforcer]:
         fail_open("surrogates", "deny_lone_surrogate", ["op:sur"]),
         fail_open("digest", "report_digest", ["op:digest"]),
         fail_open("allow", "allow", ["op:cap"]),
+        fail_open("words", "words_only", ["op:words"]),
         {"name": "bank", "ops": ["op:cap"], "deny_regex": ["never-matches-[0-9]{40}"]},
         {"name": "after", "ops": ["op:out"], "phase": "after", "call": f"{G}:allow",
          "on_error": "allow"},
@@ -140,6 +141,14 @@ def test_a_fail_open_guard_judges_a_lone_surrogate(enforcer: Enforcer, value: An
     assert d.action == "deny"
     assert d.reasons == ("a lone surrogate U+D800 in the input",)
     assert [(v.guard, v.outcome) for v in d.verdicts] == [("surrogates", "deny")]
+
+
+def test_a_guard_using_ctx_regex_judges_a_lone_surrogate(enforcer: Enforcer) -> None:
+    # re2 refuses to encode a lone surrogate; ctx.regex matches it as U+FFFD.
+    run = enforcer.run("r")
+    d = run.check(Operation(labels=("op:words",), input="word\ud800"))
+    assert (d.action, d.reasons) == ("deny", ("not only words",))
+    assert run.check(Operation(labels=("op:words",), input="only words")).action == "allow"
 
 
 def test_the_ledger_digest_is_the_digest_of_the_bytes_the_guard_saw(

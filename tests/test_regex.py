@@ -117,6 +117,21 @@ def test_catastrophic_backtracking_input_is_linear_under_re2() -> None:
 def test_compile_pattern_returns_a_usable_re2_object() -> None:
     emails = compile_pattern(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
     assert emails.sub("[email]", "write to a.b@example.org now") == "write to [email] now"
+    assert emails.groups == 0 and emails.pattern.startswith("[A-Za-z")
+
+
+def test_ctx_regex_matches_text_holding_a_lone_surrogate() -> None:
+    # Callable guards now receive lone surrogates intact (policy/inputs.py); re2
+    # itself raises UnicodeEncodeError on them, which would fail the guard.
+    words = compile_pattern(r"^[\w ]*$")
+    assert words.search("plain words") is not None
+    assert words.search("word\ud800") is None  # the surrogate is no word character
+    m = compile_pattern(r"b+").search("a\udc00bb")
+    assert m is not None and m.span() == (2, 4)  # positions index the original text
+    assert compile_pattern("x").sub("y", "x\ud800x") == "y\ufffdy"
+    assert compile_pattern(r"\s").split("a\ud800 b") == ["a\ufffd", "b"]
+    assert compile_pattern(".").findall("\ud800") == ["\ufffd"]
+    assert compile_pattern(".+").fullmatch("\udfff\udfff") is not None
 
 
 @pytest.mark.parametrize(

@@ -108,15 +108,71 @@ def rejection(pattern: str, exc: Exception) -> str:
     return f"RE2 rejects {pattern!r}: {message}" + (f" (hint: {hint})" if hint else "")
 
 
-def compile_pattern(pattern: str, max_mem: int = DEFAULT_MAX_MEM) -> Any:
+def compile_pattern(pattern: str, max_mem: int = DEFAULT_MAX_MEM) -> Pattern:
     """One RE2 pattern (for ``ctx.regex``); raises ValueError with RE2's reason and a hint.
 
-    The result is re2's ``re``-like object (``search``, ``match``, ``sub``, ...).
+    The result is ``re``-like (``search``, ``match``, ``sub``, ...) and takes
+    text holding lone surrogates (see ``Pattern``).
     """
     try:
-        return re2.compile(pattern, _options(max_mem))
+        return Pattern(re2.compile(pattern, _options(max_mem)))
     except re2.error as exc:
         raise ValueError(rejection(pattern, exc)) from None
+
+
+# A lone surrogate: guard inputs carry them intact (policy/inputs.py), and re2
+# encodes a str as strict UTF-8, which refuses them.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _valid(text: Any) -> Any:
+    if isinstance(text, str) and _LONE_SURROGATE.search(text) is not None:
+        return _LONE_SURROGATE.sub("\ufffd", text)
+    return text
+
+
+class Pattern:
+    """An RE2 pattern that also matches text holding lone surrogates.
+
+    re2 encodes a ``str`` as strict UTF-8 and raises ``UnicodeEncodeError`` on a
+    lone surrogate, so a guard calling ``ctx.regex(p).search(text)`` would fail
+    (and fail open under ``on_error = "allow"``) exactly on the hostile text it
+    is there to judge. Each lone surrogate is matched as U+FFFD instead: one
+    character for one, so positions and spans still index the original text
+    (``match.string`` and groups show U+FFFD). Text without one is passed as is.
+    """
+
+    __slots__ = ("_re",)
+
+    def __init__(self, compiled: Any) -> None:
+        self._re = compiled
+
+    def search(self, text: Any, *args: Any) -> Any:
+        return self._re.search(_valid(text), *args)
+
+    def match(self, text: Any, *args: Any) -> Any:
+        return self._re.match(_valid(text), *args)
+
+    def fullmatch(self, text: Any, *args: Any) -> Any:
+        return self._re.fullmatch(_valid(text), *args)
+
+    def finditer(self, text: Any, *args: Any) -> Any:
+        return self._re.finditer(_valid(text), *args)
+
+    def findall(self, text: Any, *args: Any) -> Any:
+        return self._re.findall(_valid(text), *args)
+
+    def split(self, text: Any, maxsplit: int = 0) -> Any:
+        return self._re.split(_valid(text), maxsplit)
+
+    def sub(self, repl: Any, text: Any, count: int = 0) -> Any:
+        return self._re.sub(_valid(repl), _valid(text), count)
+
+    def subn(self, repl: Any, text: Any, count: int = 0) -> Any:
+        return self._re.subn(_valid(repl), _valid(text), count)
+
+    def __getattr__(self, name: str) -> Any:  # pattern, groups, groupindex, programsize
+        return getattr(self._re, name)
 
 
 class RegexBank:
