@@ -140,39 +140,40 @@ class Pattern:
     is there to judge. Each lone surrogate is matched as U+FFFD instead: one
     character for one, so positions and spans still index the original text
     (``match.string`` and groups show U+FFFD). Text without one is passed as is.
+    ``compiled`` is re2's own object.
     """
 
-    __slots__ = ("_re",)
+    __slots__ = ("compiled",)
 
     def __init__(self, compiled: Any) -> None:
-        self._re = compiled
+        self.compiled = compiled
 
     def search(self, text: Any, *args: Any) -> Any:
-        return self._re.search(_valid(text), *args)
+        return self.compiled.search(_valid(text), *args)
 
     def match(self, text: Any, *args: Any) -> Any:
-        return self._re.match(_valid(text), *args)
+        return self.compiled.match(_valid(text), *args)
 
     def fullmatch(self, text: Any, *args: Any) -> Any:
-        return self._re.fullmatch(_valid(text), *args)
+        return self.compiled.fullmatch(_valid(text), *args)
 
     def finditer(self, text: Any, *args: Any) -> Any:
-        return self._re.finditer(_valid(text), *args)
+        return self.compiled.finditer(_valid(text), *args)
 
     def findall(self, text: Any, *args: Any) -> Any:
-        return self._re.findall(_valid(text), *args)
+        return self.compiled.findall(_valid(text), *args)
 
     def split(self, text: Any, maxsplit: int = 0) -> Any:
-        return self._re.split(_valid(text), maxsplit)
+        return self.compiled.split(_valid(text), maxsplit)
 
     def sub(self, repl: Any, text: Any, count: int = 0) -> Any:
-        return self._re.sub(_valid(repl), _valid(text), count)
+        return self.compiled.sub(_valid(repl), _valid(text), count)
 
     def subn(self, repl: Any, text: Any, count: int = 0) -> Any:
-        return self._re.subn(_valid(repl), _valid(text), count)
+        return self.compiled.subn(_valid(repl), _valid(text), count)
 
     def __getattr__(self, name: str) -> Any:  # pattern, groups, groupindex, programsize
-        return getattr(self._re, name)
+        return getattr(self.compiled, name)
 
 
 class RegexBank:
