@@ -160,17 +160,25 @@ def test_serve_on_a_port_in_use(tmp_path: Path) -> None:
 
 def test_audit_show_and_verify_on_an_event_nested_too_deeply(tmp_path: Path) -> None:
     db = tmp_path / "a.db"
-    # msgspec encodes a few levels deeper than it decodes: such an event can be
-    # written and then not read back (RecursionError, a traceback, before).
+    # msgspec encodes a few levels deeper than it decodes: such an event could be
+    # written and then not read back (RecursionError, a traceback, before). The
+    # writer now refuses it (tests/test_audit_depth.py); a ledger from an older
+    # guardpool may still hold one, so the row is inserted here past the writer.
     # Written in a fresh process: how deep msgspec goes depends on the stack.
     write = (
+        "import sqlite3\n"
+        "from guardpool.audit.chain import encode_event\n"
         "from guardpool.audit.events import AuditEvent\n"
         "from guardpool.audit.ledger import Ledger\n"
         "nested = 'leaf'\n"
         "for _ in range(990):\n"
         "    nested = [nested]\n"
-        f"with Ledger({str(db)!r}) as ledger:\n"
-        "    ledger.append([AuditEvent(kind='check', run_id='r', detail={'x': nested})])\n"
+        "ev = AuditEvent(kind='check', run_id='r', detail={'x': nested})\n"
+        f"Ledger({str(db)!r}).close()\n"
+        f"conn = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+        "conn.execute('BEGIN IMMEDIATE')\n"
+        "Ledger._insert(conn, [ev], [encode_event(ev)])\n"
+        "conn.execute('COMMIT')\n"
     )
     subprocess.run([sys.executable, "-c", write], cwd=ROOT, check=True, timeout=60)
     one_line_exit_2(run("audit", "show", "r", "--db", str(db)), "nested too deeply")

@@ -10,17 +10,30 @@ transactions, this module owns the rules a chain must satisfy.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 
-from guardpool.audit.events import GENESIS_HASH, AuditEvent, StoredEvent, Summary, VerifyReport
+from guardpool.audit.events import (
+    GENESIS_HASH,
+    MAX_EVENT_DEPTH,
+    AuditEvent,
+    StoredEvent,
+    Summary,
+    VerifyReport,
+)
 from guardpool.policy import inputs
 
 _encoder = msgspec.json.Encoder(order="sorted")
 _decoder = msgspec.json.Decoder(AuditEvent)
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+# What a reader says of an event it cannot decode for its depth.
+TOO_DEEP = f"nested too deeply (guardpool writes at most {MAX_EVENT_DEPTH} levels)"
 
 # A row as stored: seq, ts, kind, run_id, payload, prev_hash, hash.
 Row = tuple[Any, ...]
@@ -29,6 +42,57 @@ Row = tuple[Any, ...]
 def encode_event(event: AuditEvent) -> bytes:
     """An event's canonical JSON: the payload the chain hashes."""
     return _encoder.encode(event)
+
+
+def nesting_depth(value: object, limit: int) -> int:
+    """How deeply ``value`` nests as JSON (a scalar 0, ``[]`` 1, ``[[1]]`` 2).
+
+    Iterative, so a hostile depth costs no recursion; it stops counting past
+    ``limit`` (a cycle, too, is just "deeper than the limit").
+    """
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children: Iterable[object]
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list | tuple | set | frozenset):
+            children = item
+        elif isinstance(item, msgspec.Struct):
+            children = [getattr(item, f) for f in item.__struct_fields__]
+        else:
+            continue
+        if depth > deepest:
+            deepest = depth
+            if deepest > limit:
+                return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def event_depth(event: AuditEvent) -> int:
+    """The nesting depth of ``event``'s JSON (only ``detail`` can nest deeper than 2)."""
+    return 1 + nesting_depth(event.detail, MAX_EVENT_DEPTH)
+
+
+def printable_event(event: AuditEvent) -> AuditEvent:
+    """``event`` with each lone surrogate in its text written out as ``\\udXXX``.
+
+    A ledger payload is UTF-8 text, which cannot hold a lone surrogate; a reason
+    quoting hostile input may.
+    """
+    return msgspec.convert(_escape(msgspec.to_builtins(event)), AuditEvent)
+
+
+def _escape(value: Any) -> Any:
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", value)
+    if isinstance(value, list):
+        return [_escape(v) for v in value]
+    if isinstance(value, dict):
+        return {_escape(k): _escape(v) for k, v in value.items()}
+    return value
 
 
 def decode_event(payload: bytes | str) -> AuditEvent:
@@ -108,7 +172,7 @@ def walk(
         except msgspec.DecodeError as exc:
             return bad(seq, f"event does not decode: {exc}")
         except RecursionError:
-            return bad(seq, "event does not decode: nested too deeply")
+            return bad(seq, f"event does not decode: {TOO_DEEP}")
         if event.kind != kind or event.run_id != run_id:
             return bad(seq, "kind/run_id columns disagree with the hashed event")
         if digest == expect_head:

@@ -34,6 +34,16 @@ KINDS: Final[frozenset[str]] = frozenset(
 # The prev_hash of the first event: there is nothing before it.
 GENESIS_HASH: Final[str] = "0" * 64
 
+#: How deeply an event's JSON may nest: the event object is level 1, its
+#: ``detail`` level 2, a list inside that level 3. Readers (``audit verify``,
+#: ``show``, the sidecar's decision book) decode with msgspec, which goes as deep
+#: as Python's recursion limit (1,000) less the reader's own stack: about 990
+#: levels from a bare command line, fewer in a server thread. msgspec *encodes*
+#: a few levels deeper than it decodes, so a writer without this bound wrote
+#: events nobody could read back. Every writer refuses deeper events
+#: (``ledger.encode_events``), leaving any reader ~700 frames of its own.
+MAX_EVENT_DEPTH: Final[int] = 256
+
 
 class AuditEvent(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     """One event as the enforcer reports it.

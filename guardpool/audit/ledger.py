@@ -30,17 +30,21 @@ from typing import Any, Final, Literal
 import msgspec
 
 from guardpool.audit.chain import (
+    TOO_DEEP,
     canonical_bytes,
     chain_hash,
     decode_event,
     encode_event,
+    event_depth,
     input_digest,
+    printable_event,
     summarize,
     walk,
 )
 from guardpool.audit.events import (
     GENESIS_HASH,
     KINDS,
+    MAX_EVENT_DEPTH,
     AuditEvent,
     StoredEvent,
     Summary,
@@ -55,6 +59,7 @@ __all__ = [
     "Synchronous",
     "canonical_bytes",
     "chain_hash",
+    "encode_events",
     "input_digest",
 ]
 
@@ -87,14 +92,29 @@ _COLUMNS: Final[str] = "seq, ts, kind, run_id, payload, prev_hash, hash"
 Synchronous = Literal["NORMAL", "FULL"]
 
 
-def _payloads(events: Sequence[AuditEvent]) -> list[bytes]:
+def encode_events(events: Sequence[AuditEvent]) -> list[bytes]:
+    """A batch's payloads, checked: what every ledger writer (SQLite, PostgreSQL) appends.
+
+    Raises ``ValueError`` for an unknown kind (a programming error) and
+    ``LedgerWriteError`` for an event that cannot be encoded, or that nests more
+    deeply than ``MAX_EVENT_DEPTH``: written, it could not be read back.
+    """
     for ev in events:
         if ev.kind not in KINDS:
             raise ValueError(f"unknown audit event kind {ev.kind!r}")
+        if event_depth(ev) > MAX_EVENT_DEPTH:
+            raise LedgerWriteError(
+                f"audit event {ev.kind!r} nests more than {MAX_EVENT_DEPTH} levels deep (in its "
+                "detail): `guardpool audit verify` and `show` could not read it back; not written"
+            )
     try:
-        return [encode_event(ev) for ev in events]
+        try:
+            return [encode_event(ev) for ev in events]
+        except UnicodeEncodeError:
+            # A guard's reason quoting hostile text with a lone surrogate: record it
+            # written out (a literal \udXXX), rather than fail the write and the check.
+            return [encode_event(printable_event(ev)) for ev in events]
     except (TypeError, ValueError, RecursionError, msgspec.EncodeError) as exc:
-        # ValueError: a lone surrogate in a reason; RecursionError: a detail nested too deeply.
         raise LedgerWriteError(f"audit event cannot be encoded: {exc}") from exc
 
 
@@ -199,7 +219,7 @@ class Ledger:
         """
         if not events:
             return
-        payloads = _payloads(events)
+        payloads = encode_events(events)
         with self._wlock:
             if self._closed:
                 raise LedgerWriteError(f"audit ledger {self.path} is closed")
@@ -224,7 +244,7 @@ class Ledger:
         """
         if not events:
             return
-        payloads = _payloads(events)
+        payloads = encode_events(events)
         if self._closed:
             raise LedgerWriteError(f"audit ledger {self.path} is closed")
         try:
@@ -310,9 +330,9 @@ class Ledger:
             try:
                 event = decode_event(payload)
             except (msgspec.DecodeError, RecursionError) as exc:
-                # msgspec encodes a few levels deeper than it decodes: such an event
-                # was written and cannot be read back; one line, not a traceback.
-                why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+                # Written by an older guardpool (or by hand) past MAX_EVENT_DEPTH, or
+                # corrupt: one line, not a traceback.
+                why = TOO_DEEP if isinstance(exc, RecursionError) else str(exc)
                 raise LedgerError(
                     f"audit ledger {self.path}: event {seq} is unreadable ({why}); "
                     "run `guardpool audit verify`"

@@ -31,14 +31,12 @@ from typing import Any, Literal, TypeVar
 import msgspec
 from psycopg import sql
 
-from guardpool.audit.chain import chain_hash, input_digest, summarize, walk
-from guardpool.audit.events import KINDS, AuditEvent, StoredEvent, Summary, VerifyReport
-from guardpool.audit.ledger import LedgerError, LedgerWriteError
+from guardpool.audit.chain import TOO_DEEP, chain_hash, decode_event, input_digest, summarize, walk
+from guardpool.audit.events import AuditEvent, StoredEvent, Summary, VerifyReport
+from guardpool.audit.ledger import LedgerError, LedgerWriteError, encode_events
 from guardpool.pg.migrate import SchemaError, current_version, migrate, migrations
 from guardpool.pg.pool import DeadlineConnection, Pg, PgUnavailable
 
-_encoder = msgspec.json.Encoder(order="sorted")
-_decoder = msgspec.json.Decoder(AuditEvent)
 _COLUMNS = "chain, seq, ts, kind, run_id, payload, prev_hash, hash"
 
 ChainMode = Literal["host", "run"]
@@ -136,15 +134,9 @@ class PgLedger:
         """Append a batch, each event to its chain, in one transaction, or nothing."""
         if not events:
             return
-        for ev in events:
-            if ev.kind not in KINDS:
-                raise ValueError(f"unknown audit event kind {ev.kind!r}")
+        payloads = encode_events(events)
         if self._closed:
             raise LedgerWriteError("audit ledger is closed")
-        try:
-            payloads = [_encoder.encode(ev) for ev in events]
-        except (TypeError, msgspec.EncodeError) as exc:
-            raise LedgerWriteError(f"audit event cannot be encoded: {exc}") from exc
         by_chain: dict[str, list[tuple[AuditEvent, bytes]]] = {}
         for ev, payload in zip(events, payloads, strict=True):
             by_chain.setdefault(self.chain_for(ev), []).append((ev, payload))
@@ -290,12 +282,13 @@ def _decoded(rows: Iterator[tuple[Any, ...]]) -> list[ChainEvent]:
     out = []
     for chain, seq, ts, _kind, _run, payload, prev_hash, digest in rows:
         try:
-            event = _decoder.decode(payload)
-        except msgspec.DecodeError as exc:
+            event = decode_event(payload)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            why = TOO_DEEP if isinstance(exc, RecursionError) else str(exc)
             raise LedgerError(
-                f"audit ledger: chain {chain} event {seq} is unreadable ({exc}); "
+                f"audit ledger: chain {chain} event {seq} is unreadable ({why}); "
                 "run `guardpool audit verify`"
-            ) from exc
+            ) from None
         stored = StoredEvent(seq=seq, ts=ts, event=event, prev_hash=prev_hash, hash=digest)
         out.append(ChainEvent(chain=chain, stored=stored))
     return out
