@@ -30,6 +30,16 @@ def report_digest(value: Any, ctx: Any) -> Verdict:
     return Verdict.warn(f"saw {inputs.input_size(value)} bytes sha256 {inputs.input_digest(value)}")
 
 
+def quote(value: Any, ctx: Any) -> Verdict:
+    """Denies, quoting the input in its reason (hostile text in a reason)."""
+    return Verdict.deny(f"refused {value}")
+
+
+def shout(value: Any, ctx: Any) -> Verdict:
+    """Rewrites the text (hostile text in a rewrite)."""
+    return Verdict.rewrite(str(value).upper())
+
+
 def allow(value: Any, ctx: Any) -> Verdict:
     return Verdict.allow()
 

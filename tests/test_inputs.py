@@ -52,6 +52,8 @@ def enforcer(tmp_path: Path) -> Iterator[Enforcer]:
         fail_open("digest", "report_digest", ["op:digest"]),
         fail_open("allow", "allow", ["op:cap"]),
         fail_open("words", "words_only", ["op:words"]),
+        fail_open("quote", "quote", ["op:quote"]),
+        fail_open("shout", "shout", ["op:shout"]),
         {"name": "bank", "ops": ["op:cap"], "deny_regex": ["never-matches-[0-9]{40}"]},
         {"name": "after", "ops": ["op:out"], "phase": "after", "call": f"{G}:allow",
          "on_error": "allow"},
@@ -149,6 +151,23 @@ def test_a_guard_using_ctx_regex_judges_a_lone_surrogate(enforcer: Enforcer) -> 
     d = run.check(Operation(labels=("op:words",), input="word\ud800"))
     assert (d.action, d.reasons) == ("deny", ("not only words",))
     assert run.check(Operation(labels=("op:words",), input="only words")).action == "allow"
+
+
+def test_a_reason_or_a_rewrite_holding_a_lone_surrogate_comes_back_from_the_worker(
+    enforcer: Enforcer, tmp_path: Path
+) -> None:
+    # Before, the worker could not encode such an answer: an error, so a warn under
+    # on_error = "allow", and a redaction guard let the unredacted text through.
+    run = enforcer.run("q")
+    d = run.check(Operation(labels=("op:quote",), input="a\ud800b"))
+    assert (d.action, d.reasons) == ("deny", ("refused a\ud800b",))
+    d = run.check(Operation(labels=("op:shout",), input="a\ud800b"))
+    assert (d.action, d.input) == ("allow", "A\ud800B")
+    # The ledger is UTF-8 text: the reason is recorded with the surrogate written out.
+    with Ledger(tmp_path / "g.db", create=False) as ledger:
+        reasons = [s.event.reason for s in ledger.events("q", kinds=["verdict"])]
+        assert ledger.verify().ok
+    assert reasons == ["refused a\\ud800b", "rewritten"]
 
 
 def test_the_ledger_digest_is_the_digest_of_the_bytes_the_guard_saw(

@@ -134,7 +134,7 @@ def too_large(size: int, cap: int, what: str = "input") -> str | None:
 
 
 def pack(encoder: msgspec.msgpack.Encoder, value: Any) -> bytes:
-    """``value`` as the msgpack a worker decodes (with ``unpack_ext``).
+    """``value`` as msgpack that ``unpack_ext`` restores: a job's input, a worker's answer.
 
     The fast path is msgspec's own encoding. Text with a lone surrogate, an
     int past 64 bits and anything else msgspec refuses take the slow path: the
@@ -149,7 +149,7 @@ def pack(encoder: msgspec.msgpack.Encoder, value: Any) -> bytes:
         plain = msgspec.to_builtins(value, builtin_types=(bytes, bytearray, memoryview))
         return encoder.encode(_carry(plain))
     except _ENCODE_ERRORS as exc:
-        raise InputError(f"input cannot be sent to a worker: {_describe(exc)}") from None
+        raise InputError(f"not msgpack data: {_describe(exc)}") from None
 
 
 def unpack_ext(code: int, data: memoryview) -> Any:

@@ -15,11 +15,13 @@ import socket
 
 import msgspec
 
+from guardpool.policy import inputs
 from guardpool.runner.scheduler import Task
 from guardpool.worker import cgroups, protocol
 
 log = logging.getLogger("guardpool.pool")
-_DECODER = msgspec.msgpack.Decoder(protocol.WorkerMsg)
+# ext_hook: a result may carry text with a lone surrogate (policy/inputs.pack).
+_DECODER = msgspec.msgpack.Decoder(protocol.WorkerMsg, ext_hook=inputs.unpack_ext)
 
 
 class WorkerLink:

@@ -267,14 +267,14 @@ class Worker:
         total = _cpu_ms()
         if error is None:
             try:
-                frame = protocol.frame(
-                    self.channel.encoder,
-                    protocol.Done(job.id, value, total - start, total, _rss_kb()),
-                )
+                # inputs.pack: a rewrite of hostile text, or a reason quoting it, may hold
+                # a lone surrogate (or an int past 64 bits); it travels as the input did.
+                done = protocol.Done(job.id, value, total - start, total, _rss_kb())
+                body = inputs.pack(self.channel.encoder, done)
+                frame = protocol.HEADER.pack(len(body)) + body
             except BaseException as exc:
-                # An int >= 2**64 (OverflowError), a list that contains itself
-                # (RecursionError), a str with a lone surrogate (ValueError), an object
-                # msgspec cannot encode (TypeError): the job failed, not the worker.
+                # A list that contains itself, an object msgspec cannot encode:
+                # the job failed, not the worker.
                 error = f"result is not serialisable: {_describe(exc, where=False)}"
             else:
                 self.channel.sock.sendall(frame)
