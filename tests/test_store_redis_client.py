@@ -180,3 +180,54 @@ def test_a_reply_arriving_after_a_timeout_never_answers_a_later_step(
     assert states[0].reserved in (250_000, 500_000)  # the late one may have run
     assert states[1].reserved == 0
     store.close()
+
+
+def test_a_server_that_refuses_functions_gets_the_same_steps_as_scripts(
+    redis_url: str,
+) -> None:
+    """Redis < 7 has no FCALL, and an ACL may forbid it: the store falls back to EVALSHA."""
+    admin = redis.Redis.from_url(redis_url)
+    admin.execute_command(
+        "ACL",
+        "SETUSER",
+        "scripts",
+        "reset",
+        "on",
+        ">pw",
+        "~*",
+        "&*",
+        "+@all",
+        "-fcall",
+        "-function",
+    )
+    admin.config_resetstat()
+    host, port = redis_url.split("//")[1].split("/")[0].split(":")
+    store = RedisStore(settings(f"redis://scripts:pw@{host}:{port}/0"))
+    try:
+        assert store.reserve("a", [cost()], 60_000).ok
+        answer = store.settle("a", {"cost": 1})
+        assert answer.ok and answer.states[0].used == 1
+        assert store.release("a") is False
+        stats = admin.info("commandstats")
+        assert stats["cmdstat_evalsha"]["calls"] >= 3
+        assert "cmdstat_function|load" not in stats  # never loaded: not allowed
+    finally:
+        store.close()
+        admin.execute_command("ACL", "DELUSER", "scripts")
+        admin.close()
+
+
+def test_steps_run_as_functions_where_the_server_has_them(redis_url: str) -> None:
+    admin = redis.Redis.from_url(redis_url)
+    admin.execute_command("FUNCTION", "FLUSH")
+    admin.config_resetstat()
+    store = RedisStore(settings(redis_url))
+    assert store.reserve("a", [cost()], 60_000).ok
+    assert store.settle("a", {}).ok
+    admin.execute_command("FUNCTION", "FLUSH")  # a restarted server without persistence
+    assert store.reserve("b", [cost()], 60_000).ok
+    stats = admin.info("commandstats")
+    assert stats["cmdstat_fcall"]["calls"] >= 3
+    assert "cmdstat_evalsha" not in stats
+    store.close()
+    admin.close()

@@ -34,6 +34,7 @@ and pass the same conformance suite.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -51,15 +52,38 @@ from guardpool.store.base import (
     check_items,
 )
 from guardpool.store.errors import StoreUnavailable
-from guardpool.store.resp import Connection, RedisReplyError, Script, parse_url
+from guardpool.store.resp import (
+    Connection,
+    Function,
+    NoFunctions,
+    RedisReplyError,
+    Script,
+    parse_url,
+)
 
 RedisSettings = ServerStoreSettings  # the same settings as every server-backed store
 
 
+STEPS = ("reserve", "settle", "release", "states", "expire")
+
+
+def _lua(name: str) -> str:
+    return (resources.files("guardpool.store") / "lua" / f"{name}.lua").read_text()
+
+
 def script_source(name: str) -> str:
-    """``common.lua`` followed by the named script, as the server runs it."""
-    lua = resources.files("guardpool.store") / "lua"
-    return (lua / "common.lua").read_text() + (lua / f"{name}.lua").read_text()
+    """``common.lua`` and the named step as one script for EVALSHA."""
+    return f"{_lua('common')}\n{_lua(name)}\nreturn steps.{name}(KEYS, ARGV)\n"
+
+
+def library_source() -> tuple[str, str]:
+    """(library name, source): ``common.lua`` and every step as one FUNCTION library."""
+    body = "\n".join(_lua(name) for name in ("common", *STEPS))
+    name = "guardpool_" + hashlib.sha1(body.encode()).hexdigest()[:16]
+    register = "".join(
+        f"redis.register_function('{name}_{step}', steps.{step})\n" for step in STEPS
+    )
+    return name, f"#!lua name={name}\n{body}\n{register}"
 
 
 class _WireItem(msgspec.Struct, array_like=True, frozen=True):
@@ -152,10 +176,11 @@ class RedisStore:
         self._clock = clock
         p = self._prefix
         self._fixed = [f"{p}:{name}".encode() for name in ("counters", "deadlines", "seq", "due")]
-        self._scripts = {
-            name: Script(script_source(name))
-            for name in ("reserve", "settle", "release", "states", "expire")
-        }
+        self._scripts = {name: Script(script_source(name)) for name in STEPS}
+        library, source = library_source()
+        self._functions = {name: Function(source, f"{library}_{name}") for name in STEPS}
+        # Until the server shows it has no functions (Redis < 7): then EVALSHA.
+        self._use_functions = True
         # Idle connections; a step pops one (or connects) and pushes it back
         # when it succeeded. list.pop/append are atomic, so threads share it.
         self._idle: list[Connection] = []
@@ -195,7 +220,14 @@ class RedisStore:
             conn = None
             try:
                 conn = self._idle.pop() if self._idle else self._connect()
-                reply = conn.evalsha(script, keys, argv)
+                if self._use_functions:
+                    try:
+                        reply = conn.fcall(self._functions[name], keys, argv)
+                    except NoFunctions:
+                        self._use_functions = False
+                        reply = conn.evalsha(script, keys, argv)
+                else:
+                    reply = conn.evalsha(script, keys, argv)
             except RedisReplyError as exc:
                 if conn is not None:  # the connection itself is fine
                     self._idle.append(conn)

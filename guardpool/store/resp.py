@@ -1,4 +1,4 @@
-"""A lean Redis client for the budget store's one command: EVALSHA.
+"""A lean Redis client for the budget store's one command: FCALL (or EVALSHA).
 
 The store sends one script call per step and reads one reply, a bulk string
 (a msgpack answer) or an integer. redis-py spent more time per call than the
@@ -7,7 +7,11 @@ connection-pool checkout, its parser, observability hooks), so the hot path
 here is a plain socket: the command is packed with byte formatting, the reply
 read with one ``recv`` in the common case.
 
-    Scripts ──► Connection.evalsha(script, keys, args) ──► bytes | int
+    Connection.fcall(function, keys, args) ──► bytes | int
+                 ├─ function not found: FUNCTION LOAD (once per server) and again
+                 └─ no functions on this server (Redis < 7): NoFunctions, and the
+                    store uses
+    Connection.evalsha(script, keys, args) ──► bytes | int
                  ├─ -NOSCRIPT: SCRIPT LOAD (once per server start) and again
                  ├─ other -ERR replies: RedisReplyError
                  └─ socket errors, EOF, timeouts: OSError (the store maps
@@ -80,6 +84,17 @@ def _db(text: str) -> int:
     return int(text)
 
 
+def _step(head: bytes, keys: list[bytes], args: list[bytes]) -> bytes:
+    """EVALSHA sha | FCALL name, then numkeys, keys and args: one RESP array."""
+    n = b"%d" % len(keys)
+    out = [b"*%d\r\n" % (3 + len(keys) + len(args)), head, b"$%d\r\n%b\r\n" % (len(n), n)]
+    for a in keys:
+        out.append(b"$%d\r\n%b\r\n" % (len(a), a))
+    for a in args:
+        out.append(b"$%d\r\n%b\r\n" % (len(a), a))
+    return b"".join(out)
+
+
 def pack(*args: bytes) -> bytes:
     """One command in RESP: an array of bulk strings."""
     out = [b"*%d\r\n" % len(args)]
@@ -95,6 +110,23 @@ class Script:
         self.source = source.encode()
         self.sha = hashlib.sha1(self.source).hexdigest().encode()
         self.head = b"$7\r\nEVALSHA\r\n$40\r\n%b\r\n" % self.sha
+
+
+class NoFunctions(RedisReplyError):
+    """The server cannot run the library as functions (Redis < 7, or not allowed to load it)."""
+
+
+class Function:
+    """A function of a Lua library, loaded (FUNCTION LOAD) the first time it is missing.
+
+    The library's name carries a hash of its source, so hosts running different
+    releases never replace each other's functions.
+    """
+
+    def __init__(self, library_source: str, name: str) -> None:
+        self.source = library_source.encode()
+        self.name = name.encode()
+        self.head = b"$5\r\nFCALL\r\n$%d\r\n%b\r\n" % (len(self.name), self.name)
 
 
 class Connection:
@@ -146,17 +178,7 @@ class Connection:
         self._sock.close()
 
     def evalsha(self, script: Script, keys: list[bytes], args: list[bytes]) -> bytes | int | None:
-        n = b"%d" % len(keys)
-        out = [
-            b"*%d\r\n" % (3 + len(keys) + len(args)),
-            script.head,
-            b"$%d\r\n%b\r\n" % (len(n), n),
-        ]
-        for a in keys:
-            out.append(b"$%d\r\n%b\r\n" % (len(a), a))
-        for a in args:
-            out.append(b"$%d\r\n%b\r\n" % (len(a), a))
-        command = b"".join(out)
+        command = _step(script.head, keys, args)
         try:
             return self.call(command)
         except RedisReplyError as exc:
@@ -164,6 +186,24 @@ class Connection:
                 raise
         # The server forgot the script (restart, SCRIPT FLUSH): load it, run it again.
         self.call(pack(b"SCRIPT", b"LOAD", script.source))
+        return self.call(command)
+
+    def fcall(self, function: Function, keys: list[bytes], args: list[bytes]) -> bytes | int | None:
+        command = _step(function.head, keys, args)
+        try:
+            return self.call(command)
+        except RedisReplyError as exc:
+            reason = str(exc)
+            if reason.startswith(("ERR unknown command", "NOPERM")):
+                raise NoFunctions(reason) from None
+            if not reason.startswith("ERR Function not found"):
+                raise
+        # Not loaded yet (or lost in a restart, FUNCTION FLUSH): load the library.
+        try:
+            self.call(pack(b"FUNCTION", b"LOAD", function.source))
+        except RedisReplyError as exc:
+            if "already exists" not in str(exc):  # another host was quicker: fine
+                raise NoFunctions(str(exc)) from None
         return self.call(command)
 
     def call(self, command: bytes) -> bytes | int | None:

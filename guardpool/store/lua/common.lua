@@ -16,6 +16,13 @@
 -- ARGV[1] is "now" in ms from the caller's clock, or '' for the server's TIME
 -- (the default: hosts with skewed clocks still agree on windows and deadlines).
 --
+-- Two ways to run: where the server has functions (Redis >= 7, Valkey) this file
+-- and every step file are one FUNCTION library, loaded once, and a step is an
+-- FCALL (this file's definitions are then made once, not on every call); else
+-- this file + one step file is a script run by EVALSHA. Either way a step is a
+-- function(KEYS, ARGV) in `steps` that starts with begin(KEYS, ARGV), which sets
+-- the per-call state below.
+--
 -- Wire formats (the twins are the array_like Structs in store/redis.py): items
 -- arrive as one msgpack array of [key, dimension, limit, amount, headroom,
 -- window_ms, check] arrays, read here through the names below (it[AMOUNT]);
@@ -35,8 +42,12 @@
 -- (capped() below, the twin of capped_charge()). CAP + 2 x 10^15 < 2^53, so
 -- every sum computed on the way is exact, and '%d' never sees a value that wraps.
 
-local C, DEADLINES, SEQ, DUE = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local P = string.sub(C, 1, #C - #':counters')
+-- Per-call state, set by begin().
+local C, DEADLINES, SEQ, DUE, P, now
+-- P:due as expire() left it (every step that reserves expires first).
+local due = nil
+local steps = {}
+
 -- Finished reservations answer retries for this long past their deadline.
 local KEEP_FINISHED_MS = 24 * 3600 * 1000
 -- guardpool.policy.bounds.COUNTER_CAP
@@ -46,10 +57,15 @@ local EXPIRE_BATCH = 1000
 -- P:due when nothing is live (2^53: later than any deadline).
 local NOTHING_DUE = '9007199254740992'
 
-local now = tonumber(ARGV[1])
-if now == nil then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function begin(keys, argv)
+  C, DEADLINES, SEQ, DUE = keys[1], keys[2], keys[3], keys[4]
+  P = string.sub(C, 1, #C - #':counters')
+  due = nil
+  now = tonumber(argv[1])
+  if now == nil then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
 end
 
 local function int(v) return string.format('%d', v) end
@@ -120,34 +136,25 @@ local function window_charge(it, amount)
   redis.call('PEXPIRE', it[SKEY], it[WINDOW_MS])
 end
 
--- used[i], reserved[i] of every item. Lifetime counters are fields of one hash,
--- read with one HMGET whatever the number of limits and dimensions.
+-- The items' counts as the answer carries them: used1, reserved1, used2, ...
+-- Lifetime counters are fields of one hash, read with one HMGET whatever the
+-- number of limits and dimensions (its reply table becomes the counts).
 local function read(items)
-  local used, reserved = {}, {}
-  if #items == 0 then return used, reserved end
+  if #items == 0 then return {} end
   local fields = {}
   for i, it in ipairs(items) do
     fields[2 * i - 1], fields[2 * i] = it[U], it[R]
   end
-  local vals = redis.call('HMGET', C, unpack(fields))
+  local counts = redis.call('HMGET', C, unpack(fields))
   for i, it in ipairs(items) do
     if it[WINDOW_MS] > 0 then
-      used[i] = window_used(it)
+      counts[2 * i - 1] = window_used(it)
     else
-      used[i] = tonumber(vals[2 * i - 1] or 0)
+      counts[2 * i - 1] = tonumber(counts[2 * i - 1] or 0)
     end
-    reserved[i] = tonumber(vals[2 * i] or 0)
+    counts[2 * i] = tonumber(counts[2 * i] or 0)
   end
-  return used, reserved
-end
-
--- The answer's counts: used1, reserved1, used2, reserved2, ... in item order.
-local function counts(items, used, reserved)
-  local out = {}
-  for i = 1, #items do
-    out[2 * i - 1], out[2 * i] = used[i], reserved[i]
-  end
-  return out
+  return counts
 end
 
 local function write(values)
@@ -200,9 +207,6 @@ local function load(key)
   if v[4] then wkeys = cmsgpack.unpack(v[4]) end
   return v[1], named(v[2], wkeys), tonumber(v[3]), v[2]
 end
-
--- P:due as expire() left it (every step that reserves expires first).
-local due = nil
 
 -- A live reservation's deadline may become the earliest one.
 local function live(id, deadline)

@@ -1,2 +1,5 @@
 -- expire: ARGV = now. Answers packed [id, charged] pairs.
-return cmsgpack.pack(expire())
+steps.expire = function(KEYS, ARGV)
+  begin(KEYS, ARGV)
+  return cmsgpack.pack(expire())
+end

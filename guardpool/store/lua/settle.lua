@@ -1,31 +1,33 @@
 -- settle: ARGV = now, id, then dimension, actual, dimension, actual, ...
 -- Answers a packed [ok, counts, refused, expired, items] (items: the bytes the
 -- reserve received, so the caller can name the counts; '' when there is no record).
-local RECORD, id = KEYS[5], ARGV[2]
-local actual = {}
-for k = 3, #ARGV, 2 do actual[ARGV[k]] = tonumber(ARGV[k + 1]) end
-local expired = expire()  -- may expire this very reservation: then it is too late
-local state, items, deadline, packed = load(RECORD)
-if not state then return cmsgpack.pack({false, {}, {}, expired, ''}) end
-if state ~= 'live' then
-  local used, reserved = read(items)
-  return cmsgpack.pack({false, counts(items, used, reserved), {}, expired, packed})
-end
-local deltas = {}
-for _, it in ipairs(items) do
-  local amount = actual[it[DIMENSION]]
-  if amount == nil then amount = it[AMOUNT] end
-  charge(deltas, it, amount)
-end
-local new = apply(deltas)
-finish(RECORD, id, 'settled', deadline)
-local used, reserved = {}, {}
-for i, it in ipairs(items) do
-  if it[WINDOW_MS] > 0 then
-    used[i] = window_used(it)
-  else
-    used[i] = new[it[U]]
+steps.settle = function(KEYS, ARGV)
+  begin(KEYS, ARGV)
+  local RECORD, id = KEYS[5], ARGV[2]
+  local actual = {}
+  for k = 3, #ARGV, 2 do actual[ARGV[k]] = tonumber(ARGV[k + 1]) end
+  local expired = expire()  -- may expire this very reservation: then it is too late
+  local state, items, deadline, packed = load(RECORD)
+  if not state then return cmsgpack.pack({false, {}, {}, expired, ''}) end
+  if state ~= 'live' then
+    return cmsgpack.pack({false, read(items), {}, expired, packed})
   end
-  reserved[i] = new[it[R]]
+  local deltas = {}
+  for _, it in ipairs(items) do
+    local amount = actual[it[DIMENSION]]
+    if amount == nil then amount = it[AMOUNT] end
+    charge(deltas, it, amount)
+  end
+  local new = apply(deltas)
+  finish(RECORD, id, 'settled', deadline)
+  local counts = {}
+  for i, it in ipairs(items) do
+    if it[WINDOW_MS] > 0 then
+      counts[2 * i - 1] = window_used(it)
+    else
+      counts[2 * i - 1] = new[it[U]]
+    end
+    counts[2 * i] = new[it[R]]
+  end
+  return cmsgpack.pack({true, counts, {}, expired, packed})
 end
-return cmsgpack.pack({true, counts(items, used, reserved), {}, expired, packed})
