@@ -6,24 +6,27 @@ the server: no host can read "39 of 40" between another host's read and
 write. The scripts implement the algorithm of ``engine.py`` (memory and SQLite)
 and pass the same conformance suite.
 
-    reserve(id, items) ──► EVALSHA reserve.lua  KEYS = counters, deadlines, seq, due,
+    reserve(id, items) ──► FCALL reserve        KEYS = counters, deadlines, seq, due,
                                                        record, window keys of the items
                                                 ARGV = now | '', id, ttl, msgpack items
                        ◄── msgpack [ok, counts, refused, expired] (array_like Structs)
-    settle(id, actual) ──► EVALSHA settle.lua   ARGV = now | '', id, dim, n, dim, n, ...
+    settle(id, actual) ──► FCALL settle         ARGV = now | '', id, dim, n, dim, n, ...
                        ◄── the same, plus the reservation's items to name the counts
 
 - One round trip per step, over a lean client (``resp.py``): the scripts
   answer one msgpack string, so the client only packs a command and reads one
-  bulk reply. Wire values are positional arrays decoded by msgspec into named
-  Structs here and into named tables in Lua at once.
+  bulk reply. Wire values are positional arrays, decoded by msgspec into named
+  Structs here and read through named indexes in Lua (``it[AMOUNT]``).
 - Time is the server's (``TIME``) unless the store is given a clock, so hosts
   with skewed clocks agree on rolling windows and reservation deadlines; tests
   give a clock and move it instead of sleeping.
 - Every key lives under one hash tag (``{prefix}``): the scripts also run on
   Redis Cluster, at the price of one budget namespace living in one slot.
-- Scripts are sent by SHA1 and loaded once per server (on ``NOSCRIPT``, which
-  also covers a restarted server that flushed them).
+- The steps are the functions of one library (``common.lua`` + every step
+  file), loaded once per server (``FUNCTION LOAD`` when an ``FCALL`` finds it
+  missing, which also covers a restarted server); where the server has no
+  functions (Redis < 7, or an ACL forbids them) ``common.lua`` + one step file
+  is a script run by ``EVALSHA`` (loaded on ``NOSCRIPT``).
 - Any connection error or timeout raises StoreUnavailable: the enforcer
   denies. A dropped connection is retried once at once on a new connection
   (every script is idempotent by reservation id, so a reply lost in transit
