@@ -106,6 +106,7 @@ def test_a_wrong_password_is_unavailable_with_the_servers_reason(locked: LockedS
         ("redis://127.0.0.1:6379/zero", "database must be a number"),
         ("http://127.0.0.1:6379/0", "scheme"),
         ("unix://", "socket path"),
+        ("redis://127.0.0.1:6379/0?ssl_ca_certs=/ca.pem", "needs rediss"),
     ],
 )
 def test_urls_the_client_cannot_honour_are_refused_at_start(url: str, reason: str) -> None:
@@ -231,3 +232,95 @@ def test_steps_run_as_functions_where_the_server_has_them(redis_url: str) -> Non
     assert "cmdstat_evalsha" not in stats
     store.close()
     admin.close()
+
+
+def _certificates(d: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a server certificate for localhost / 127.0.0.1 (openssl CLI)."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=guardpool test CA",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    )
+    (d / "san.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "1",
+        "-extfile",
+        "san.cnf",
+    )
+    return d / "ca.crt", d / "server.crt", d / "server.key"
+
+
+def test_tls_with_a_private_ca_and_a_refusal_without_it(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    ca, cert, key = _certificates(tmp_path)
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            *("--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1"),
+            *("--tls-cert-file", str(cert), "--tls-key-file", str(key)),
+            *("--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"),
+            *("--save", "", "--appendonly", "no", "--dir", str(tmp_path)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        store = RedisStore(settings(f"rediss://localhost:{port}/0?ssl_ca_certs={ca}"))
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert store.reserve("a", [cost()], 60_000).ok
+                break
+            except StoreUnavailable:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        assert store.settle("a", {"cost": 3}).states[0].used == 3
+        store.close()
+        # The system's trust store does not know the private CA: refused, fail closed.
+        untrusted = RedisStore(settings(f"rediss://localhost:{port}/0"))
+        with pytest.raises(StoreUnavailable, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify"):
+            untrusted.reserve("b", [cost()], 60_000)
+    finally:
+        proc.kill()
+        proc.wait()

@@ -18,8 +18,9 @@ read with one ``recv`` in the common case.
                     both to StoreUnavailable; a connection that failed is
                     closed, never reused: its next reply could be a stale one)
 
-URLs: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS with
-the system's trust store and host name check) and
+URLs: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS,
+host name checked, against the system's trust store or the CA bundle named by
+``?ssl_ca_certs=/path``, redis-py's name for it) and
 ``unix://[[user]:password@]/path/to/socket[?db=N]``: what
 ``policy/machine.py`` accepts. No other query parameter is understood, so an
 unsupported option is an error at start rather than silently ignored.
@@ -44,6 +45,7 @@ class Address:
     port: int = 6379
     path: str = ""  # a unix socket
     tls: bool = False
+    ca_file: str | None = None  # rediss: trust this CA bundle instead of the system's
     username: str | None = None
     password: str | None = None
     db: int = 0
@@ -52,9 +54,12 @@ class Address:
 def parse_url(url: str) -> Address:
     parts = urlsplit(url)
     query = parse_qs(parts.query, keep_blank_values=True)
-    unknown = sorted(set(query) - {"db"})
+    unknown = sorted(set(query) - {"db", "ssl_ca_certs"})
     if unknown:
         raise ValueError(f"redis url: unsupported option(s) {', '.join(unknown)}")
+    ca_file = query["ssl_ca_certs"][0] if "ssl_ca_certs" in query else None
+    if ca_file is not None and parts.scheme != "rediss":
+        raise ValueError("redis url: ssl_ca_certs needs rediss://")
     username = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password is not None else None
     db_text = query["db"][0] if "db" in query else ""
@@ -70,6 +75,7 @@ def parse_url(url: str) -> Address:
         host=parts.hostname,
         port=parts.port or 6379,
         tls=parts.scheme == "rediss",
+        ca_file=ca_file,
         username=username,
         password=password,
         db=_db(db_text or parts.path.lstrip("/")),
@@ -147,9 +153,8 @@ class Connection:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if address.tls:
                 try:
-                    sock = ssl.create_default_context().wrap_socket(
-                        sock, server_hostname=address.host
-                    )
+                    context = ssl.create_default_context(cafile=address.ca_file)
+                    sock = context.wrap_socket(sock, server_hostname=address.host)
                 except BaseException:
                     sock.close()
                     raise
