@@ -2,7 +2,11 @@
 
 This module is the public face; the machinery lives beside it:
 
-* ``manager.py``     the one event-loop thread that owns workers, tasks and fds
+* ``manager.py``     the manager thread: epoll loop, deadlines, notices, start/stop
+* ``dispatch.py``    the hot path any thread runs: place a job, read its answer, kill
+* ``futures.py``     ``JobFuture``: ``result()`` reads the answer in the waiting thread
+* ``lifecycle.py``   each worker's socket, answers, birth and end (manager thread)
+* ``healing.py``     the zygote: start, loss, restart; broken; teardown
 * ``scheduler.py``   task records, queue, deadline heap, resolution
 * ``worker_link.py`` the host's end of one worker (framing, buffers, kill)
 * ``zygote_link.py`` the host's end of the zygote (start, spawn, restart backoff)

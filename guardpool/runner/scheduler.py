@@ -2,14 +2,21 @@
 
 Data flow::
 
-  caller thread: encode_input -> Task -> inbox (deque) --eventfd--> manager thread
-  manager:       inbox -> queue (FIFO) + heap (deadline order) -> a free worker
-                 resolve(task, outcome) -> Future.set_result -> the caller wakes
+  caller thread: encode_input -> Task --+--> a free worker at once (dispatch.py)
+                                        +--> queue (FIFO) when none is free
+                                        +--> inbox (deque) ........ manager thread
+  manager:       inbox -> heap (deadline order) -> expire: kill, verdict
+  any thread:    resolve(task, outcome) -> Future.set_result -> the waiter wakes
 
-A task lives in the queue until a worker takes it and in the heap until it is
-resolved; a resolved task is skipped wherever it still sits (lazy deletion keeps
-every operation O(log n) or O(1)). Only the manager thread touches the queue and
-the heap; callers only append to the inbox.
+Every task passes through the inbox so the manager learns its deadline; the caller
+wakes the manager only when that deadline is earlier than the one it sleeps towards,
+so a stream of calls costs the manager nothing. A task lives in the queue until a
+worker takes it and in the heap until it is resolved; a resolved task is skipped
+wherever it still sits (lazy deletion keeps every operation O(log n) or O(1)).
+
+Threads: callers append to the inbox and the queue and resolve the tasks they read
+answers for; ``mutex`` makes "who resolves a task" a single decision (the first
+``claim`` wins) and guards the counters. The heap is the manager's alone.
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ def encode_input(value: Any) -> bytes:
 
 
 class Task:
+    future: Future[JobResult]  # set by its creator (a dispatch.JobFuture)
+
     __slots__ = (
         "deadline",
         "done",
@@ -55,8 +64,10 @@ class Task:
         "id",
         "msg",
         "owner",
+        "quiet",
         "started",
         "submitted",
+        "watched",
         "worker",
     )
 
@@ -64,6 +75,7 @@ class Task:
         self,
         task_id: int,
         msg: protocol.CallJob | protocol.GuardJob,
+        frame: bytes,
         deadline: float,
         submitted: float,
         owner: object,
@@ -71,7 +83,7 @@ class Task:
     ) -> None:
         self.id = task_id
         self.msg = msg
-        self.future: Future[JobResult] = Future()
+        self.frame = frame  # the job as sent to a worker (encoded once, in the caller)
         self.deadline = deadline
         self.submitted = submitted
         # The GuardPool that took the job: a pool nobody else references stays alive
@@ -79,25 +91,39 @@ class Task:
         self.owner = owner
         self.guard = guard
         self.worker: WorkerLink | None = None
-        self.frame = b""
         self.started = False
         self.done = False
+        # quiet: written by a caller thread, which will read the answer itself, so the
+        # manager does not watch the socket; watched: someone waits by callback instead
+        # (add_done_callback, asyncio, concurrent.futures.wait), so the manager must.
+        self.quiet = False
+        self.watched = False
 
 
 class Scheduler:
-    """Queue, deadline heap and resolution; the manager decides where tasks run."""
+    """Queue, deadline heap and resolution; ``dispatch.py`` decides where tasks run."""
 
     def __init__(self) -> None:
+        self.mutex = threading.Lock()  # O(1) bookkeeping only, never held across I/O
         self.inbox: collections.deque[Task] = collections.deque()
         self.queue: collections.deque[Task] = collections.deque()
         self.heap: list[tuple[float, int, Task]] = []
+        self.compact_at = 1024
         self.completed = 0
 
     def take_inbox(self) -> None:
-        while self.inbox:
-            task = self.inbox.popleft()
-            self.queue.append(task)
-            heapq.heappush(self.heap, (task.deadline, task.id, task))
+        """Manager thread: new tasks' deadlines into the heap (answered ones need none)."""
+        inbox, heap = self.inbox, self.heap
+        while inbox:
+            task = inbox.popleft()
+            if not task.done:
+                heapq.heappush(heap, (task.deadline, task.id, task))
+        if len(heap) > self.compact_at:
+            # Answered tasks wait here for their (possibly distant) deadline; drop them
+            # once they are half the heap: amortised O(1) per task, memory bounded.
+            heap[:] = [entry for entry in heap if not entry[2].done]
+            heapq.heapify(heap)
+            self.compact_at = max(1024, 2 * len(heap))
 
     def next_deadline(self) -> float | None:
         heap = self.heap
@@ -116,24 +142,23 @@ class Scheduler:
         return out
 
     def next_queued(self) -> Task | None:
-        """The oldest queued task still wanted (not resolved, not cancelled), marked started."""
-        while self.queue:
-            task = self.queue.popleft()
+        """The oldest queued task still wanted (not resolved, not cancelled), marked started.
+
+        Called with ``mutex`` held.
+        """
+        queue = self.queue
+        while queue:
+            task = queue.popleft()
             if task.done:
                 continue
             if not task.started:
                 if not task.future.set_running_or_notify_cancel():
                     task.done = True  # cancelled by the caller while queued
+                    task.owner = None
                     continue
                 task.started = True
             return task
         return None
-
-    def requeue(self, task: Task) -> None:
-        """A task that never ran goes back to the front (not a retry: nothing ran)."""
-        task.worker = None
-        if not task.done:
-            self.queue.appendleft(task)
 
     def pending(self) -> list[Task]:
         """Every unresolved task the scheduler still holds (inbox, queue, heap)."""
@@ -148,6 +173,14 @@ class Scheduler:
         self.queue.clear()
         self.heap.clear()
 
+    def claim(self, task: Task) -> bool:
+        """True for the one thread that gets to answer ``task``."""
+        with self.mutex:
+            if task.done:
+                return False
+            task.done = True
+            return True
+
     def resolve(
         self,
         task: Task,
@@ -160,14 +193,17 @@ class Scheduler:
         exit_code: int | None = None,
         signal: int | None = None,
         worker_pid: int = 0,
-    ) -> None:
-        if task.done:
-            return
-        task.done = True
+    ) -> bool:
+        """Answer ``task`` unless another thread did; True if this call answered it."""
+        with self.mutex:
+            if task.done:
+                return False
+            task.done = True
+            self.completed += 1
+        task.frame = b""
         if not task.started and not task.future.set_running_or_notify_cancel():
             task.owner = None
-            return
-        self.completed += 1
+            return True
         task.future.set_result(
             JobResult(
                 outcome=outcome,
@@ -184,12 +220,12 @@ class Scheduler:
         # Last: dropping the owner may collect an unreferenced pool right here, which
         # only asks the manager to stop after this turn.
         task.owner = None
+        return True
 
     def fail(self, task: Task, exc: BaseException) -> None:
         """Resolve with an exception (a broken pool): ``result()`` raises it."""
-        if task.done:
+        if not self.claim(task):
             return
-        task.done = True
         if task.started or task.future.set_running_or_notify_cancel():
             task.future.set_exception(exc)
         task.owner = None

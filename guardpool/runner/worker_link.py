@@ -1,8 +1,13 @@
 """The host's end of one worker: its socket, buffers, pidfd, cgroup, and how to kill it.
 
-Frames are ``protocol.FrameReader``'s (the same reader the worker uses). Writes are
-non-blocking with a pending-output buffer, so a large job never blocks the manager
-thread; the manager asks the selector for EVENT_WRITE only while output is pending.
+Frames are ``protocol.FrameReader``'s (the same reader the worker uses). The manager
+writes non-blocking with a pending-output buffer, so a large job never blocks its
+thread; it asks epoll for EPOLLOUT only while output is pending.
+
+Who reads (see dispatch.py): whoever holds ``rlock``, the manager or a caller thread
+waiting in ``result()``. Only the manager creates and closes the descriptors, and only
+while it holds ``rlock`` (or nobody can hold it any more), so a caller never polls a
+descriptor number that has been closed and reused.
 """
 
 from __future__ import annotations
@@ -10,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import signal
 import socket
+import threading
 
 import msgspec
 
@@ -22,22 +29,33 @@ from guardpool.worker import cgroups, protocol
 log = logging.getLogger("guardpool.pool")
 # ext_hook: a result may carry text with a lone surrogate (policy/inputs.pack).
 _DECODER = msgspec.msgpack.Decoder(protocol.WorkerMsg, ext_hook=inputs.unpack_ext)
+_CHUNK = 1 << 18
 
 
 class WorkerLink:
     __slots__ = (
         "cgroup",
+        "closed",
         "cpu_base",
+        "doomed",
+        "events",
+        "fd",
         "gone",
         "jobs",
+        "missed",
         "pid",
         "pidfd",
+        "poller",
+        "rbuf",
         "reader",
         "ready",
         "retiring",
+        "rlock",
+        "rview",
         "sock",
         "task",
         "wbuf",
+        "wfd",
     )
 
     def __init__(
@@ -48,6 +66,8 @@ class WorkerLink:
         self.sock = sock
         self.cgroup = cgroup
         self.reader = protocol.FrameReader()
+        self.rbuf = bytearray(_CHUNK)  # reused: no fresh 256 KiB bytes per recv
+        self.rview = memoryview(self.rbuf)
         self.wbuf = bytearray()
         # The one job this worker is running. Never more than one: a job waiting in a
         # busy worker's pipe could wait behind a hang while another worker is free.
@@ -55,8 +75,22 @@ class WorkerLink:
         self.retiring = False
         self.jobs = 0
         self.cpu_base = 0.0
-        self.gone = False
+        self.gone = False  # ended (died, killed or recycled); set by the manager
         self.ready = False
+        self.doomed = False  # being killed at a deadline: it takes no further job
+        self.closed = False
+        self.fd = sock.fileno()
+        # Held by the one thread reading the socket (re-entrant: a caller that reads an
+        # answer may hand the worker its next job and re-arm it in the same breath).
+        self.rlock = threading.RLock()
+        self.events = select.EPOLLIN  # the manager's epoll interest in ``fd``
+        self.wfd = -1  # a dup of ``fd`` watched for EPOLLOUT while ``wbuf`` is pending
+        self.missed = False  # the manager found the socket readable while rlock was held
+        # A caller waiting on this worker polls its socket and its pidfd (death).
+        self.poller = select.poll()
+        self.poller.register(self.fd, select.POLLIN)
+        if pidfd is not None:
+            self.poller.register(pidfd, select.POLLIN)
 
     def write(self, data: bytes) -> bool:
         """Send what the socket takes now; True when some output is left pending."""
@@ -87,19 +121,38 @@ class WorkerLink:
         return bool(self.wbuf)
 
     def read(self) -> tuple[list[protocol.WorkerMsg], bool]:
-        """Every complete message now readable, and False once the worker hung up."""
+        """The complete messages now readable, and False once the worker hung up.
+
+        Stops after a short read rather than paying a second ``recv`` for EAGAIN:
+        epoll is level-triggered, so anything left over wakes the reader again.
+        """
         out: list[protocol.WorkerMsg] = []
         while True:
             try:
-                chunk = self.sock.recv(1 << 18)
+                n = self.sock.recv_into(self.rbuf)
             except (BlockingIOError, InterruptedError):
                 return out, True
             except OSError:
                 return out, False
-            if not chunk:
+            if not n:
                 return out, False
-            self.reader.feed(chunk)
+            self.reader.feed(self.rview[:n])
             out.extend(self.reader.decode_all(_DECODER))
+            if n < _CHUNK:
+                return out, True
+
+    def close_fds(self) -> None:
+        """Close the socket and pidfd (manager thread, holding ``rlock``); idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        self.sock.close()
+        if self.wfd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.wfd)
+        if self.pidfd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.pidfd)
 
     def kill(self) -> None:
         """SIGKILL the worker's process group now; the v2 cgroup kill is one write too.

@@ -43,6 +43,10 @@ class Channel:
         self.decoder = msgspec.msgpack.Decoder(protocol.HostMsg, ext_hook=inputs.unpack_ext)
         self.pending: collections.deque[protocol.HostMsg] = collections.deque()
         self.encoder = msgspec.msgpack.Encoder()
+        # One receive buffer for the worker's life: ``recv(256 KiB)`` would mmap, shrink
+        # and unmap a fresh bytes object on every job (three syscalls each time).
+        self.rbuf = bytearray(1 << 18)
+        self.rview = memoryview(self.rbuf)
 
     def send(self, msg: msgspec.Struct) -> None:
         self.sock.sendall(protocol.frame(self.encoder, msg))
@@ -50,10 +54,10 @@ class Channel:
     def recv(self) -> protocol.HostMsg | None:
         """The next job, or None at EOF (the host closed our pipe: stop)."""
         while not self.pending:
-            chunk = self.sock.recv(1 << 18)
-            if not chunk:
+            n = self.sock.recv_into(self.rbuf)
+            if not n:
                 return None
-            self.reader.feed(chunk)
+            self.reader.feed(self.rview[:n])
             self.pending.extend(self.reader.decode_all(self.decoder))
         return self.pending.popleft()
 
@@ -95,6 +99,12 @@ def _rss_kb() -> int:
     # Peak RSS: one getrusage call (no /proc read on every job). Peak is the right
     # signal for recycling: memory a guard touched once is usually still held.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _usage() -> tuple[float, int]:
+    """CPU time used so far (ms) and peak RSS (KiB), from one ``getrusage`` call."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return (ru.ru_utime + ru.ru_stime) * 1000.0, ru.ru_maxrss
 
 
 def _cpu_ms() -> float:
@@ -201,14 +211,17 @@ class Worker:
 
     def serve(self) -> None:
         self.warm_up()
-        self.channel.send(
-            protocol.Ready(pid=os.getpid(), cpu_total_ms=_cpu_ms(), unreadable=_unreadable())
-        )
-        while True:
-            job = self.channel.recv()
-            if job is None:
-                return
-            self.run(job)
+        try:
+            self.channel.send(
+                protocol.Ready(pid=os.getpid(), cpu_total_ms=_cpu_ms(), unreadable=_unreadable())
+            )
+            while True:
+                job = self.channel.recv()
+                if job is None:
+                    return
+                self.run(job)
+        except (BrokenPipeError, ConnectionResetError):
+            return  # the host closed our pipe (a spare at shutdown): nothing to report
 
     def _target(self, target: str) -> Callable[[Any], Any]:
         fn = self.targets.get(target)
@@ -264,12 +277,12 @@ class Worker:
                 # answer on the worker's channel (the host would see a second answer).
                 os._exit(0)
             signal.setitimer(signal.ITIMER_PROF, 0)
-        total = _cpu_ms()
+        total, rss_kb = _usage()
         if error is None:
             try:
                 # inputs.pack: a rewrite of hostile text, or a reason quoting it, may hold
                 # a lone surrogate (or an int past 64 bits); it travels as the input did.
-                done = protocol.Done(job.id, value, total - start, total, _rss_kb())
+                done = protocol.Done(job.id, value, total - start, total, rss_kb)
                 body = inputs.pack(self.channel.encoder, done)
                 frame = protocol.HEADER.pack(len(body)) + body
             except BaseException as exc:

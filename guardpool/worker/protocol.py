@@ -182,7 +182,7 @@ class FrameReader:
     def __init__(self) -> None:
         self.buf = bytearray()
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes | memoryview) -> None:
         self.buf += chunk
 
     def decode_all(self, decoder: msgspec.msgpack.Decoder[T]) -> list[T]:

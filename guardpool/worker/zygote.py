@@ -143,6 +143,13 @@ class Zygote:
         # stay shared (less memory, fewer page faults in a fresh worker's first job).
         gc.collect()
         gc.freeze()
+        # Forking replacements and reaping is background work: at nice 10 it never
+        # delays the host's deadline kills or the spare serving the next job. Workers
+        # inherit it (with a CPU cgroup they are weighed as a group anyway).
+        with contextlib.suppress(OSError):
+            os.setpriority(
+                os.PRIO_PROCESS, 0, max(os.getpriority(os.PRIO_PROCESS, 0), sandbox.WORKER_NICE)
+            )
         self.send(protocol.ZygoteReady(os.getpid(), "", self.cgroup))
 
     def run(self) -> None:

@@ -1,0 +1,359 @@
+"""The hot path: a job handed to an idle worker and its answer read, from any thread.
+
+Data flow of one call (the common case: ``pool.submit(...).result()``)::
+
+  caller thread                                                 worker process
+  ─────────────                                                 ──────────────
+  submit() ─ encode ─► place(): idle worker? ─ frame ─ socketpair ─► job loop
+                          │ none: queue (the next worker to free up takes it)
+  result() ─► wait_direct(): poll(socket, pidfd) until the answer or the deadline
+                 ◄────────────────────────────────── Done / Failed ◄─┘
+              finish(): worker back to idle (or straight to the next queued job),
+                        resolve ─► JobResult
+              deadline reached first: expire(): SIGKILL, verdict, manager cleans up
+
+The caller writes the job and reads the answer itself, so a call costs one process
+round trip and no thread hop. The manager thread (manager.py) is not woken on this
+path: it learns each deadline through ``Scheduler.inbox`` and sleeps towards the
+earliest; it reads a worker's socket itself whenever no caller is waiting on it
+(``add_done_callback``, asyncio, ``concurrent.futures.wait``) and kills at a deadline
+whether or not anybody waits.
+
+Who reads a socket is decided by the worker's ``rlock``: a waiting caller takes it
+and switches the manager's epoll interest off for that socket while it polls, so the
+answer wakes exactly one thread. If the manager still finds the socket readable while
+the lock is held it sets ``missed`` and the caller hands the socket back with a
+notice when it lets go. ``Scheduler.mutex`` covers the O(1) bookkeeping (idle
+workers, busy count, which job a worker runs); it is never held across I/O.
+Anything that is not O(1) (kills through a v1 cgroup, closing descriptors, asking
+the zygote for a replacement) goes to the manager as a notice, off the caller's path.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import select
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from guardpool.policy.verdict import Verdict
+from guardpool.runner.scheduler import Scheduler, Task
+from guardpool.runner.worker_link import WorkerLink, reemit
+from guardpool.worker import procfs, protocol
+
+# Frames up to this size are written by whichever thread dispatches them (they fit
+# an empty socket buffer); larger ones go through the manager's non-blocking writer.
+DIRECT_MAX = 64 * 1024
+
+# ("ready" | "retire" | "killed" | "check" | "send" | "violation:<what>", worker)
+Notice = tuple[str, WorkerLink]
+
+
+class Dispatcher:
+    """Idle workers, the busy count, and the per-job work any thread may do."""
+
+    def __init__(
+        self,
+        sched: Scheduler,
+        n_workers: int,
+        ep: select.epoll,
+        post: Callable[[Notice], None],
+        max_rss_kb: int,
+        max_jobs: int,
+    ) -> None:
+        self.sched = sched
+        self.mutex = sched.mutex
+        self.n_workers = n_workers  # jobs that may run at once (the spare waits)
+        self.ep = ep
+        self.post = post
+        self.max_rss_kb = max_rss_kb
+        self.max_jobs = max_jobs
+        # Right end: recently used (warm); left end: fresh workers, the spare.
+        self.idle: collections.deque[WorkerLink] = collections.deque()
+        self.busy = 0
+        self.counts = collections.Counter[str]()
+        self.manager_ident = 0  # the manager thread's ident, once it runs
+        self.healing = False  # the zygote is being restarted (said in timeout reasons)
+
+    def count(self, name: str) -> None:
+        with self.mutex:
+            self.counts[name] += 1
+
+    # -- placing jobs -----------------------------------------------------------------------
+
+    def place(self, task: Task) -> None:
+        """A new task: onto an idle worker now, else into the queue (any thread)."""
+        with self.mutex:
+            if self.sched.queue or self.busy >= self.n_workers or not self.idle:
+                self.sched.queue.append(task)  # FIFO: nobody overtakes a waiting job
+                pairs = self._match()
+            else:
+                worker = self.idle.pop()
+                task.future.set_running_or_notify_cancel()  # nobody else has it yet
+                task.started = True
+                self._assign(worker, task)
+                pairs = [(worker, task)]
+        for worker, job in pairs:
+            self.send(worker, job)
+
+    def _assign(self, worker: WorkerLink, task: Task) -> None:
+        worker.task = task
+        task.worker = worker
+        self.busy += 1
+
+    def _match(self) -> list[tuple[WorkerLink, Task]]:
+        """Queued tasks matched with idle workers, oldest first; ``mutex`` held."""
+        out: list[tuple[WorkerLink, Task]] = []
+        while self.idle and self.sched.queue and self.busy < self.n_workers:
+            task = self.sched.next_queued()
+            if task is None:
+                break
+            worker = self.idle.pop()
+            self._assign(worker, task)
+            out.append((worker, task))
+        return out
+
+    def take_queued(self) -> list[tuple[WorkerLink, Task]]:
+        """Queued tasks matched with idle workers (the caller sends them)."""
+        with self.mutex:
+            return self._match()
+
+    def worker_ready(self, worker: WorkerLink) -> None:
+        """A fresh worker joins the cold end of the idle list (it waits as the spare)."""
+        with self.mutex:
+            worker.ready = True
+            if not worker.gone:
+                self.idle.appendleft(worker)
+
+    def send(self, worker: WorkerLink, task: Task) -> None:
+        """Write ``task``'s frame to ``worker``: here if small, else via the manager."""
+        frame = task.frame
+        if threading.get_ident() == self.manager_ident or len(frame) > DIRECT_MAX:
+            self.post(("send", worker))
+            return
+        with worker.rlock:
+            # Written here, read here: the manager need not watch for the answer.
+            task.quiet = True
+            self.set_read(worker, self.wanted(worker))
+        try:
+            sent = worker.sock.send(frame, socket.MSG_NOSIGNAL)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return  # the worker is dying: its pidfd tells the manager, Exited the reason
+        if sent < len(frame):
+            self._send_rest(worker, memoryview(frame)[sent:], task.deadline)
+
+    @staticmethod
+    def wanted(worker: WorkerLink) -> int:
+        """The manager's epoll interest in ``worker``'s socket when nobody waits in it.
+
+        None while idle (an idle worker says nothing; its death shows on the pidfd)
+        or running a job a caller thread wrote and will read itself.
+        """
+        task = worker.task
+        if task is None or (task.quiet and not task.watched):
+            return 0
+        return select.EPOLLIN
+
+    def set_read(self, worker: WorkerLink, events: int) -> None:
+        """Switch the manager's interest in the socket; hold ``worker.rlock``."""
+        if worker.events != events and not worker.closed:
+            worker.events = events
+            with contextlib.suppress(OSError):  # already unregistered: it is ending
+                self.ep.modify(worker.fd, events)
+
+    def watch(self, task: Task) -> None:
+        """Someone waits for ``task`` by callback: the manager must read its answer."""
+        task.watched = True
+        worker = task.worker
+        if task.quiet and worker is not None and not task.done:
+            self.post(("check", worker))
+
+    def _send_rest(self, worker: WorkerLink, rest: memoryview, deadline: float) -> None:
+        # A worker reads its whole job before any guard code runs, so this ends
+        # quickly unless the worker dies (EPIPE) or the deadline comes (it is killed).
+        poller = select.poll()
+        poller.register(worker.fd, select.POLLOUT)
+        while rest:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or not poller.poll(wait * 1000):
+                return
+            try:
+                rest = rest[worker.sock.send(rest, socket.MSG_NOSIGNAL) :]
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
+
+    # -- answers ----------------------------------------------------------------------------
+
+    def wait_direct(self, task: Task, end: float) -> None:
+        """Read ``task``'s answer in this (caller) thread until it comes or ``end``.
+
+        Returns without waiting when another thread reads this worker; at the task's
+        deadline the job is killed here (``expire``) and the manager only cleans up.
+        """
+        worker = task.worker
+        if worker is None or task.done or worker.gone:
+            return
+        if not worker.rlock.acquire(False):
+            return
+        try:
+            if worker.gone or worker.closed or worker.task is not task:
+                return
+            self.set_read(worker, 0)  # the answer wakes this thread, not the manager
+            try:
+                self._read_until(worker, task, end)
+            finally:
+                if not worker.gone:
+                    self.set_read(worker, self.wanted(worker))
+            if not task.done and time.monotonic() >= task.deadline:
+                killed = self.expire(task)
+                if killed is not None:
+                    self.post(("killed", killed))
+        finally:
+            worker.rlock.release()
+            if worker.missed or worker.gone:
+                self.post(("check", worker))
+
+    def _read_until(self, worker: WorkerLink, task: Task, end: float) -> None:
+        poll = worker.poller.poll
+        fd = worker.fd
+        while not task.done:
+            wait = end - time.monotonic()
+            if wait <= 0:
+                return
+            events = poll(wait * 1000)
+            dead = any(efd != fd for efd, _ in events)
+            msgs, alive = worker.read()
+            for msg in msgs:
+                action = self.on_message(worker, msg)
+                if action:
+                    self.post((action, worker))
+            if dead or not alive:
+                return  # the manager hears it too (pidfd, Exited) and answers the job
+
+    def on_message(self, worker: WorkerLink, msg: protocol.WorkerMsg) -> str:
+        """Handle one message, holding ``worker.rlock``; returns work for the manager."""
+        if isinstance(msg, protocol.Log):
+            reemit(msg)
+            return ""
+        if isinstance(msg, protocol.Ready):
+            if worker.ready:
+                return "violation:sent Ready twice"
+            return "ready"  # the manager keeps the start-up bookkeeping
+        if worker.doomed:
+            return ""  # killed at a deadline: its job is answered already
+        task = worker.task
+        if task is None or task.id != msg.id:
+            return f"violation:answered job {msg.id}, which it was not running"
+        return self._finish(worker, task, msg)
+
+    def _finish(self, worker: WorkerLink, task: Task, msg: protocol.Done | protocol.Failed) -> str:
+        worker.jobs += 1
+        worker.cpu_base = msg.cpu_total_ms
+        memory = isinstance(msg, protocol.Failed) and msg.kind == "memory"
+        retire = memory or msg.rss_kb > self.max_rss_kb or worker.jobs >= self.max_jobs
+        # Free the worker first: the next queued job starts while this one is resolved.
+        action = ""
+        nxt: Task | None = None
+        with self.mutex:
+            if worker.task is task:
+                worker.task = None
+                if not worker.gone:
+                    self.busy -= 1
+            if worker.gone or worker.doomed:
+                pass  # the manager is already ending it
+            elif retire:
+                worker.retiring = True
+                action = "retire"
+            else:
+                nxt = self.sched.next_queued() if self.busy < self.n_workers else None
+                if nxt is not None:
+                    self._assign(worker, nxt)
+                else:
+                    self.idle.append(worker)
+        if nxt is not None:
+            self.send(worker, nxt)
+        if isinstance(msg, protocol.Done):
+            self._done(task, msg, worker)
+        elif msg.kind == "expired":
+            if self.sched.resolve(
+                task, "timeout", error="deadline passed before the job started", limit="wall"
+            ):
+                self.count("timeouts")
+        else:
+            self.sched.resolve(
+                task,
+                "error",
+                error=msg.error,
+                limit="memory" if memory else "",
+                cpu_ms=msg.cpu_ms,
+                worker_pid=worker.pid,
+            )
+        return action
+
+    def _done(self, task: Task, msg: protocol.Done, worker: WorkerLink) -> None:
+        value = msg.value
+        if task.guard:
+            try:
+                value = msgspec.convert(value, Verdict)
+            except msgspec.ValidationError as exc:
+                self.sched.resolve(
+                    task, "error", error=f"bad verdict from worker: {exc}", worker_pid=worker.pid
+                )
+                return
+        self.sched.resolve(task, "ok", value=value, cpu_ms=msg.cpu_ms, worker_pid=worker.pid)
+
+    # -- deadlines --------------------------------------------------------------------------
+
+    def expire(self, task: Task) -> WorkerLink | None:
+        """Answer a task at its deadline; a running one's worker is SIGKILLed first.
+
+        Any thread. Returns the killed worker, which the manager must then clean up
+        (v1 cgroup kill, descriptors, a replacement), or None.
+        """
+        with self.mutex:
+            if task.done:
+                return None
+            worker = task.worker
+            if worker is not None and worker.doomed:
+                return None  # another thread is killing it and answers the job
+            running = worker is not None and worker.task is task and not worker.gone
+            if running:
+                assert worker is not None
+                # Doomed: it takes no further job. Its slot is free at once, so the
+                # next job goes to the spare now, not after the manager's cleanup.
+                worker.doomed = True
+                worker.task = None
+                self.busy -= 1
+        if not running or worker is None:
+            # Never started, or its worker died a moment ago and Exited is on its way.
+            why = "deadline passed before the job started"
+            if self.healing:
+                why += " (the pool is restarting its zygote)"
+            if self.sched.resolve(task, "timeout", error=why, limit="wall"):
+                self.count("timeouts")
+            return None
+        # Kill first, look later: the SIGKILL goes out before anything else.
+        worker.kill()
+        cpu_ms = procfs.cpu_ms(worker.pid) - worker.cpu_base
+        self.count("killed")
+        if self.sched.resolve(
+            task,
+            "timeout",
+            error=f"deadline passed; worker {worker.pid} killed",
+            limit="wall",
+            cpu_ms=max(cpu_ms, 0.0),
+            signal=int(signal.SIGKILL),
+            worker_pid=worker.pid,
+        ):
+            self.count("timeouts")
+        return worker
