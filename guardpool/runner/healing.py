@@ -146,6 +146,7 @@ class ZygoteSupervision:
             if not worker.gone:
                 worker.kill()
                 worker.kill_cgroup()
+            self._forget(worker)  # a job it had not even read goes back to the queue
             task = worker.task
             if task is not None and not task.done:
                 self.disp.count("crashed")
@@ -155,7 +156,6 @@ class ZygoteSupervision:
                     error=f"the worker zygote died ({detail}); worker {worker.pid} died with it",
                     worker_pid=worker.pid,
                 )
-            self._forget(worker)
         for sock in self.pending_spawns.values():
             sock.close()
         self.pending_spawns.clear()

@@ -235,14 +235,27 @@ class WorkerLifecycle:
         self.by_pid.pop(worker.pid, None)
 
     def _close_worker(self, worker: WorkerLink) -> None:
+        unread = worker.unread()  # before the socket closes
+        requeue: Task | None = None
         with self.sched.mutex:
             if worker.gone:
                 return
             worker.gone = True
-            if worker.task is not None:
+            task = worker.task
+            if task is not None:
                 self.disp.busy -= 1
+                if unread and not task.done:
+                    # It died before it had even read the job (a worker taken from the
+                    # idle list just as its zygote died): nothing ran, so the job waits
+                    # for another worker instead of being answered "crash".
+                    worker.task = None
+                    task.worker = None
+                    self.sched.queue.appendleft(task)
+                    requeue = task
             with contextlib.suppress(ValueError):
                 self.disp.idle.remove(worker)
+        if requeue is not None:
+            self.sched.inbox.append(requeue)  # the manager keeps its deadline now
         self.live -= 1
         self._unregister(worker.fd)
         if worker.pidfd is not None:

@@ -13,11 +13,14 @@ descriptor number that has been closed and reused.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import select
 import signal
 import socket
+import sys
+import termios
 import threading
 
 import msgspec
@@ -140,6 +143,18 @@ class WorkerLink:
             out.extend(self.reader.decode_all(_DECODER))
             if n < _CHUNK:
                 return out, True
+
+    def unread(self) -> bool:
+        """True while the worker has not read all we sent (so its job never started)."""
+        if self.wbuf:
+            return True
+        if self.closed:
+            return False
+        try:
+            raw = fcntl.ioctl(self.fd, termios.TIOCOUTQ, b"\0\0\0\0")
+        except OSError:
+            return False
+        return int.from_bytes(raw, sys.byteorder, signed=True) > 0
 
     def close_fds(self) -> None:
         """Close the socket and pidfd (manager thread, holding ``rlock``); idempotent."""
