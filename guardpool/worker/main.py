@@ -44,8 +44,9 @@ class Channel:
         self.pending: collections.deque[protocol.HostMsg] = collections.deque()
         self.encoder = msgspec.msgpack.Encoder()
         # One receive buffer for the worker's life: ``recv(256 KiB)`` would mmap, shrink
-        # and unmap a fresh bytes object on every job (three syscalls each time).
-        self.rbuf = bytearray(1 << 18)
+        # and unmap a fresh bytes object on every job (three syscalls each time). Made on
+        # the first read, so what a worker needs to start up stays what it was.
+        self.rbuf = bytearray()
         self.rview = memoryview(self.rbuf)
 
     def send(self, msg: msgspec.Struct) -> None:
@@ -54,6 +55,9 @@ class Channel:
     def recv(self) -> protocol.HostMsg | None:
         """The next job, or None at EOF (the host closed our pipe: stop)."""
         while not self.pending:
+            if not self.rbuf:
+                self.rbuf = bytearray(1 << 18)
+                self.rview = memoryview(self.rbuf)
             n = self.sock.recv_into(self.rbuf)
             if not n:
                 return None
