@@ -16,11 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from guardpool.audit import AuditEvent, Ledger, LedgerError, LedgerWriteError
 from guardpool.audit.events import GENESIS_HASH
-from guardpool.audit.ledger import chain_hash
+from guardpool.audit.ledger import canonical_bytes, chain_hash
 
 # A child process that appends `batches` batches of 5 events tagged with its name
 # and prints each batch number once the append returned (i.e. committed).
@@ -110,6 +111,16 @@ def test_the_hash_is_sha256_of_prev_and_the_canonical_event(ledger: Ledger) -> N
         f'"seq":1,"ts":{s.ts}}}'
     )
     assert s.hash == hashlib.sha256((GENESIS_HASH + canonical).encode()).hexdigest()
+
+
+def test_canonical_bytes_are_the_sorted_json_encoding_byte_for_byte() -> None:
+    """The ledger frames each payload by hand; it must equal the generic encoding."""
+    payload = msgspec.json.encode({"kind": "check", "reason": 'caf\u00e9 \U0001f600 "q"'})
+    for seq, ts in ((1, 0), (10**6, 1_764_000_000_000), (2**63 - 1, 2**63 - 1), (7, -5)):
+        generic = msgspec.json.encode(
+            {"event": msgspec.Raw(payload), "seq": seq, "ts": ts}, order="sorted"
+        )
+        assert canonical_bytes(seq, ts, payload) == generic
 
 
 def test_triggers_refuse_update_and_delete(ledger: Ledger, db: Path) -> None:

@@ -279,3 +279,22 @@ def test_every_backend_grants_exactly_by_the_rule_in_base(store: BudgetStore) ->
         probe = item(amount, limit, key=key, headroom=headroom)
         expected = not refuses(probe, used, reserved)
         assert store.reserve(f"p{n}", [probe], 60_000).ok is expected, (used, reserved, probe)
+
+
+def test_a_settle_reports_the_counters_a_fresh_read_finds(
+    store: BudgetStore, clock: ManualClock
+) -> None:
+    """The states a settle answers are computed, not read again: they must match a read,
+    for lifetime and windowed counters, over- and under-runs, and a charge clamped at
+    the cap."""
+    lifetime = item(5, 10**15, key="life", dimension="tokens", check=False)
+    windowed = item(4, 10**15, key="win", dimension="tokens", window_ms=60_000, check=False)
+    calls = item(1, 10**15, key="life")
+    # The eighth settle takes the token counters past COUNTER_CAP: clamped.
+    for n, tokens in enumerate((2, 9, 0, *[10**15] * 5)):
+        items = [lifetime, windowed, calls]
+        assert store.reserve(f"s{n}", items, 60_000).ok
+        clock.advance(1_000)
+        answer = store.settle(f"s{n}", {"tokens": tokens})
+        assert answer.ok
+        assert answer.states == store.states(items), n

@@ -16,7 +16,7 @@ import pytest
 
 from guardpool.store.base import ReserveItem
 from guardpool.store.errors import StoreUnavailable
-from guardpool.store.sqlite import SqliteStore
+from guardpool.store.sqlite import SqliteStore, _select_counters
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -163,3 +163,22 @@ def test_a_closed_store_is_unavailable(sqlite_path: Path) -> None:
     store.close()
     with pytest.raises(StoreUnavailable, match="budget store unavailable"):
         store.reserve("a", [CALLS], 60_000)
+
+
+def test_counters_are_read_by_primary_key_search_not_a_table_scan(sqlite_path: Path) -> None:
+    """One row per limit, dimension and run: a scan would slow every check as runs pile up."""
+    store = SqliteStore(sqlite_path)
+    for run in range(50):
+        items = [
+            ReserveItem(key=f"exe:llm:*|run:{run}", dimension=d, limit=10**9, amount=1)
+            for d in ("calls", "tokens")
+        ]
+        assert store.reserve(f"r{run}", items, 60_000).ok
+    conn = sqlite3.connect(sqlite_path)
+    plan = conn.execute("EXPLAIN QUERY PLAN " + _select_counters(2), ("a", "b")).fetchall()
+    conn.close()
+    details = " ".join(str(row[-1]) for row in plan)
+    assert "SEARCH budget_counters USING PRIMARY KEY" in details and "SCAN" not in details
+    got = store.states([ReserveItem(key="exe:llm:*|run:7", dimension="tokens", limit=9, amount=0)])
+    assert (got[0].used, got[0].reserved) == (0, 1)
+    store.close()

@@ -101,15 +101,21 @@ def decode_event(payload: bytes | str) -> AuditEvent:
 
 
 def canonical_bytes(seq: int, ts: int, payload: bytes) -> bytes:
-    """The bytes the chain hashes for one event (``payload`` is its canonical JSON)."""
+    """The bytes the chain hashes for one event (``payload`` is its canonical JSON).
+
+    Sorted-key JSON of ``{"event": payload, "seq": seq, "ts": ts}``. For plain
+    ints that is a fixed frame around the payload, built here without an
+    encoder call per event (the ledger hashes every event of every decision);
+    ``test_audit_ledger`` checks the two ways agree byte for byte.
+    """
+    if type(seq) is int and type(ts) is int:
+        return b'{"event":%b,"seq":%d,"ts":%d}' % (payload, seq, ts)
     return _encoder.encode({"event": msgspec.Raw(payload), "seq": seq, "ts": ts})
 
 
 def chain_hash(prev_hash: str, seq: int, ts: int, payload: bytes) -> str:
     """``sha256(prev_hash || canonical_bytes(seq, ts, payload))`` as hex."""
-    h = hashlib.sha256(prev_hash.encode("ascii"))
-    h.update(canonical_bytes(seq, ts, payload))
-    return h.hexdigest()
+    return hashlib.sha256(prev_hash.encode("ascii") + canonical_bytes(seq, ts, payload)).hexdigest()
 
 
 def input_digest(input: object, *, capture: bool) -> dict[str, Any]:

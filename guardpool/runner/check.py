@@ -29,7 +29,6 @@ nothing at all. Hooks raised while the transaction is open fire after it ends.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from typing import Any
@@ -72,6 +71,18 @@ def check(svc: Services, op: Operation, scope: Scope) -> Decision:
 
 def _decision_event(scope: Scope, decision: Decision) -> AuditEvent:
     return scope.event("decision", outcome=decision.action, reason="; ".join(decision.reasons))
+
+
+def _where(p: budget.PlannedItem) -> dict[str, Any]:
+    return {"pattern": p.limit.pattern, "dimension": p.item.dimension}
+
+
+def _amount(p: budget.PlannedItem, value: int) -> str:
+    return format_amount(p.item.dimension, value)
+
+
+def _hook(p: budget.PlannedItem, state: CounterState) -> dict[str, Any]:
+    return {**_where(p), "used": state.used, "reserved": state.reserved, "limit": state.limit}
 
 
 class _Check:
@@ -157,7 +168,10 @@ class _Check:
             return self.finish(guard_reasons, "deny")
 
         def step(j: Joint) -> tuple[Decision, StoreAnswer]:
-            answer = j.reserve(scope.decision_id, [p.item for p in self.planned], svc.ttl_ms)
+            # The decision id was minted for this check: no retry can share it.
+            answer = j.reserve(
+                scope.decision_id, [p.item for p in self.planned], svc.ttl_ms, fresh=True
+            )
             self.reservation.extend(svc.audit.expired_events(answer.expired))
             refusals, notes = self.read_reservation(answer)
             if not answer.ok:  # another check took the last of it since the snapshot
@@ -210,35 +224,34 @@ class _Check:
             total = state.used + state.reserved
             over = i in refused or (not p.item.check and total > state.limit)
             statuses.append(budget.limit_status(p, state, exceeded=over))
-            where = {"pattern": p.limit.pattern, "dimension": p.item.dimension}
-            amount = functools.partial(format_amount, p.item.dimension)
-            hook = {**where, "used": state.used, "reserved": state.reserved, "limit": state.limit}
             if i in refused:
                 reason = budget.describe_refusal(p, state)
                 refusals.append(reason)
-                self.reservation.append(scope.event("limit_breach", reason=reason, detail=where))
-                self.hooks.append(("limit_exceeded", hook))
+                self.reservation.append(
+                    scope.event("limit_breach", reason=reason, detail=_where(p))
+                )
+                self.hooks.append(("limit_exceeded", _hook(p, state)))
             elif over:
                 ask = p.limit.on_exceed == "ask"
                 outcome = "needs approval (on_exceed=ask)" if ask else "allowed (on_exceed=warn)"
                 reason = (
                     f"limit {p.limit.pattern} {p.item.dimension} exceeded "
-                    f"({amount(total)} of {amount(state.limit)}); {outcome}"
+                    f"({_amount(p, total)} of {_amount(p, state.limit)}); {outcome}"
                 )
                 notes.append((reason, "ask" if ask else "warn"))
                 self.reservation.append(scope.event("warning", reason=reason))
-                self.hooks.append(("limit_exceeded", hook))
+                self.hooks.append(("limit_exceeded", _hook(p, state)))
             elif answer.ok and budget.crossed_warning(p.item, state, p.limit.warn_at):
                 reason = (
                     f"limit {p.limit.pattern} {p.item.dimension} passed "
-                    f"{p.limit.warn_at:.0%} ({amount(total)} of {amount(state.limit)})"
+                    f"{p.limit.warn_at:.0%} ({_amount(p, total)} of {_amount(p, state.limit)})"
                 )
                 if p.limit.on_warn_at == "ask":
                     # Crossing the mark is a question for a human, not only a note.
                     reason += "; needs approval (on_warn_at=ask)"
                     notes.append((reason, "ask"))
                 self.reservation.append(scope.event("warning", reason=reason))
-                self.hooks.append(("limit_warning", hook))
+                self.hooks.append(("limit_warning", _hook(p, state)))
         self.limits = tuple(statuses)
         if answer.ok:
             usage = {f"{p.limit.pattern}:{p.item.dimension}": p.item.amount for p in self.planned}

@@ -181,4 +181,5 @@ def check_items(items: Sequence[ReserveItem]) -> None:
 def check_actual(actual: Mapping[str, int]) -> None:
     """ValueError unless every settled amount is in bounds (nothing is charged otherwise)."""
     for dimension, value in actual.items():
-        _amount(value, f"settled {dimension!r}")
+        if type(value) is not int or not 0 <= value <= MAX_AMOUNT:
+            _amount(value, f"settled {dimension!r}")

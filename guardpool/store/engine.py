@@ -72,13 +72,37 @@ def states_of(tx: Transaction, items: Sequence[ReserveItem]) -> tuple[CounterSta
 
 def capped(
     tx: Transaction, charges: Sequence[tuple[ReserveItem, int]]
-) -> list[tuple[ReserveItem, int]]:
-    """Each charge clamped so that a counter's ``used`` never passes COUNTER_CAP (base.py)."""
-    before = tx.counters([item for item, _ in charges])
-    return [
+) -> tuple[list[tuple[ReserveItem, int]], tuple[CounterState, ...]]:
+    """Each charge clamped so that a counter's ``used`` never passes COUNTER_CAP (base.py),
+    and the counters' states once the clamped charges are made.
+
+    Nothing else runs inside the transaction, so the states after are arithmetic
+    on the states before: one read of the counters, not two.
+    """
+    items = [item for item, _ in charges]
+    before = tx.counters(items)
+    clamped = [
         (item, capped_charge(used, amount))
         for (item, amount), (used, _) in zip(charges, before, strict=True)
     ]
+    moved: dict[tuple[str, str], tuple[int, int]] = {}
+    for item, amount in clamped:
+        k = (item.key, item.dimension)
+        used_by, reserved_by = moved.get(k, (0, 0))
+        moved[k] = (used_by + amount, reserved_by + item.amount)
+    after = []
+    for item, (used, reserved) in zip(items, before, strict=True):
+        used_by, reserved_by = moved[(item.key, item.dimension)]
+        after.append(
+            CounterState(
+                key=item.key,
+                dimension=item.dimension,
+                used=used + used_by,
+                reserved=reserved - reserved_by,
+                limit=item.limit,
+            )
+        )
+    return clamped, tuple(after)
 
 
 def expire(tx: Transaction) -> tuple[Expired, ...]:
@@ -88,7 +112,7 @@ def expire(tx: Transaction) -> tuple[Expired, ...]:
         charged: dict[str, int] = {}
         for item in r.items:
             charged[item.dimension] = max(charged.get(item.dimension, 0), item.amount)
-        tx.charge(capped(tx, [(item, item.amount) for item in r.items]))
+        tx.charge(capped(tx, [(item, item.amount) for item in r.items])[0])
         r.state = "expired"
         tx.put(r)
         expired.append(Expired(reservation_id=r.id, charged=charged))
@@ -96,10 +120,20 @@ def expire(tx: Transaction) -> tuple[Expired, ...]:
 
 
 def reserve(
-    tx: Transaction, reservation_id: str, items: Sequence[ReserveItem], ttl_ms: int
+    tx: Transaction,
+    reservation_id: str,
+    items: Sequence[ReserveItem],
+    ttl_ms: int,
+    *,
+    fresh: bool = False,
 ) -> StoreAnswer:
+    """``fresh``: the caller minted ``reservation_id`` just now (a check's random
+    decision id), so no earlier request can have used it and the idempotency
+    read is skipped. Were a row there all the same, the backend's insert of the
+    reservation fails on its primary key and the step rolls back (fail closed).
+    """
     check_items(items)
-    previous = tx.get(reservation_id)
+    previous = None if fresh else tx.get(reservation_id)
     if previous is not None:  # a retried request: same answer, no second reservation
         return previous.result
     expired = expire(tx)
@@ -144,10 +178,13 @@ def settle(tx: Transaction, reservation_id: str, actual: Mapping[str, int]) -> S
     if r is None or r.state != "live":
         current = states_of(tx, r.items) if r is not None else ()
         return StoreAnswer(ok=False, states=current, expired=expired)
-    tx.charge(capped(tx, [(item, actual.get(item.dimension, item.amount)) for item in r.items]))
+    charges, after = capped(
+        tx, [(item, actual.get(item.dimension, item.amount)) for item in r.items]
+    )
+    tx.charge(charges)
     r.state = "settled"
     tx.put(r)
-    return StoreAnswer(ok=True, states=states_of(tx, r.items), expired=expired)
+    return StoreAnswer(ok=True, states=after, expired=expired)
 
 
 def release(tx: Transaction, reservation_id: str) -> bool:

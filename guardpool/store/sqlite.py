@@ -11,6 +11,7 @@ Tables are prefixed ``budget_``: the audit ledger may share the file.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -73,12 +74,16 @@ class _Tx:
     def counters(self, items: Sequence[ReserveItem]) -> list[tuple[int, int]]:
         if not items:
             return []
-        pairs = [(it.key, it.dimension) for it in items]
-        rows = self.conn.execute(_select_counters(len(pairs)), [v for kd in pairs for v in kd])
-        found = {(k, d): (int(u), int(r)) for k, d, u, r in rows}
+        # `key IN (...)` is a primary-key search; the row-value form
+        # `(key, dimension) IN (VALUES ...)` made SQLite scan the whole table
+        # (one row per limit, dimension and run), slower with every run.
+        keys = list(dict.fromkeys(it.key for it in items))
+        found = {
+            (k, d): (u, r) for k, d, u, r in self.conn.execute(_select_counters(len(keys)), keys)
+        }
         out: list[tuple[int, int]] = []
-        for item, kd in zip(items, pairs, strict=True):
-            used, reserved = found.get(kd, (0, 0))
+        for item in items:
+            used, reserved = found.get((item.key, item.dimension), (0, 0))
             if item.window_ms:
                 # Windowed counters keep their charges in budget_charges, not in `used`.
                 (used,) = self.conn.execute(
@@ -86,7 +91,7 @@ class _Tx:
                     "WHERE key = ? AND dimension = ? AND ts_ms > ?",
                     (item.key, item.dimension, self.now_ms - item.window_ms),
                 ).fetchone()
-            out.append((int(used), reserved))
+            out.append((int(used), int(reserved)))
         return out
 
     def add_reserved(self, deltas: Sequence[tuple[ReserveItem, int]]) -> None:
@@ -175,12 +180,10 @@ class _Tx:
         return due
 
 
+@functools.cache
 def _select_counters(n: int) -> str:
-    values = ", ".join(["(?, ?)"] * n)
-    return (
-        "SELECT key, dimension, used, reserved FROM budget_counters "
-        f"WHERE (key, dimension) IN (VALUES {values})"
-    )
+    marks = ", ".join(["?"] * n)
+    return f"SELECT key, dimension, used, reserved FROM budget_counters WHERE key IN ({marks})"
 
 
 # Another process's reservations are looked at for expiry at least this often.
@@ -195,9 +198,15 @@ class Joint:
         self.conn = tx.conn
 
     def reserve(
-        self, reservation_id: str, items: Sequence[ReserveItem], ttl_ms: int
+        self,
+        reservation_id: str,
+        items: Sequence[ReserveItem],
+        ttl_ms: int,
+        *,
+        fresh: bool = False,
     ) -> StoreAnswer:
-        return engine.reserve(self._tx, reservation_id, items, ttl_ms)
+        """``fresh``: an id minted by the caller just now (see ``engine.reserve``)."""
+        return engine.reserve(self._tx, reservation_id, items, ttl_ms, fresh=fresh)
 
     def settle(self, reservation_id: str, actual: Mapping[str, int]) -> StoreAnswer:
         return engine.settle(self._tx, reservation_id, actual)
