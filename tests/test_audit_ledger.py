@@ -20,6 +20,7 @@ import msgspec
 import pytest
 
 from guardpool.audit import AuditEvent, Ledger, LedgerError, LedgerWriteError
+from guardpool.audit.chain import link
 from guardpool.audit.events import GENESIS_HASH
 from guardpool.audit.ledger import canonical_bytes, chain_hash
 
@@ -121,6 +122,16 @@ def test_canonical_bytes_are_the_sorted_json_encoding_byte_for_byte() -> None:
             {"event": msgspec.Raw(payload), "seq": seq, "ts": ts}, order="sorted"
         )
         assert canonical_bytes(seq, ts, payload) == generic
+
+
+def test_link_is_chain_hash_applied_event_after_event() -> None:
+    payloads = [msgspec.json.encode({"kind": k}) for k in ("check", "reserve", "decision")]
+    linked = link("ab" * 32, 41, 1_764_000_000_123, payloads)
+    prev = "ab" * 32
+    for n, (payload, (seq, prev_hash, digest)) in enumerate(zip(payloads, linked, strict=True)):
+        assert (seq, prev_hash) == (42 + n, prev)
+        assert digest == chain_hash(prev, seq, 1_764_000_000_123, payload)
+        prev = digest
 
 
 def test_triggers_refuse_update_and_delete(ledger: Ledger, db: Path) -> None:

@@ -231,3 +231,24 @@ def test_every_reason_shows_money_as_money(harness: Any) -> None:
     assert "exe:llm:* cost exceeded ($0.06 of $0.05); allowed (on_exceed=warn)" in text, text
     assert "post-hoc limit * cost: $0.03 of $0.025 used" in text, text
     assert "30000" not in text and "20000" not in text, text
+
+
+def test_the_planner_hands_out_one_plan_per_labels_run_principal_and_estimate(
+    harness: Any,
+) -> None:
+    h = harness(limits={"exe:llm:*": {"tokens": 10_000, "calls": 5}})
+    match = h.svc.policy.match(("exe:llm:m",))
+    planner = budget.Planner()
+    first = planner.plan(match, Usage(tokens=200), "r", "p")
+    assert planner.plan(match, Usage(tokens=200), "r", "p") is first  # computed once
+    assert first.items == tuple(p.item for p in first.planned)
+    assert first.reserve_usage == {"exe:llm:*:tokens": 200, "exe:llm:*:calls": 1}
+    more = planner.plan(match, Usage(tokens=300), "r", "p")
+    assert more.reserve_usage["exe:llm:*:tokens"] == 300
+    other_run = planner.plan(match, Usage(tokens=200), "r2", "p")
+    assert {i.key for i in other_run.items} == {"exe:llm:*|run:r2"}
+    unestimated = {i.dimension: i for i in planner.plan(match, None, "r", "p").items}
+    assert unestimated["tokens"].headroom == 500  # the margin, with no estimate
+    for n in range(budget._PLANS_KEPT + 10):
+        planner.plan(match, None, f"run{n}", "")
+    assert len(planner._plans) == budget._PLANS_KEPT  # bounded: run ids come from hosts

@@ -118,6 +118,25 @@ def chain_hash(prev_hash: str, seq: int, ts: int, payload: bytes) -> str:
     return hashlib.sha256(prev_hash.encode("ascii") + canonical_bytes(seq, ts, payload)).hexdigest()
 
 
+def link(
+    prev_hash: str, seq: int, ts: int, payloads: Iterable[bytes]
+) -> list[tuple[int, str, str]]:
+    """``(seq, prev_hash, hash)`` of each payload appended after ``(seq, prev_hash)``.
+
+    ``chain_hash`` for a batch, in one loop: the ledger links every event of
+    every decision, so the per-event calls are folded in here.
+    """
+    out = []
+    prev = prev_hash
+    for payload in payloads:
+        seq += 1
+        framed = b'{"event":%b,"seq":%d,"ts":%d}' % (payload, seq, ts)
+        digest = hashlib.sha256(prev.encode("ascii") + framed).hexdigest()
+        out.append((seq, prev, digest))
+        prev = digest
+    return out
+
+
 def input_digest(input: object, *, capture: bool) -> dict[str, Any]:
     """sha256 and length of an input's bytes, plus its text when ``capture``.
 

@@ -37,6 +37,7 @@ from guardpool.audit.chain import (
     encode_event,
     event_depth,
     input_digest,
+    link,
     printable_event,
     summarize,
     walk,
@@ -263,12 +264,12 @@ class Ledger:
         ).fetchone()
         seq, prev = (0, GENESIS_HASH) if last is None else (last[0], last[1])
         ts = time.time_ns() // 1_000_000
-        rows = []
-        for ev, payload in zip(events, payloads, strict=True):
-            seq += 1
-            digest = chain_hash(prev, seq, ts, payload)
-            rows.append((seq, ts, ev.kind, ev.run_id, payload.decode(), prev, digest))
-            prev = digest
+        rows = [
+            (seq, ts, ev.kind, ev.run_id, payload.decode(), prev_hash, digest)
+            for ev, payload, (seq, prev_hash, digest) in zip(
+                events, payloads, link(prev, seq, ts, payloads), strict=True
+            )
+        ]
         conn.executemany(
             f"INSERT INTO audit_events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
         )

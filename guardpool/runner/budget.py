@@ -19,6 +19,8 @@ fail-fast issue's safety margin), documented in docs/spec/limits.md.
 from __future__ import annotations
 
 import math
+import threading
+from typing import Any
 
 import msgspec
 
@@ -129,6 +131,59 @@ def plan_reservation(
                 )
             )
     return planned
+
+
+class Plan(msgspec.Struct, frozen=True):
+    """One operation's planned reservation, in the shapes check and settle use.
+
+    Shared between checks with the same labels, run, principal and estimate
+    (``Planner``): nothing here may be mutated.
+    """
+
+    planned: tuple[PlannedItem, ...]
+    items: tuple[ReserveItem, ...]  # planned[i].item: what the store is handed
+    reserve_usage: dict[str, int]  # the ``reserve`` audit event's usage
+
+
+# Plans remembered per Planner; keys hold run ids, which come from hosts: bounded.
+_PLANS_KEPT = 4096
+
+
+class Planner:
+    """``plan_reservation`` remembered per (labels, run, principal, estimate).
+
+    A host checks the same few label sets for the same run over and over; the
+    items are immutable, so the plan is computed once and handed out again.
+    """
+
+    def __init__(self) -> None:
+        self._plans: dict[tuple[Any, ...], Plan] = {}
+        self._lock = threading.Lock()
+
+    def plan(self, match: PolicyMatch, estimate: Usage | None, run_id: str, principal: str) -> Plan:
+        key = (match.labels, run_id, principal, _estimate_key(estimate))
+        found = self._plans.get(key)
+        if found is not None:
+            return found
+        planned = tuple(plan_reservation(match, estimate, run_id, principal))
+        made = Plan(
+            planned=planned,
+            items=tuple(p.item for p in planned),
+            reserve_usage={f"{p.limit.pattern}:{p.item.dimension}": p.item.amount for p in planned},
+        )
+        with self._lock:
+            if len(self._plans) >= _PLANS_KEPT:
+                # Oldest first (dicts keep insertion order).
+                del self._plans[next(iter(self._plans))]
+            self._plans[key] = made
+        return made
+
+
+def _estimate_key(u: Usage | None) -> tuple[Any, ...] | None:
+    if u is None:
+        return None
+    extra = tuple(sorted(u.extra.items())) if u.extra else ()
+    return (u.tokens, u.input_tokens, u.output_tokens, u.cost, u.wall_ms, extra)
 
 
 def limit_status(planned: PlannedItem, state: CounterState, *, exceeded: bool) -> LimitStatus:

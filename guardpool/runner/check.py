@@ -100,7 +100,8 @@ class _Check:
         self.hooks: list[tuple[str, dict[str, Any]]] = []  # fired once nothing is held
         self.reserved = False
         self.match: PolicyMatch | None = None
-        self.planned: list[budget.PlannedItem] = []
+        self.planned: tuple[budget.PlannedItem, ...] = ()
+        self.plan: budget.Plan | None = None
         self.limits: tuple[LimitStatus, ...] = ()
         self.verdicts: tuple[GuardVerdict, ...] = ()
         self.input = inputs.Measured(op.input, b"")  # measured in decide()
@@ -120,10 +121,11 @@ class _Check:
             return self.finish([too_large], "deny")
         self.input = measured
         match = self.match = svc.policy.match(op.labels)
-        self.planned = budget.plan_reservation(match, op.estimate, scope.run_id, scope.principal)
+        plan = self.plan = svc.planner.plan(match, op.estimate, scope.run_id, scope.principal)
+        self.planned = plan.planned
         if self.planned and svc.joint is not None:
             try:
-                states = svc.store.states([p.item for p in self.planned])
+                states = svc.store.states(plan.items)
             except StoreUnavailable as exc:
                 return self.finish([f"budget store unavailable: {exc}"], "deny")
             if not any(refuses(p.item, s.used, s.reserved) for p, s in self.pairs(states)):
@@ -133,9 +135,7 @@ class _Check:
         effects: list[Action] = []
         if self.planned:
             try:
-                answer = svc.store.reserve(
-                    scope.decision_id, [p.item for p in self.planned], svc.ttl_ms
-                )
+                answer = svc.store.reserve(scope.decision_id, plan.items, svc.ttl_ms)
             except StoreUnavailable as exc:
                 return self.finish([f"budget store unavailable: {exc}"], "deny")
             self.reservation.extend(svc.expired(answer.expired))
@@ -169,9 +169,8 @@ class _Check:
 
         def step(j: Joint) -> tuple[Decision, StoreAnswer]:
             # The decision id was minted for this check: no retry can share it.
-            answer = j.reserve(
-                scope.decision_id, [p.item for p in self.planned], svc.ttl_ms, fresh=True
-            )
+            assert self.plan is not None
+            answer = j.reserve(scope.decision_id, self.plan.items, svc.ttl_ms, fresh=True)
             self.reservation.extend(svc.audit.expired_events(answer.expired))
             refusals, notes = self.read_reservation(answer)
             if not answer.ok:  # another check took the last of it since the snapshot
@@ -253,9 +252,8 @@ class _Check:
                 self.reservation.append(scope.event("warning", reason=reason))
                 self.hooks.append(("limit_warning", _hook(p, state)))
         self.limits = tuple(statuses)
-        if answer.ok:
-            usage = {f"{p.limit.pattern}:{p.item.dimension}": p.item.amount for p in self.planned}
-            self.reservation.append(scope.event("reserve", usage=usage))
+        if answer.ok and self.plan is not None:
+            self.reservation.append(scope.event("reserve", usage=self.plan.reserve_usage))
         return refusals, notes
 
     def build(self, reasons: list[str], action: Action, value: Any = None) -> Decision:
@@ -284,7 +282,7 @@ class _Check:
                     run_id=self.scope.run_id,
                     principal=self.scope.principal,
                     started=self.started,
-                    planned=tuple(self.planned),
+                    planned=self.planned,
                     ask=decision if asking else None,
                 ),
             )

@@ -1,7 +1,8 @@
 """The collaborators a check and a settle work with, handed in by the Enforcer.
 
     Services(policy, store, guards: GuardRunner, audit: AuditSink, hooks: HookBus,
-             pending: PendingTable, ttl_ms, max_input_bytes, joint: SqliteStore | None)
+             pending: PendingTable, planner: Planner, ttl_ms, max_input_bytes,
+             joint: SqliteStore | None)
 
 ``joint`` is the store when it and the ledger share one SQLite file and a
 failed audit write denies: a check's reservation and its events (and a
@@ -20,6 +21,7 @@ import msgspec
 from guardpool.audit.events import AuditEvent
 from guardpool.policy.runtime import Policy
 from guardpool.runner.audit_sink import AuditSink
+from guardpool.runner.budget import Planner
 from guardpool.runner.guard_runner import GuardRunner
 from guardpool.runner.hooks import HookBus
 from guardpool.runner.pending import PendingTable
@@ -36,6 +38,7 @@ class Services(msgspec.Struct, frozen=True, kw_only=True):
     pending: PendingTable
     ttl_ms: int
     max_input_bytes: int
+    planner: Planner = msgspec.field(default_factory=Planner)
     joint: SqliteStore | None = None
 
     def expired(self, expired: Sequence[Expired]) -> list[AuditEvent]:
@@ -47,5 +50,7 @@ class Services(msgspec.Struct, frozen=True, kw_only=True):
 
     def forget_expired(self, expired: Sequence[Expired]) -> None:
         """After the expiry committed: no settle applies to them any more; hooks fire."""
+        if not expired:  # nearly every step: skip the pending table's lock
+            return
         self.pending.forget(e.reservation_id for e in expired)
         self.audit.notify_expired(expired)

@@ -62,11 +62,17 @@ class Transaction(Protocol):
 
 
 def states_of(tx: Transaction, items: Sequence[ReserveItem]) -> tuple[CounterState, ...]:
+    return _states(items, tx.counters(items))
+
+
+def _states(
+    items: Sequence[ReserveItem], counters: Sequence[tuple[int, int]]
+) -> tuple[CounterState, ...]:
     return tuple(
         CounterState(
             key=item.key, dimension=item.dimension, used=used, reserved=reserved, limit=item.limit
         )
-        for item, (used, reserved) in zip(items, tx.counters(items), strict=True)
+        for item, (used, reserved) in zip(items, counters, strict=True)
     )
 
 
@@ -137,13 +143,14 @@ def reserve(
     if previous is not None:  # a retried request: same answer, no second reservation
         return previous.result
     expired = expire(tx)
-    before = states_of(tx, items)
+    counters = tx.counters(items)
     refused = tuple(
         i
-        for i, (item, s) in enumerate(zip(items, before, strict=True))
-        if refuses(item, s.used, s.reserved)
+        for i, (item, (used, reserved)) in enumerate(zip(items, counters, strict=True))
+        if refuses(item, used, reserved)
     )
     if refused:
+        before = _states(items, counters)
         result = StoreAnswer(ok=False, states=before, refused=refused, expired=expired)
         state: State = "refused"
     else:
@@ -153,9 +160,12 @@ def reserve(
             k = (item.key, item.dimension)
             added[k] = added.get(k, 0) + item.amount
         # Nothing else can run inside the transaction: the states after are arithmetic.
-        after = tuple(
-            msgspec.structs.replace(s, reserved=s.reserved + added[(s.key, s.dimension)])
-            for s in before
+        after = _states(
+            items,
+            [
+                (used, reserved + added[(item.key, item.dimension)])
+                for item, (used, reserved) in zip(items, counters, strict=True)
+            ],
         )
         result = StoreAnswer(ok=True, states=after, expired=expired)
         state = "live"
