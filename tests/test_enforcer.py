@@ -518,6 +518,33 @@ def test_every_decision_is_audited_and_the_chain_verifies(make: Any, tmp_path: P
         ledger.close()
 
 
+def test_without_guards_the_joint_transaction_records_a_refusal_like_the_usual_path(
+    make: Any, tmp_path: Path
+) -> None:
+    """No before-guard: no snapshot read, the transaction itself refuses and records it."""
+    e = make(limits={"exe:llm:*": {"calls": 1}})
+    run = e.run("plain")
+    assert run.check(llm()).allowed
+    refused = run.check(llm())
+    assert not refused.allowed and "already used" in refused.reasons[0]
+    assert refused.limits[0].exceeded and refused.limits[0].reserved == 1
+    assert kinds(tmp_path, "plain") == [
+        "check",
+        "warning",  # 1 of 1 call passes 80%
+        "reserve",
+        "decision",
+        "check",
+        "limit_breach",
+        "decision",
+    ]
+    e.close()
+    ledger = Ledger(tmp_path / "guardpool.db")
+    try:
+        assert ledger.verify().ok
+    finally:
+        ledger.close()
+
+
 def test_custom_dimensions_are_counted(make: Any) -> None:
     e = make(
         limits={"op:db:*": {"dimensions": {"rows": 100}}},

@@ -298,3 +298,12 @@ def test_a_settle_reports_the_counters_a_fresh_read_finds(
         answer = store.settle(f"s{n}", {"tokens": tokens})
         assert answer.ok
         assert answer.states == store.states(items), n
+
+
+def test_a_settle_of_a_counter_listed_twice_reports_it_as_a_read_does(
+    store: BudgetStore,
+) -> None:
+    twice = [item(3, 100, key="dup"), item(2, 100, key="dup"), item(1, 100, key="other")]
+    assert store.reserve("d", twice, 60_000).ok
+    answer = store.settle("d", {"calls": 4})
+    assert answer.ok and answer.states == store.states(twice)

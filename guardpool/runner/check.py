@@ -124,6 +124,10 @@ class _Check:
         plan = self.plan = svc.planner.plan(match, op.estimate, scope.run_id, scope.principal)
         self.planned = plan.planned
         if self.planned and svc.joint is not None:
+            if not match.before:
+                # No guard to spare: the transaction decides, and records a refusal
+                # with the same events the usual path would.
+                return self.decide_joint(svc.joint, match, ())
             try:
                 states = svc.store.states(plan.items)
             except StoreUnavailable as exc:
@@ -156,6 +160,7 @@ class _Check:
     def decide_joint(
         self, joint: SqliteStore, match: PolicyMatch, states: tuple[CounterState, ...]
     ) -> Decision:
+        """``states``: the snapshot read before the guards (empty when there are none)."""
         svc, scope = self.svc, self.scope
         results, value = svc.guards.run("before", match.before, self.input, scope)
         guard_reasons: list[str] = []

@@ -146,6 +146,8 @@ def refuses(item: ReserveItem, used: int, reserved: int) -> bool:
 
 def capped_charge(used: int, amount: int) -> int:
     """What a charge of ``amount`` adds to a counter at ``used``: never past COUNTER_CAP."""
+    if 0 <= amount <= COUNTER_CAP - used:  # the usual case, in one comparison
+        return amount
     return max(0, min(amount, COUNTER_CAP - used))
 
 

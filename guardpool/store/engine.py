@@ -91,24 +91,27 @@ def capped(
         (item, capped_charge(used, amount))
         for (item, amount), (used, _) in zip(charges, before, strict=True)
     ]
-    moved: dict[tuple[str, str], tuple[int, int]] = {}
-    for item, amount in clamped:
-        k = (item.key, item.dimension)
-        used_by, reserved_by = moved.get(k, (0, 0))
-        moved[k] = (used_by + amount, reserved_by + item.amount)
-    after = []
-    for item, (used, reserved) in zip(items, before, strict=True):
-        used_by, reserved_by = moved[(item.key, item.dimension)]
-        after.append(
-            CounterState(
-                key=item.key,
-                dimension=item.dimension,
-                used=used + used_by,
-                reserved=reserved - reserved_by,
-                limit=item.limit,
-            )
+    if len({(item.key, item.dimension) for item in items}) == len(items):
+        # The usual case, each counter once: its own charge moves it.
+        moves = [(amount, item.amount) for item, amount in clamped]
+    else:
+        totals: dict[tuple[str, str], tuple[int, int]] = {}
+        for item, amount in clamped:
+            k = (item.key, item.dimension)
+            used_by, reserved_by = totals.get(k, (0, 0))
+            totals[k] = (used_by + amount, reserved_by + item.amount)
+        moves = [totals[(item.key, item.dimension)] for item in items]
+    after = tuple(
+        CounterState(
+            key=item.key,
+            dimension=item.dimension,
+            used=used + used_by,
+            reserved=reserved - reserved_by,
+            limit=item.limit,
         )
-    return clamped, tuple(after)
+        for item, (used, reserved), (used_by, reserved_by) in zip(items, before, moves, strict=True)
+    )
+    return clamped, after
 
 
 def expire(tx: Transaction) -> tuple[Expired, ...]:

@@ -52,8 +52,13 @@ class MemoryStore:
         return sum(amount for _, amount in charges)
 
     def counters(self, items: Sequence[ReserveItem]) -> list[tuple[int, int]]:
+        used, reserved = self._used, self._reserved
         return [
-            (self.used(item), self._reserved.get((item.key, item.dimension), 0)) for item in items
+            (
+                self.used(item) if item.window_ms else used.get((item.key, item.dimension), 0),
+                reserved.get((item.key, item.dimension), 0),
+            )
+            for item in items
         ]
 
     def add_reserved(self, deltas: Sequence[tuple[ReserveItem, int]]) -> None:
