@@ -77,13 +77,13 @@ class _Tx:
         # `key IN (...)` is a primary-key search; the row-value form
         # `(key, dimension) IN (VALUES ...)` made SQLite scan the whole table
         # (one row per limit, dimension and run), slower with every run.
-        keys = list(dict.fromkeys(it.key for it in items))
-        found = {
+        keys = list({it.key: None for it in items})
+        found: dict[tuple[str, str], tuple[int, int]] = {
             (k, d): (u, r) for k, d, u, r in self.conn.execute(_select_counters(len(keys)), keys)
         }
         out: list[tuple[int, int]] = []
         for item in items:
-            used, reserved = found.get((item.key, item.dimension), (0, 0))
+            state = found.get((item.key, item.dimension), (0, 0))
             if item.window_ms:
                 # Windowed counters keep their charges in budget_charges, not in `used`.
                 (used,) = self.conn.execute(
@@ -91,7 +91,8 @@ class _Tx:
                     "WHERE key = ? AND dimension = ? AND ts_ms > ?",
                     (item.key, item.dimension, self.now_ms - item.window_ms),
                 ).fetchone()
-            out.append((int(used), int(reserved)))
+                state = (int(used), state[1])
+            out.append(state)
         return out
 
     def add_reserved(self, deltas: Sequence[tuple[ReserveItem, int]]) -> None:
