@@ -93,3 +93,10 @@ def test_the_postgres_ledger_checks_the_same_bound(postgres_url: str, pg_schema:
             ledger.append([event(MAX_EVENT_DEPTH + 1)])
         assert [e.stored.event.reason for e in ledger.events("r")] == ["deepest"]
         assert ledger.verify().ok
+
+
+def test_a_detail_of_scalars_is_depth_two_like_the_walk_says() -> None:
+    flat = AuditEvent(kind="verdict", detail={"effect": "allow", "cpu_ms": 0.5, "n": 3, "x": None})
+    assert event_depth(flat) == 2 == 1 + nesting_depth(flat.detail, MAX_EVENT_DEPTH)
+    nested = AuditEvent(kind="verdict", detail={"effect": "allow", "job": {"signal": 9}})
+    assert event_depth(nested) == 3 == 1 + nesting_depth(nested.detail, MAX_EVENT_DEPTH)

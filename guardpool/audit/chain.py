@@ -73,7 +73,14 @@ def nesting_depth(value: object, limit: int) -> int:
 
 def event_depth(event: AuditEvent) -> int:
     """The nesting depth of ``event``'s JSON (only ``detail`` can nest deeper than 2)."""
+    # Nearly every event's detail holds scalars only (depth 2): checked without
+    # the walk, which would otherwise run for each event of every decision.
+    if all(type(v) in _SCALARS for v in event.detail.values()):
+        return 2
     return 1 + nesting_depth(event.detail, MAX_EVENT_DEPTH)
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def printable_event(event: AuditEvent) -> AuditEvent:
