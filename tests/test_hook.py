@@ -196,8 +196,9 @@ def http_hook(url: str, token: str = TOKEN) -> Send:
     def send(data: dict[str, Any]) -> Answer:
         r = httpx.post(
             f"{url}/v1/hooks/claude-code",
-            json=data,
-            headers={"Authorization": f"Bearer {token}"},
+            # json.dumps escapes non-ASCII (a lone surrogate too), as JSON clients send it.
+            content=json.dumps(data).encode(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
             timeout=30,
         )
         assert r.status_code == 200, r.text  # Claude Code ignores any other status
@@ -336,3 +337,34 @@ def test_print_settings_and_bad_input(tmp_path: Path) -> None:
     assert not_json.returncode == 2 and b"not JSON" in not_json.stderr
     other = run_cli("--config", policy, stdin=b'{"hook_event_name": "Stop"}')
     assert other.returncode == 2 and b"unsupported hook event" in other.stderr
+
+
+def _surrogate_policy(tmp_path: Path) -> Path:
+    db = tmp_path / "s.db"
+    p = tmp_path / "s.toml"
+    # on_error = "allow": if the payload could not carry the text to the guard, the call
+    # would pass as a warning; the guard must see the text and deny it instead.
+    p.write_text(
+        '[[guard]]\nname = "surrogate"\nops = ["op:fs:w"]\non_error = "allow"\n'
+        'call = "tests.input_guards:deny_lone_surrogate"\n'
+        f'[store]\npath = "{db}"\n[audit]\npath = "{db}"\n'
+    )
+    return p
+
+
+def test_a_lone_surrogate_in_tool_input_reaches_the_guard(tmp_path: Path) -> None:
+    # json.dumps writes "\ud800" as its escape, as a JSON client would send it.
+    hostile = payload("write_pre", content="x\ud800y")
+    policy = _surrogate_policy(tmp_path)
+    local = command_hook("--config", str(policy), state=tmp_path / "state")(hostile)
+    assert permission(local) == "deny" and "U+D800" in reason(local), local
+    fine = command_hook("--config", str(policy), state=tmp_path / "state")(
+        payload("write_pre", content="xy")
+    )
+    assert fine == {}, fine  # the same call without the surrogate: no objection
+    with Sidecar(policy) as server:
+        remote = http_hook(server.url)(hostile)
+        assert permission(remote) == "deny" and "U+D800" in reason(remote), remote
+        # Outside the guarded fields a lone surrogate is refused, naming where (fail closed).
+        odd = http_hook(server.url)({**payload("write_pre"), "session_id": "s\ud800"})
+        assert permission(odd) == "deny" and "session_id" in reason(odd), odd

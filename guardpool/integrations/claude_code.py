@@ -33,6 +33,7 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
+from guardpool.policy import guarded_json
 from guardpool.policy.model import Decision, Operation, Usage
 
 PRE = "PreToolUse"
@@ -75,14 +76,32 @@ class HookCall(msgspec.Struct, kw_only=True):
     error: Any = None
 
 
+# The payload fields whose text guards judge: a lone surrogate there reaches them.
+_GUARDED = ("tool_input", "tool_response")
+
+
 def parse(payload: bytes | Mapping[str, Any]) -> HookCall:
     """Decode a payload; PayloadError names what is wrong."""
     try:
         if isinstance(payload, bytes | bytearray):
-            return msgspec.json.decode(payload, type=HookCall)
+            try:
+                return msgspec.json.decode(payload, type=HookCall)
+            except msgspec.DecodeError as exc:
+                # A tool call whose arguments or result hold an escaped lone surrogate:
+                # msgspec refuses it, but the guards must judge it, not be skipped
+                # (policy/guarded_json.py; anywhere else it stays an error).
+                if not guarded_json.may_hold_surrogates(bytes(payload), exc):
+                    raise
+                call = guarded_json.decode(bytes(payload), HookCall, _GUARDED)
+                if not isinstance(call.tool_input, dict):
+                    raise msgspec.ValidationError("Expected `object` - at `$.tool_input`") from exc
+                return call
         return msgspec.convert(payload, type=HookCall)
     except msgspec.ValidationError as exc:
         raise PayloadError(f"not a Claude Code hook payload: {exc}") from None
+    except guarded_json.BodyError as exc:
+        where = f" at {exc.field}" if exc.field else ""
+        raise PayloadError(f"the hook payload is not acceptable{where}: {exc}") from None
     except msgspec.DecodeError as exc:
         raise PayloadError(f"the hook payload is not JSON: {exc}") from None
 

@@ -3,7 +3,7 @@
     client ──HTTP──► read timeouts (timeouts.py: 408 and close when stalled)
                      ──► auth (bearer, constant time) ──► bounded body read (413)
                      ──► msgspec decode, in a thread when large (400 malformed / 422 schema;
-                         a lone surrogate escape in input/output: surrogates.py)
+                         a lone surrogate escape in input/output: policy/guarded_json.py)
                      ──► labels, ids, numbers, money bounded (422 naming the field)
                      ──► run.acheck / asettle / arelease ──► Decision JSON
                          (unknown decision id: 404; a denied one: 409)
@@ -36,11 +36,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from guardpool.policy import inputs
+from guardpool.policy import guarded_json, inputs
 from guardpool.policy.labels import validate_label
 from guardpool.policy.model import Decision, Operation
 from guardpool.runner.enforcer import Enforcer
-from guardpool.server import surrogates
 from guardpool.server.approvals import routes as approval_routes
 from guardpool.server.bodies import (
     CheckRequest,
@@ -252,14 +251,14 @@ def _decode(raw: bytes, kind: type[T]) -> T:
         except msgspec.ValidationError:
             raise
         except msgspec.DecodeError as exc:
-            if not surrogates.may_hold_surrogates(raw, exc):
+            if not guarded_json.may_hold_surrogates(raw, exc):
                 raise
-            return surrogates.decode(raw, kind)  # guarded text with a lone surrogate
+            return guarded_json.decode(raw, kind)  # guarded text with a lone surrogate
     except msgspec.ValidationError as exc:
         raise _invalid(exc) from None
     except msgspec.DecodeError as exc:
         raise HTTPError(400, "malformed JSON", str(exc)) from None
-    except surrogates.BodyError as exc:
+    except guarded_json.BodyError as exc:
         if exc.field:
             raise HTTPError(422, "invalid body", f"{exc} - at `{exc.field}`", exc.field) from None
         raise HTTPError(400, "malformed JSON", str(exc)) from None

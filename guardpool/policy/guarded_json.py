@@ -1,4 +1,6 @@
-"""Request bodies whose guarded text holds an escaped lone surrogate (``"\\ud800"``).
+"""JSON bodies whose guarded text holds an escaped lone surrogate (``"\\ud800"``):
+sidecar requests (``input``, ``output``) and Claude Code hook payloads
+(``tool_input``, ``tool_response``).
 
     raw body ──► msgspec decode (every body) ──► DecodeError naming a surrogate?
                  ──► stdlib json (which keeps lone surrogates) ──► input / output kept aside
@@ -9,7 +11,8 @@ money that is right: they are refused (422 naming the field). But the text a
 guard inspects is hostile by definition, and a client that can get a lone
 surrogate past the sidecar must not thereby keep it from the guards: the input
 contract (``policy/inputs.py``) carries such text intact to every guard. Only
-``input`` (a check) and ``output`` (a settle) may hold one.
+``input`` (a check) and ``output`` (a settle) may hold one — or, for a hook
+payload, ``tool_input`` and ``tool_response``.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def may_hold_surrogates(raw: bytes, exc: msgspec.DecodeError) -> bool:
     return any(r in message for r in _MSGSPEC_REASONS) and _ESCAPE.search(raw) is not None
 
 
-def decode(raw: bytes, kind: type[T]) -> T:
+def decode(raw: bytes, kind: type[T], fields: tuple[str, ...] = GUARDED_FIELDS) -> T:
     """``raw`` as ``kind``, guarded fields holding lone surrogates as they were sent.
 
     Raises ``BodyError`` (400: not JSON; 422 with ``field``: a lone surrogate
@@ -59,7 +62,7 @@ def decode(raw: bytes, kind: type[T]) -> T:
         body = json.loads(raw, parse_float=Decimal, parse_constant=_refuse_constant)
         if not isinstance(body, dict):
             raise BodyError("the body must be a JSON object")
-        guarded = {k: _floats(body.pop(k)) for k in GUARDED_FIELDS if k in body}
+        guarded = {k: _floats(body.pop(k)) for k in fields if k in body}
         where = _first_surrogate(body, "$")
     except RecursionError:
         raise BodyError("nested too deeply") from None
