@@ -4,7 +4,8 @@ Patterns come from a grammar both engines share — literals, classes, ``.``,
 ``* + ?``, small ``{m,n}``, alternation, groups, ``^`` and ``$`` — and inputs are
 short ASCII. Excluded on purpose (documented in docs/regex.md): backreferences
 and lookaround (RE2 refuses them at load), Unicode classes (RE2's ``\\w \\d \\s``
-are ASCII-only), and ``$`` before a final newline (inputs carry no newline).
+are ASCII-only), ``$`` before a final newline (inputs carry no newline), and a
+repeat of something that can match empty (``_repeat``).
 
 For every pattern and input both engines must agree on whether ``search``
 matches and on the span of the leftmost match. Leftmost-first semantics are the
@@ -25,9 +26,18 @@ from guardpool.policy.regex import RegexBank, compile_pattern
 _ATOMS = st.sampled_from(["a", "b", "c", ".", "[ab]", "[^a]", "[a-c]", "x", "\\.", "\\d"])
 
 
+def _repeat(body: str, quantifier: str) -> str:
+    # A repeat of a body that can match empty is where the engines part (docs/regex.md):
+    # `re` ends the loop at an empty iteration, RE2 does not, so `(?:(a|.*?))*` on "a1"
+    # spans (0, 1) in `re` and (0, 2) in RE2. Hypothesis found it; it is left out here.
+    if not quantifier or (quantifier != "?" and re.fullmatch(body, "") is not None):
+        return body
+    return f"(?:{body}){quantifier}"
+
+
 def _quantify(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
     return st.tuples(inner, st.sampled_from(["", "*", "+", "?", "{1,2}", "{2}", "*?"])).map(
-        lambda t: t[0] if not t[1] else f"(?:{t[0]}){t[1]}"
+        lambda t: _repeat(*t)
     )
 
 

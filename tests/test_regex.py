@@ -173,3 +173,7 @@ def test_the_warned_differences_are_real() -> None:
     assert re.search(r"\s", "\u00a0") and compile_pattern(r"\s").search("\u00a0") is None
     assert re.search("done$", "done\n") and compile_pattern("done$").search("done\n") is None
     assert compile_pattern(r"done\n?$").search("done\n") is not None
+    # A repeat of something that can match empty ends elsewhere (found by fuzz/test_re2_vs_re.py).
+    empty_loop = "(?:(a|(?:.)*?))*"
+    assert re.search(empty_loop, "a1").span() == (0, 1)  # type: ignore[union-attr]
+    assert compile_pattern(empty_loop).search("a1").span() == (0, 2)  # type: ignore[union-attr]
