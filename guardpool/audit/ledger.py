@@ -123,6 +123,20 @@ class LedgerError(Exception):
     """The ledger could not be opened or read (missing file, not a ledger, corrupt row)."""
 
 
+def read_event(payload: bytes, where: str) -> AuditEvent:
+    """A stored payload decoded; what every ledger reader (SQLite, PostgreSQL) does.
+
+    ``where`` names the row (``audit ledger X: event 7``). An event written by an
+    older guardpool (or by hand) past ``MAX_EVENT_DEPTH``, or a corrupt one, is a
+    one-line ``LedgerError``, not a traceback.
+    """
+    try:
+        return decode_event(payload)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        why = TOO_DEEP if isinstance(exc, RecursionError) else str(exc)
+        raise LedgerError(f"{where} is unreadable ({why}); run `guardpool audit verify`") from None
+
+
 class LedgerWriteError(LedgerError):
     """Events could not be recorded. The enforcer denies on it unless told otherwise."""
 
@@ -328,16 +342,7 @@ class Ledger:
             sql += " LIMIT ?"
             params.append(limit)
         for seq, ts, _kind, _run, payload, prev_hash, digest in self._rows(sql, params):
-            try:
-                event = decode_event(payload)
-            except (msgspec.DecodeError, RecursionError) as exc:
-                # Written by an older guardpool (or by hand) past MAX_EVENT_DEPTH, or
-                # corrupt: one line, not a traceback.
-                why = TOO_DEEP if isinstance(exc, RecursionError) else str(exc)
-                raise LedgerError(
-                    f"audit ledger {self.path}: event {seq} is unreadable ({why}); "
-                    "run `guardpool audit verify`"
-                ) from None
+            event = read_event(payload, f"audit ledger {self.path}: event {seq}")
             yield StoredEvent(seq=seq, ts=ts, event=event, prev_hash=prev_hash, hash=digest)
 
     def verify(self, expect_head: str | None = None) -> VerifyReport:

@@ -31,9 +31,9 @@ from typing import Any, Literal, TypeVar
 import msgspec
 from psycopg import sql
 
-from guardpool.audit.chain import TOO_DEEP, chain_hash, decode_event, input_digest, summarize, walk
+from guardpool.audit.chain import chain_hash, input_digest, summarize, walk
 from guardpool.audit.events import AuditEvent, StoredEvent, Summary, VerifyReport
-from guardpool.audit.ledger import LedgerError, LedgerWriteError, encode_events
+from guardpool.audit.ledger import LedgerError, LedgerWriteError, encode_events, read_event
 from guardpool.pg.migrate import SchemaError, current_version, migrate, migrations
 from guardpool.pg.pool import DeadlineConnection, Pg, PgUnavailable
 
@@ -281,14 +281,7 @@ class PgLedger:
 def _decoded(rows: Iterator[tuple[Any, ...]]) -> list[ChainEvent]:
     out = []
     for chain, seq, ts, _kind, _run, payload, prev_hash, digest in rows:
-        try:
-            event = decode_event(payload)
-        except (msgspec.DecodeError, RecursionError) as exc:
-            why = TOO_DEEP if isinstance(exc, RecursionError) else str(exc)
-            raise LedgerError(
-                f"audit ledger: chain {chain} event {seq} is unreadable ({why}); "
-                "run `guardpool audit verify`"
-            ) from None
+        event = read_event(payload, f"audit ledger: chain {chain} event {seq}")
         stored = StoredEvent(seq=seq, ts=ts, event=event, prev_hash=prev_hash, hash=digest)
         out.append(ChainEvent(chain=chain, stored=stored))
     return out
