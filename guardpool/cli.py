@@ -27,7 +27,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from guardpool.extras import install_line, missing_extra
+from guardpool.extras import missing_extra
 
 EXIT_OK = 0
 EXIT_DENIED = 1
@@ -58,10 +58,10 @@ def missing_extra_hint(command: str, exc: ModuleNotFoundError) -> str | None:
     A command whose extra is missing exits 2 with this line instead of a
     ModuleNotFoundError traceback (a core install used to die that way on `serve`).
     """
-    found, line = missing_extra(exc), install_line(exc)
-    if found is None or line is None:
+    found = missing_extra(exc)
+    if found is None:
         return None
-    return f"guardpool {command} needs the {found.extra} extra ({line})"
+    return f"guardpool {command} needs the {found.extra} extra ({found.install_line})"
 
 
 class UsageError(Exception):

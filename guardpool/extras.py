@@ -25,6 +25,11 @@ class Extra(NamedTuple):
     extra: str  # pip install 'guardpool[<extra>]'
     distribution: str  # the package pip installs, when it differs from the module
 
+    @property
+    def install_line(self) -> str:
+        """``'psycopg' is not installed: pip install 'guardpool[postgres]'``."""
+        return f"{self.distribution!r} is not installed: pip install 'guardpool[{self.extra}]'"
+
 
 # Top-level module -> the extra that installs it. Keep in step with
 # [project.optional-dependencies] in pyproject.toml (tests/test_packaging.py checks).
@@ -67,15 +72,6 @@ def missing_extra(exc: ModuleNotFoundError) -> Extra | None:
     if isinstance(exc, MissingExtra):
         return EXTRAS[exc.module]
     return EXTRAS.get((exc.name or "").partition(".")[0])
-
-
-def install_line(exc: ModuleNotFoundError) -> str | None:
-    """``'psycopg' is not installed: pip install 'guardpool[postgres]'``, or None when
-    ``exc`` is not about an optional extra (then it is a bug to report)."""
-    found = missing_extra(exc)
-    if found is None:
-        return None
-    return f"{found.distribution!r} is not installed: pip install 'guardpool[{found.extra}]'"
 
 
 def require(module: str) -> ModuleType:

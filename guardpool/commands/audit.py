@@ -19,7 +19,7 @@ import msgspec
 from guardpool.audit.events import StoredEvent, Summary
 from guardpool.audit.ledger import Ledger, LedgerError
 from guardpool.cli import EXIT_DENIED, EXIT_OK, UsageError
-from guardpool.extras import install_line
+from guardpool.extras import missing_extra
 from guardpool.policy.money import format_micros
 
 if TYPE_CHECKING:
@@ -90,10 +90,10 @@ def _fleet(args: argparse.Namespace) -> int:
     try:
         from guardpool.commands import audit_fleet
     except ModuleNotFoundError as exc:
-        line = install_line(exc)
-        if line is None:
+        found = missing_extra(exc)
+        if found is None:
             raise
-        raise UsageError(f"--url needs {line}") from None
+        raise UsageError(f"--url needs {found.install_line}") from None
     from guardpool.audit.pg_ledger import PgLedger
 
     heads = audit_fleet.parse_heads(args.expect_head) if args.action == "verify" else {}

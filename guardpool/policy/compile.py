@@ -19,7 +19,7 @@ from typing import Literal
 
 import msgspec
 
-from guardpool.extras import install_line
+from guardpool.extras import missing_extra
 from guardpool.policy.config import Config, EstimateSpec, LimitSpec, PriceSpec
 from guardpool.policy.errors import PolicyError
 from guardpool.policy.labels import validate_pattern
@@ -140,10 +140,12 @@ def check_postgres(url: str | None, schema: str, section: str) -> None:
     try:
         from guardpool.pg.pool import check_schema, check_url
     except ModuleNotFoundError as exc:
-        line = install_line(exc)
-        if line is None:
+        found = missing_extra(exc)
+        if found is None:
             raise
-        raise PolicyError(f"the postgres backend needs {line}", key=f"{section}.backend") from None
+        raise PolicyError(
+            f"the postgres backend needs {found.install_line}", key=f"{section}.backend"
+        ) from None
     try:
         check_url(url)
     except ValueError as exc:
