@@ -7,6 +7,7 @@ the machine is shared, and the overshoot itself is measured by bench/bench_pool.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -57,15 +58,6 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-def open_fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
-
-
-def pool_processes() -> list[int]:
-    """Every descendant of this test process (zygote, workers, their children)."""
-    return [p.pid for p in psutil.Process().children(recursive=True) if not gone(p.pid)]
 
 
 @pytest.fixture(scope="module")
@@ -413,51 +405,44 @@ def test_unknown_guard_is_rejected(guard_pool: GuardPool) -> None:
 # -- leaks and lifetime --------------------------------------------------------------------
 
 
+def leak_scenario(name: str) -> dict[str, Any]:
+    """Run tests/leak_host.py in a fresh interpreter: see there why not in this one."""
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).parent / "leak_host.py"), name],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
 def test_100_timeouts_leak_no_process_and_no_fd() -> None:
-    shm_before = set(os.listdir("/dev/shm"))
-    procs_before = set(pool_processes())
-    fds_before = open_fds()
-    with make_pool(workers=2, job_timeout_ms=30) as p:
-        p.submit(G + "double", 1).result(timeout=5)
-        fds_running = open_fds()
-        # Counted from here: under load the warm-up job itself can miss its 30 ms
-        # deadline (101 timeouts were seen on a loaded machine).
-        timeouts_before = p.stats().timeouts
-        for _ in range(50):
-            pair = [p.submit(G + "sleep", 5) for _ in range(2)]
-            assert [f.result(timeout=5).outcome for f in pair] == ["timeout", "timeout"]
-        assert p.stats().timeouts - timeouts_before == 100
-        # Kills happened, so the leak checks below mean something. Not ">= 50":
-        # on a loaded machine (load 12 on 2 cores, seen in a fresh-clone CI run) a
-        # 30 ms deadline often passes while the job is still queued behind a respawn,
-        # and a queued job times out without a kill (42 of 50 pairs killed there).
-        assert p.stats().killed >= 10
-        # zygote + 2 workers + the spare, nothing else
-        assert wait_for(lambda: len(set(pool_processes()) - procs_before) == 4)
-        assert wait_for(lambda: open_fds() == fds_running)
-    assert wait_for(lambda: set(pool_processes()) <= procs_before)
-    assert open_fds() == fds_before
-    # /dev/shm is machine-wide: a PostgreSQL server started meanwhile by another test run
-    # on the same machine adds its segments; anything else new would be ours.
-    new_shm = set(os.listdir("/dev/shm")) - shm_before
-    assert {name for name in new_shm if not name.startswith("PostgreSQL.")} == set()
+    got = leak_scenario("timeouts")
+    assert (got["outcomes"], got["n_outcomes"], got["timeouts"]) == (["timeout"], 100, 100)
+    # Kills happened, so the leak checks below mean something. Not ">= 50": on a
+    # loaded machine (load 12 on 2 cores, seen in a fresh-clone CI run) a 30 ms
+    # deadline often passes while the job is still queued behind a respawn, and a
+    # queued job times out without a kill (42 of 50 pairs killed there).
+    assert got["killed"] >= 10
+    # zygote + 2 workers + the spare, nothing else; the warm pool's fds, no more
+    assert got["steady"], got
+    assert (got["children_warm"], got["children_running"]) == (4, 4)
+    assert got["fds_after_kills"] == got["fds_running"]
+    assert got["children_after"] == []
+    assert (got["fds_gained"], got["fds_lost"]) == ([], [])
+    assert got["new_shm"] == []
 
 
 def test_shutdown_leaves_nothing_behind() -> None:
-    fds_before = open_fds()
-    procs_before = set(pool_processes())
-    p = make_pool(workers=2).start()
-    info = p.submit("guardpool.worker.probe:probe", None).result(timeout=5).value
-    workdir_root = os.path.dirname(info["cwd"])
-    assert len(set(pool_processes()) - procs_before) == 4  # zygote, 2 workers, spare
-    in_flight = p.submit(G + "sleep", 10)
-    p.shutdown()
-    assert in_flight.result(timeout=1).error == "pool shut down"
-    assert set(pool_processes()) <= procs_before
-    assert open_fds() == fds_before
-    assert not os.path.exists(workdir_root)
-    with pytest.raises(RuntimeError):
-        p.submit(G + "double", 1)
+    got = leak_scenario("shutdown")
+    assert got["children_running"] == 4  # zygote, 2 workers, spare
+    assert got["in_flight_error"] == "pool shut down"
+    assert got["children_after"] == []
+    assert (got["fds_gained"], got["fds_lost"]) == ([], [])
+    assert got["workdir_left"] is False
+    assert got["submit_after"].startswith("RuntimeError")
 
 
 HOST_SCRIPT = textwrap.dedent(
