@@ -29,6 +29,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
+from guardpool import sqlite_wal
 from guardpool.audit.chain import (
     TOO_DEEP,
     canonical_bytes,
@@ -172,6 +173,7 @@ class Ledger:
         self._rlock = threading.Lock()
         self._reader: sqlite3.Connection | None = None
         self._closed = False
+        self._checkpointer = sqlite_wal.Checkpointer(self.path)
         if create:
             try:
                 self._writer = self._connect()
@@ -202,6 +204,7 @@ class Ledger:
         try:
             conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            sqlite_wal.writer_pragmas(conn)
         except sqlite3.Error:
             conn.close()
             raise
@@ -250,6 +253,7 @@ class Ledger:
                     raise
             except sqlite3.Error as exc:
                 raise LedgerWriteError(f"audit ledger {self.path}: {exc}") from exc
+            self._checkpointer.committed(conn)
 
     def append_in(self, conn: sqlite3.Connection, events: Sequence[AuditEvent]) -> None:
         """Append inside a write transaction the caller holds on ``conn`` (same file).
@@ -370,6 +374,7 @@ class Ledger:
             if self._closed:
                 return
             self._closed = True
+            self._checkpointer.close()
             self._writer.close()
             if self._reader is not None:
                 self._reader.close()

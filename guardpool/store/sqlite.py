@@ -20,6 +20,7 @@ from typing import TypeVar
 
 import msgspec
 
+from guardpool import sqlite_wal
 from guardpool.store import engine
 from guardpool.store.base import (
     Clock,
@@ -229,6 +230,7 @@ class SqliteStore:
         self._busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
+        self._checkpointer = sqlite_wal.Checkpointer(self.path)
         self._lock = threading.Lock()
         # Threads of this process queue here for the write lock: SQLite's own busy
         # handler sleeps (1, 2, 5, 10 ms ...) between retries, which turned 16
@@ -264,6 +266,7 @@ class SqliteStore:
                 )
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
+                sqlite_wal.writer_pragmas(conn)
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"budget store unavailable: {self.path}: {exc}") from None
             self._local.conn = conn
@@ -285,9 +288,10 @@ class SqliteStore:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-            return result
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"budget store unavailable: {self.path}: {exc}") from None
+        self._checkpointer.committed(conn)
+        return result
 
     def reserve(
         self, reservation_id: str, items: Sequence[ReserveItem], ttl_ms: int
@@ -342,6 +346,7 @@ class SqliteStore:
 
     def close(self) -> None:
         self._closed = True
+        self._checkpointer.close()
         with self._lock:
             conns, self._all = self._all, []
         for conn in conns:

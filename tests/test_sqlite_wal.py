@@ -1,0 +1,135 @@
+"""WAL checkpoints off the request threads (guardpool/sqlite_wal.py), on real SQLite files."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from guardpool.audit import AuditEvent, Ledger
+from guardpool.sqlite_wal import BEHIND, Checkpointer
+from guardpool.store.base import ReserveItem
+from guardpool.store.sqlite import SqliteStore
+
+
+def wait_for(predicate: Any, timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return bool(predicate())
+
+
+def wal_frames(path: Path) -> int:
+    """Frames in the WAL not yet copied back (a PASSIVE checkpoint reports them)."""
+    conn = sqlite3.connect(path)
+    try:
+        _busy, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return int(log) - int(done)
+    finally:
+        conn.close()
+
+
+def events(n: int) -> list[AuditEvent]:
+    return [AuditEvent(kind="check", run_id="r", detail={"n": i}) for i in range(n)]
+
+
+def test_the_ledger_writer_never_checkpoints_and_the_thread_does(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    ledger = Ledger(path)
+    try:
+        # The request thread's connection: automatic checkpoints off.
+        assert ledger._writer.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+        ledger._checkpointer.every = 20
+        ledger._checkpointer.finish_every = 100
+        for _ in range(100):
+            ledger.append(events(3))
+        assert wait_for(lambda: ledger._checkpointer.checkpoints >= 1)
+        assert ledger._checkpointer.inline == 0
+    finally:
+        ledger.close()
+    # Every event is there, and the chain holds.
+    reopened = Ledger(path, create=False)
+    try:
+        assert len(reopened.events()) == 300
+        assert reopened.verify().ok
+    finally:
+        reopened.close()
+
+
+def wal_size_after(path: Path, commits: int, every: int, finish_every: int) -> int:
+    ledger = Ledger(path)
+    try:
+        ledger._checkpointer.every = every
+        ledger._checkpointer.finish_every = finish_every
+        for _ in range(commits):
+            ledger.append(events(3))
+        return os.path.getsize(f"{path}-wal")
+    finally:
+        ledger.close()
+
+
+def test_the_wal_stays_bounded_while_appends_go_on(tmp_path: Path) -> None:
+    # A WAL file restarts from its beginning only after a checkpoint that copied every
+    # frame; its size is the high-water mark. The thread alone never gets there while
+    # commits go on (this grew to 10 MB before the inline finish existed).
+    unbounded = wal_size_after(tmp_path / "a.db", 1000, 10**9, 10**9)
+    bounded = wal_size_after(tmp_path / "b.db", 1000, 10, 50)
+    assert unbounded > 1000 * 4096  # at least a page per commit
+    assert bounded < unbounded // 2
+
+
+def test_a_stuck_checkpointer_thread_makes_the_writer_checkpoint_itself(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "audit.db"
+    release = threading.Event()
+
+    class Stuck(Checkpointer):
+        def _run(self) -> None:  # the thread hangs (as behind a reader that never ends)
+            release.wait(30)
+
+    ledger = Ledger(path)
+    try:
+        stuck = Stuck(path, every=5, finish_every=10)
+        ledger._checkpointer = stuck
+        for _ in range(10 * BEHIND + 5):
+            ledger.append(events(1))
+        assert stuck.inline >= 1 and stuck.checkpoints == 0
+        # The inline checkpoint copied the WAL back (only the last few commits remain).
+        assert wal_frames(path) <= 10 * BEHIND
+    finally:
+        release.set()
+        ledger.close()
+
+
+def test_the_sqlite_store_hands_its_checkpoints_to_the_thread(tmp_path: Path) -> None:
+    path = tmp_path / "budget.db"
+    store = SqliteStore(path)
+    try:
+        store._checkpointer.every = 20
+        store._checkpointer.finish_every = 50
+        item = ReserveItem(key="k", dimension="calls", amount=1, limit=10**9)
+        for i in range(60):
+            assert store.reserve(f"r{i}", [item], ttl_ms=60_000).ok
+            assert store.settle(f"r{i}", {"calls": 1}).ok
+        assert store._conn().execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+        assert wait_for(lambda: store._checkpointer.checkpoints >= 1)
+    finally:
+        store.close()
+
+
+def test_close_stops_the_thread(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    ledger = Ledger(path)
+    ledger._checkpointer.every = 5
+    for _ in range(10):
+        ledger.append(events(1))
+    thread = ledger._checkpointer._thread
+    assert thread is not None
+    ledger.close()
+    assert not thread.is_alive()
