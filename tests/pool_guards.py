@@ -39,6 +39,20 @@ def native_hang(_: Any) -> bytes:
     return hashlib.pbkdf2_hmac("sha256", b"x", b"y", 10**9)
 
 
+def burn(ms: float) -> int:
+    """Use about ``ms`` of CPU time, then return this worker's pid."""
+    end = time.process_time() + ms / 1000
+    while time.process_time() < end:
+        pass
+    return os.getpid()
+
+
+def child_returns(_: Any) -> int:
+    """Fork a child that returns from the guard like its parent (it must never answer)."""
+    os.fork()
+    return os.getpid()
+
+
 def sleep(seconds: float) -> str:
     time.sleep(seconds)
     return "slept"

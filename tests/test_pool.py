@@ -143,6 +143,37 @@ def test_cpu_budget_is_distinct_from_wall_deadline(pool: GuardPool) -> None:
     assert time.monotonic() - started < 2.0
 
 
+def test_cpu_timer_left_over_from_a_job_never_ends_an_idle_worker() -> None:
+    # A worker may leave the CPU timer armed after a job when enough budget is left
+    # (the next job re-arms it). One that used most of its budget must not leave a
+    # timer that fires while the worker idles or starts the next job.
+    with make_pool(workers=1, job_timeout_ms=5000) as p:
+        first = p.submit(G + "burn", 170, cpu_ms=250).result(timeout=10)
+        assert first.outcome == "ok", first
+        time.sleep(0.3)
+        for ms in (0, 60, 0):
+            after = p.submit(G + "burn", ms, cpu_ms=250).result(timeout=10)
+            assert after.outcome == "ok", after
+            assert after.value == first.value  # the same worker, still alive
+        # A timer left armed with plenty of budget is replaced by the next job's own.
+        assert p.submit(G + "echo", 1, cpu_ms=5000).result(timeout=10).outcome == "ok"
+        result = p.submit(G + "native_hang", None, cpu_ms=150).result(timeout=10)
+        assert (result.outcome, result.limit) == ("timeout", "cpu")
+        assert p.stats().crashed == 0
+
+
+def test_a_forked_child_returning_from_the_guard_never_answers(pool: GuardPool) -> None:
+    crashed = pool.stats().crashed
+    first = run(pool, "child_returns")
+    assert first.outcome == "ok"
+    # The child left through the worker's at-fork guard instead of answering the job a
+    # second time (which the host would treat as a protocol violation and kill for).
+    again = run(pool, "pid")
+    second = run(pool, "pid")
+    assert first.value in (again.value, second.value)
+    assert pool.stats().crashed == crashed
+
+
 def test_memory_bomb_hits_the_address_space_limit() -> None:
     with make_pool(workers=1, memory_mb=160, job_timeout_ms=10_000, job_cpu_ms=10_000) as p:
         result = p.submit(G + "memory_bomb", None).result(timeout=20)

@@ -5,6 +5,13 @@ answer. All supervision (deadlines, kills, recycling) lives in the host; the
 worker only arms the kernel CPU timer around each job, because ``ITIMER_PROF``
 with SIGPROF at its default disposition terminates the process even while it
 is inside a C call that never returns to the interpreter.
+
+Per job the worker makes four system calls: ``recv`` (the job), ``setitimer``
+(arm the CPU budget), ``getrusage`` (CPU used and peak RSS) and ``send`` (the
+answer); each costs 1.5-3 µs, as much as a trivial job's Python work. So the
+job's starting CPU reading is the previous job's ``getrusage``, a forked child is
+recognised by an at-fork hook rather than a ``getpid`` per job, and the timer is
+disarmed only when less than ``KEEP_ARMED_MS`` of the budget is left (see ``run``).
 """
 
 from __future__ import annotations
@@ -99,6 +106,24 @@ class ForwardingHandler(logging.Handler):
             self.handleError(record)
 
 
+# After a job, the CPU timer stays armed when at least this much of its budget is left:
+# the next job re-arms it anyway, and the idle worker blocked in recv uses no CPU, so
+# the timer can only fire if the few microseconds of work between answering and
+# re-arming (send the answer, decode the next job) grew to 100 ms. Below this the timer
+# is disarmed as before, so a job that used most of its budget cannot leave a timer
+# that fires while the worker waits for (or decodes) its next job.
+KEEP_ARMED_MS = 100.0
+
+# Set in a process forked from the worker (os.fork in guard code runs at-fork hooks):
+# such a child must never come back into the job loop and answer on the worker's pipe.
+_forked = False
+
+
+def _mark_forked() -> None:
+    global _forked
+    _forked = True
+
+
 def _rss_kb() -> int:
     # Peak RSS: one getrusage call (no /proc read on every job). Peak is the right
     # signal for recycling: memory a guard touched once is usually still held.
@@ -109,10 +134,6 @@ def _usage() -> tuple[float, int]:
     """CPU time used so far (ms) and peak RSS (KiB), from one ``getrusage`` call."""
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return (ru.ru_utime + ru.ru_stime) * 1000.0, ru.ru_maxrss
-
-
-def _cpu_ms() -> float:
-    return time.process_time() * 1000.0
 
 
 def setup_worker(
@@ -191,6 +212,9 @@ class Worker:
         root.addHandler(ForwardingHandler(self.channel))
         root.setLevel(log_level)
         context.install_alarm_handler()
+        # CPU time used so far (ms), from the last ``getrusage``: where the next job starts.
+        self.cpu_total = 0.0
+        os.register_at_fork(after_in_child=_mark_forked)
 
     def warm_up(self) -> None:
         """Run the per-job path once, answering nobody.
@@ -209,15 +233,17 @@ class Worker:
             value = self._call(job)
         finally:
             signal.setitimer(signal.ITIMER_PROF, 0)
-        total = _cpu_ms()
-        protocol.frame(self.channel.encoder, protocol.Done(0, value, 0.0, total, _rss_kb()))
+        total, rss_kb = _usage()
+        body = inputs.pack(self.channel.encoder, protocol.Done(0, value, 0.0, total, rss_kb))
+        protocol.HEADER.pack(len(body))
         self.targets.pop("builtins:len", None)
 
     def serve(self) -> None:
         self.warm_up()
         try:
+            self.cpu_total = _usage()[0]
             self.channel.send(
-                protocol.Ready(pid=os.getpid(), cpu_total_ms=_cpu_ms(), unreadable=_unreadable())
+                protocol.Ready(pid=self.pid, cpu_total_ms=self.cpu_total, unreadable=_unreadable())
             )
             while True:
                 job = self.channel.recv()
@@ -259,11 +285,14 @@ class Worker:
         return verdict
 
     def run(self, job: protocol.HostMsg) -> None:
-        start = _cpu_ms()
+        # The previous job's closing reading, not a fresh clock call: the job's CPU then
+        # also counts decoding it (microseconds), and the worker saves a system call.
+        start = self.cpu_total
         if time.monotonic() >= job.deadline:
             # It waited in our pipe behind a slow job and the host already answered it.
-            self._fail(job.id, "deadline passed before start", "expired", 0.0, start)
+            self._fail(job.id, "deadline passed before start", "expired", 0.0, start, _rss_kb())
             return
+        # Replaces whatever is left of the previous job's timer (see KEEP_ARMED_MS).
         signal.setitimer(signal.ITIMER_PROF, job.cpu_ms / 1000.0)
         error: str | None = None
         kind: protocol.FailKind = "error"
@@ -276,12 +305,14 @@ class Worker:
         except BaseException as exc:  # GuardTimeout, SystemExit too: the worker lives on
             value, error = None, _describe(exc)
         finally:
-            if os.getpid() != self.pid:
+            if _forked:
                 # A child the guard forked came back up into our code: it must never
                 # answer on the worker's channel (the host would see a second answer).
                 os._exit(0)
-            signal.setitimer(signal.ITIMER_PROF, 0)
         total, rss_kb = _usage()
+        self.cpu_total = total
+        if job.cpu_ms - (total - start) < KEEP_ARMED_MS:
+            signal.setitimer(signal.ITIMER_PROF, 0)
         if error is None:
             try:
                 # inputs.pack: a rewrite of hostile text, or a reason quoting it, may hold
@@ -296,14 +327,20 @@ class Worker:
             else:
                 self.channel.sock.sendall(frame)
                 return
-        self._fail(job.id, error, kind, total - start, total)
+        self._fail(job.id, error, kind, total - start, total, rss_kb)
 
     def _fail(
-        self, job_id: int, error: str, kind: protocol.FailKind, cpu: float, total: float
+        self,
+        job_id: int,
+        error: str,
+        kind: protocol.FailKind,
+        cpu: float,
+        total: float,
+        rss_kb: int,
     ) -> None:
         # The reason may quote hostile input: a lone surrogate must not stop the answer.
         text = error.encode("utf-8", "backslashreplace").decode("utf-8")
-        self.channel.send(protocol.Failed(job_id, text, kind, cpu, total, _rss_kb()))
+        self.channel.send(protocol.Failed(job_id, text, kind, cpu, total, rss_kb))
 
 
 _EXISTING: list[str] = []  # sys.path entries that exist, seen before the privilege drop
