@@ -7,6 +7,7 @@ the machine is shared, and the overshoot itself is measured by bench/bench_pool.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import os
@@ -294,6 +295,69 @@ def test_asyncio_gather(pool: GuardPool) -> None:
 
     results = asyncio.run(main())
     assert [r.value for r in results] == [2 * i for i in range(50)]
+
+
+def test_every_way_to_wait_on_a_job_future(pool: GuardPool) -> None:
+    # The future makes its condition only when a thread other than the one reading
+    # the answer needs it: each way of waiting must still see the answer exactly once.
+    f = pool.submit(G + "double", 1)
+    assert isinstance(f, concurrent.futures.Future)
+    assert f.result(timeout=10).value == 2
+    assert f.done() and not f.cancelled() and f.exception() is None
+    assert "finished" in repr(f)
+
+    got: list[Any] = []
+    called = threading.Event()
+
+    def callback(fut: concurrent.futures.Future[JobResult]) -> None:
+        got.append(fut.result().value)
+        called.set()
+
+    f = pool.submit(G + "sleep", 0.05)
+    f.add_done_callback(callback)
+    assert called.wait(10) and got == ["slept"]
+    f.add_done_callback(callback)  # on a finished future: called at once
+    assert got == ["slept", "slept"]
+
+    fs = [pool.submit(G + "double", i) for i in range(6)]
+    done, not_done = concurrent.futures.wait(fs, timeout=10)
+    assert not not_done and sorted(x.result().value for x in done) == [0, 2, 4, 6, 8, 10]
+    fs = [pool.submit(G + "double", i) for i in range(6)]
+    answers = [x.result().value for x in concurrent.futures.as_completed(fs, timeout=10)]
+    assert sorted(answers) == [0, 2, 4, 6, 8, 10]
+
+    f = pool.submit(G + "double", 5)
+    end = time.monotonic() + 10
+    while not f.done() and time.monotonic() < end:  # polled: the manager reads the answer
+        time.sleep(0.005)
+    assert f.result(timeout=0).value == 10
+
+    f = pool.submit(G + "double", 6)
+    other: list[Any] = []
+    reader = threading.Thread(target=lambda: other.append(f.result(timeout=10).value))
+    reader.start()
+    reader.join()
+    assert other == [12] and f.result(timeout=0).value == 12
+
+    f = pool.submit(G + "sleep", 0.2)
+    with pytest.raises(concurrent.futures.TimeoutError):
+        f.result(timeout=0.01)
+    assert f.result(timeout=10).value == "slept"
+    assert f.exception(timeout=0) is None
+
+
+def test_a_queued_job_can_be_cancelled() -> None:
+    with make_pool(workers=1) as p:
+        blocker = p.submit(G + "sleep", 0.3)
+        queued = p.submit(G + "double", 1)  # one job at a time: this one waits
+        assert queued.cancel()
+        assert queued.cancelled()
+        assert blocker.result(timeout=10).value == "slept"
+        with pytest.raises(concurrent.futures.CancelledError):
+            queued.result(timeout=1)
+        assert not blocker.cancel()  # finished: too late
+        assert p.submit(G + "double", 2).result(timeout=10).value == 4
+        assert p.stats().completed == 2
 
 
 # -- logs ----------------------------------------------------------------------------------

@@ -95,7 +95,7 @@ class Dispatcher:
                 pairs = self._match()
             else:
                 worker = self.idle.pop()
-                task.future.set_running_or_notify_cancel()  # nobody else has it yet
+                task.future.start_locked()  # nobody else has it yet
                 task.started = True
                 self._assign(worker, task)
                 pairs = [(worker, task)]
@@ -140,7 +140,8 @@ class Dispatcher:
         with worker.rlock:
             # Written here, read here: the manager need not watch for the answer.
             task.quiet = True
-            self.set_read(worker, self.wanted(worker))
+            if worker.events != (select.EPOLLIN if task.watched else 0):
+                self.set_read(worker, self.wanted(worker))
         try:
             sent = worker.sock.send(frame, socket.MSG_NOSIGNAL)
         except BlockingIOError:
@@ -208,12 +209,15 @@ class Dispatcher:
         try:
             if worker.gone or worker.closed or worker.task is not task:
                 return
-            self.set_read(worker, 0)  # the answer wakes this thread, not the manager
+            if worker.events:
+                self.set_read(worker, 0)  # the answer wakes this thread, not the manager
             try:
                 self._read_until(worker, task, end)
             finally:
                 if not worker.gone:
-                    self.set_read(worker, self.wanted(worker))
+                    want = self.wanted(worker)
+                    if worker.events != want:
+                        self.set_read(worker, want)
             if not task.done and time.monotonic() >= task.deadline:
                 killed = self.expire(task)
                 if killed is not None:
@@ -230,8 +234,10 @@ class Dispatcher:
             wait = end - time.monotonic()
             if wait <= 0:
                 return
-            events = poll(wait * 1000)
-            dead = any(efd != fd for efd, _ in events)
+            dead = False
+            for efd, _ in poll(wait * 1000):
+                if efd != fd:
+                    dead = True  # the pidfd: the worker has died
             msgs, alive = worker.read()
             for msg in msgs:
                 action = self.on_message(worker, msg)

@@ -9,13 +9,26 @@ Data flow::
 
 ``wait()`` and ``as_completed()`` install their waiters in ``Future._waiters``; a list
 whose ``append`` marks the task watched catches them without replacing those functions.
+
+The condition is made on demand. A ``concurrent.futures.Future`` makes a
+``threading.Condition`` when it is created and takes it to start, finish and read
+the job: about a tenth of a round trip for a trivial guard. In the common case
+(``submit(...).result()`` in one thread) only the thread that resolves the job and
+the one that reads it ever touch the future, and they do not need the condition.
+So ``_condition`` is made the first time any ``Future`` method asks for it (any way
+to wait, ``cancel``, a callback, ``repr``), under the pool's mutex. Starting and
+finishing a job happen under the same mutex (``start_locked``/``finish_locked``):
+while no condition exists they only set the state, as nobody can be waiting on it;
+once one exists they return False and the caller goes the ``Future`` way.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures._base import FINISHED, PENDING, RUNNING
 from typing import TYPE_CHECKING, Any
 
 from guardpool.runner.results import JobResult
@@ -23,6 +36,8 @@ from guardpool.runner.results import JobResult
 if TYPE_CHECKING:
     from guardpool.runner.dispatch import Dispatcher
     from guardpool.runner.scheduler import Task
+
+_OVER = frozenset({"CANCELLED", "CANCELLED_AND_NOTIFIED", FINISHED})
 
 
 class JobFuture(Future[JobResult]):
@@ -34,25 +49,60 @@ class JobFuture(Future[JobResult]):
     """
 
     def __init__(self, dispatcher: Dispatcher, task: Task) -> None:
-        super().__init__()
+        # Future.__init__'s attributes, except that the condition comes on demand.
+        self._cond: threading.Condition | None = None
+        self._state = PENDING
+        self._result: JobResult | None = None
+        self._exception: BaseException | None = None
+        self._done_callbacks: list[Callable[[Future[JobResult]], object]] = []
         self._dispatcher = dispatcher
         self._task = task
         # concurrent.futures.wait() and as_completed() install their waiters here.
         self._waiters: list[Any] = _Interest(self)
+
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        cond = self._cond
+        if cond is None:
+            with self._dispatcher.mutex:  # decided against start_locked / finish_locked
+                cond = self._cond
+                if cond is None:
+                    cond = self._cond = threading.Condition()
+        return cond
+
+    def start_locked(self) -> bool:
+        """Mark the job running, pool mutex held; False if it was cancelled meanwhile."""
+        if self._cond is None:
+            self._state = RUNNING  # cancel() would have made the condition
+            return True
+        return self.set_running_or_notify_cancel()
+
+    def finish_locked(self, result: JobResult) -> bool:
+        """Set the result, pool mutex held, if nobody ever needed the condition.
+
+        False when some thread may wait or has a callback: then the caller (without
+        the mutex) finishes it with ``set_running_or_notify_cancel``/``set_result``.
+        """
+        if self._cond is not None:
+            return False
+        self._result = result
+        self._state = FINISHED  # after _result: a reader that sees FINISHED sees it
+        return True
 
     def _watch(self) -> None:
         if not self._task.watched:
             self._dispatcher.watch(self._task)
 
     def _wait(self, timeout: float | None) -> float | None:
-        if super().done():
-            return timeout
+        task = self._task
+        if task.done:
+            return timeout  # answered (or being answered) by another thread
         start = time.monotonic()
-        end = task_end = self._task.deadline
+        end = task.deadline
         if timeout is not None:
-            end = min(task_end, start + timeout)
-        self._dispatcher.wait_direct(self._task, end)
-        if not super().done():
+            end = min(end, start + timeout)
+        self._dispatcher.wait_direct(task, end)
+        if self._state not in _OVER:
             # Not answered here (no worker yet, another thread reads it, or ``timeout``):
             # this thread now waits on the condition, so the manager must read for it.
             self._watch()
@@ -61,17 +111,23 @@ class JobFuture(Future[JobResult]):
         return max(0.0, timeout - (time.monotonic() - start))
 
     def result(self, timeout: float | None = None) -> JobResult:
-        return super().result(self._wait(timeout))
+        if self._state != FINISHED:
+            timeout = self._wait(timeout)
+        if self._state == FINISHED and self._exception is None:
+            return self._result  # type: ignore[return-value]
+        return super().result(timeout)  # waits, or raises what it should
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        return super().exception(self._wait(timeout))
+        if self._state != FINISHED:
+            timeout = self._wait(timeout)
+        return super().exception(timeout)
 
     def add_done_callback(self, fn: Callable[[Future[JobResult]], object]) -> None:
         self._watch()
         super().add_done_callback(fn)
 
     def done(self) -> bool:
-        finished = super().done()
+        finished = self._state in _OVER  # one read: the state only ever moves forward
         if not finished:
             self._watch()  # polled: somebody has to read the answer meanwhile
         return finished

@@ -34,6 +34,7 @@ from guardpool.policy import inputs
 from guardpool.runner.results import JobResult, LimitName, Outcome
 
 if TYPE_CHECKING:
+    from guardpool.runner.futures import JobFuture
     from guardpool.runner.worker_link import WorkerLink
     from guardpool.worker import protocol
 
@@ -53,7 +54,7 @@ def encode_input(value: Any) -> bytes:
 
 
 class Task:
-    future: Future[JobResult]  # set by its creator (a dispatch.JobFuture)
+    future: JobFuture  # set by its creator
 
     __slots__ = (
         "deadline",
@@ -152,7 +153,7 @@ class Scheduler:
             if task.done:
                 continue
             if not task.started:
-                if not task.future.set_running_or_notify_cancel():
+                if not task.future.start_locked():
                     task.done = True  # cancelled by the caller while queued
                     task.owner = None
                     continue
@@ -195,28 +196,33 @@ class Scheduler:
         worker_pid: int = 0,
     ) -> bool:
         """Answer ``task`` unless another thread did; True if this call answered it."""
+        if task.done:
+            return False  # the usual loser of a race needs no result object
+        result = JobResult(
+            outcome=outcome,
+            value=value,
+            error=error,
+            limit=limit,
+            wall_ms=(time.monotonic() - task.submitted) * 1000,
+            cpu_ms=cpu_ms,
+            exit_code=exit_code,
+            signal=signal,
+            worker_pid=worker_pid,
+        )
+        future = task.future
         with self.mutex:
             if task.done:
                 return False
             task.done = True
             self.completed += 1
+            # Nobody waits on the future's condition (it has none yet): set it here.
+            finished = future.finish_locked(result)
         task.frame = b""
-        if not task.started and not task.future.set_running_or_notify_cancel():
-            task.owner = None
-            return True
-        task.future.set_result(
-            JobResult(
-                outcome=outcome,
-                value=value,
-                error=error,
-                limit=limit,
-                wall_ms=(time.monotonic() - task.submitted) * 1000,
-                cpu_ms=cpu_ms,
-                exit_code=exit_code,
-                signal=signal,
-                worker_pid=worker_pid,
-            )
-        )
+        if not finished:
+            if not task.started and not future.set_running_or_notify_cancel():
+                task.owner = None
+                return True
+            future.set_result(result)
         # Last: dropping the owner may collect an unreferenced pool right here, which
         # only asks the manager to stop after this turn.
         task.owner = None

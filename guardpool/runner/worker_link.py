@@ -139,8 +139,7 @@ class WorkerLink:
                 return out, False
             if not n:
                 return out, False
-            self.reader.feed(self.rview[:n])
-            out.extend(self.reader.decode_all(_DECODER))
+            out.extend(self.reader.decode_chunk(self.rview[:n], _DECODER))
             if n < _CHUNK:
                 return out, True
 

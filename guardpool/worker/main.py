@@ -68,8 +68,7 @@ class Channel:
             n = self.sock.recv_into(self.rbuf)
             if not n:
                 return None
-            self.reader.feed(self.rview[:n])
-            self.pending.extend(self.reader.decode_all(self.decoder))
+            self.pending.extend(self.reader.decode_chunk(self.rview[:n], self.decoder))
         return self.pending.popleft()
 
 

@@ -185,6 +185,29 @@ class FrameReader:
     def feed(self, chunk: bytes | memoryview) -> None:
         self.buf += chunk
 
+    def decode_chunk(self, chunk: memoryview, decoder: msgspec.msgpack.Decoder[T]) -> list[T]:
+        """The complete frames of what was buffered plus ``chunk``; the tail is kept.
+
+        With nothing buffered (the usual case: a read returns whole frames) they are
+        decoded straight from ``chunk`` without copying it, so ``chunk`` may be a view
+        of a receive buffer that is reused: decoded messages own their data.
+        """
+        if self.buf:
+            self.buf += chunk
+            return self.decode_all(decoder)
+        out: list[T] = []
+        pos = 0
+        end = len(chunk)
+        while end - pos >= 4:
+            (n,) = HEADER.unpack_from(chunk, pos)
+            if end - pos - 4 < n:
+                break
+            out.append(decoder.decode(chunk[pos + 4 : pos + 4 + n]))
+            pos += 4 + n
+        if pos < end:
+            self.buf += chunk[pos:]
+        return out
+
     def decode_all(self, decoder: msgspec.msgpack.Decoder[T]) -> list[T]:
         """Every complete frame, decoded; an incomplete tail stays for the next feed."""
         buf = self.buf
