@@ -147,7 +147,7 @@ def link(
     return out
 
 
-def input_digest(input: object, *, capture: bool) -> dict[str, Any]:
+def input_record(input: object, *, capture: bool) -> dict[str, Any]:
     """sha256 and length of an input's bytes, plus its text when ``capture``.
 
     The bytes are the input contract's (``policy/inputs.py``), the ones the

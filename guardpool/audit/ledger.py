@@ -37,7 +37,7 @@ from guardpool.audit.chain import (
     decode_event,
     encode_event,
     event_depth,
-    input_digest,
+    input_record,
     link,
     printable_event,
     summarize,
@@ -62,7 +62,7 @@ __all__ = [
     "canonical_bytes",
     "chain_hash",
     "encode_events",
-    "input_digest",
+    "input_record",
 ]
 
 FORMAT: Final[str] = "guardpool-audit/1"
@@ -227,7 +227,7 @@ class Ledger:
 
     def input_fields(self, input: object) -> dict[str, Any]:
         """``AuditEvent`` fields identifying an input: hash and length, text if captured."""
-        return input_digest(input, capture=self.capture_input)
+        return input_record(input, capture=self.capture_input)
 
     def append(self, events: Sequence[AuditEvent]) -> None:
         """Append a batch in one transaction, or nothing at all.

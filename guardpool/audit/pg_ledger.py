@@ -31,7 +31,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 from psycopg import sql
 
-from guardpool.audit.chain import chain_hash, input_digest, summarize, walk
+from guardpool.audit.chain import chain_hash, input_record, summarize, walk
 from guardpool.audit.events import AuditEvent, StoredEvent, Summary, VerifyReport
 from guardpool.audit.ledger import LedgerError, LedgerWriteError, encode_events, read_event
 from guardpool.pg.migrate import SchemaError, current_version, migrate, migrations
@@ -123,7 +123,7 @@ class PgLedger:
     # -- writing -------------------------------------------------------------------
 
     def input_fields(self, input: object) -> dict[str, Any]:
-        return input_digest(input, capture=self.capture_input)
+        return input_record(input, capture=self.capture_input)
 
     def chain_for(self, event: AuditEvent) -> str:
         if self.chain_mode == "run":
