@@ -71,6 +71,17 @@ def test_timing_leaves_no_false_alarm_and_confirms_the_vulnerable_sample(
     safe = {i for i, v in label.items() if v == "safe"}
     sample = set(sorted(i for i, v in label.items() if v == "vulnerable")[::5])
     found = _lint(tmp_path, monkeypatch, safe | sample, confirm=True)
+    # A loaded machine blurs a timing now and then (2 of 11 sampled entries went
+    # unconfirmed during a full suite at load 4-6, never on a quiet one): each miss
+    # is timed once more, alone. Only misses get the second try, so it cannot hide a
+    # false alarm, and a safe pattern cannot be "confirmed" by it.
+    missed = {i for hits in found.values() for i in sample if not hits[i]}
+    if missed:
+        (tmp_path / "again").mkdir()
+        again = _lint(tmp_path / "again", monkeypatch, missed, confirm=True)
+        for style, hits in again.items():
+            for i, hit in hits.items():
+                found[style][i] = found[style][i] or hit
     for style, hits in found.items():
         alarms = sorted(i for i in safe if hits[i])
         assert len(alarms) / len(safe) <= FALSE_ALARM_CEILING, f"{style}: {alarms}"
