@@ -253,3 +253,38 @@ def test_window_keys_expire_a_window_after_the_newest_charge(redis_url: str) -> 
     assert store.states([w])[0].used == 0
     client.close()
     store.close()
+
+
+def test_a_settle_by_another_host_names_every_counter_from_the_record(redis_url: str) -> None:
+    """The settle answer names its counters from the reserve's stored items (the flat
+    array of hash fields, then values): keys with a newline or a '|', non-ASCII
+    dimensions, a shared counter and a windowed one all come back as reserved."""
+    items = [
+        ReserveItem(key="team|a\nb", dimension="tokens", limit=1000, amount=10),
+        ReserveItem(key="*|global", dimension="coût", limit=500, amount=7, headroom=3),
+        ReserveItem(key="*|global", dimension="coût", limit=900, amount=2, check=False),
+        ReserveItem(key="p|calls", dimension="calls", limit=5, amount=1, window_ms=60_000),
+    ]
+    host_a = RedisStore(settings(redis_url))
+    host_b = RedisStore(settings(redis_url))
+    try:
+        reserved = host_a.reserve("named-1", items, 60_000)
+        assert reserved.ok
+        assert [(s.key, s.dimension, s.limit, s.reserved) for s in reserved.states] == [
+            ("team|a\nb", "tokens", 1000, 10),
+            ("*|global", "coût", 500, 9),
+            ("*|global", "coût", 900, 9),
+            ("p|calls", "calls", 5, 1),
+        ]
+        settled = host_b.settle("named-1", {"tokens": 4, "coût": 5})
+        assert settled.ok
+        assert [(s.key, s.dimension, s.limit, s.used, s.reserved) for s in settled.states] == [
+            ("team|a\nb", "tokens", 1000, 4, 0),
+            ("*|global", "coût", 500, 10, 0),  # both items charge the shared counter
+            ("*|global", "coût", 900, 10, 0),
+            ("p|calls", "calls", 5, 1, 0),
+        ]
+        assert host_b.states(items) == settled.states
+    finally:
+        host_a.close()
+        host_b.close()

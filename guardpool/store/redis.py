@@ -6,17 +6,21 @@ the server: no host can read "39 of 40" between another host's read and
 write. The scripts implement the algorithm of ``engine.py`` (memory and SQLite)
 and pass the same conformance suite.
 
-    reserve(id, items) ──► FCALL reserve        KEYS = counters, deadlines, seq, due,
+    reserve(id, items) ──► FCALL reserve        KEYS = counters, deadlines, seq,
                                                        record, window keys of the items
                                                 ARGV = now | '', id, ttl, msgpack items
+                                                       (one flat array: pack_items())
                        ◄── msgpack [ok, counts, refused, expired] (array_like Structs)
     settle(id, actual) ──► FCALL settle         ARGV = now | '', id, dim, n, dim, n, ...
                        ◄── the same, plus the reservation's items to name the counts
 
 - One round trip per step, over a lean client (``resp.py``): the scripts
   answer one msgpack string, so the client only packs a command and reads one
-  bulk reply. Wire values are positional arrays, decoded by msgspec into named
-  Structs here and read through named indexes in Lua (``it[AMOUNT]``).
+  bulk reply. Items travel as one flat array that starts with their hash
+  fields (``pack_items``), read in Lua through named offsets
+  (``a[b + AMOUNT]``); answers are positional arrays decoded by msgspec into
+  named Structs here. The counters, and the earliest live deadline beside
+  them, are read with one ``HMGET`` per step.
 - Time is the server's (``TIME``) unless the store is given a clock, so hosts
   with skewed clocks agree on rolling windows and reservation deadlines; tests
   give a clock and move it instead of sleeping.
@@ -89,18 +93,6 @@ def library_source() -> tuple[str, str]:
     return name, f"#!lua name={name}\n{body}\n{register}"
 
 
-class _WireItem(msgspec.Struct, array_like=True, frozen=True):
-    """A ReserveItem as the scripts read it (common.lua: named())."""
-
-    key: str
-    dimension: str
-    limit: int
-    amount: int
-    headroom: int
-    window_ms: int
-    check: bool
-
-
 class _WireExpired(msgspec.Struct, array_like=True, frozen=True):
     reservation_id: str
     charged: tuple[str | int, ...]  # dimension, amount, dimension, amount, ...
@@ -119,18 +111,42 @@ class _WireAnswer(msgspec.Struct, array_like=True, frozen=True):
 _decode_answer = msgspec.msgpack.Decoder(_WireAnswer).decode
 _decode_counts = msgspec.msgpack.Decoder(tuple[int, ...]).decode
 _decode_expired = msgspec.msgpack.Decoder(tuple[_WireExpired, ...]).decode
-_decode_items = msgspec.msgpack.Decoder(tuple[_WireItem, ...]).decode
+_decode_items = msgspec.msgpack.Decoder(tuple[str | int | bool, ...]).decode
 _encode = msgspec.msgpack.Encoder().encode
 
+# The six values per item that follow the 2n hash fields (common.lua: base()).
+_PER_ITEM = 6
 
-def _pack_items(items: Sequence[ReserveItem]) -> bytes:
-    """Items as the scripts read them: _WireItem's arrays."""
-    return _encode(
-        [
-            (it.key, it.dimension, it.limit, it.amount, it.headroom, it.window_ms, it.check)
-            for it in items
-        ]
-    )
+
+def pack_items(items: Sequence[ReserveItem]) -> bytes:
+    """Items as the scripts read them: one flat array, first every item's two hash
+    fields (used, reserved: ``u``/``r`` + key + newline + dimension, so the script
+    neither builds names nor a table per item), then dimension, limit, amount,
+    headroom, window_ms and check of each item."""
+    flat: list[str | int | bool] = []
+    for it in items:
+        counter = f"{it.key}\n{it.dimension}"
+        flat += ("u" + counter, "r" + counter)
+    for it in items:
+        flat += (it.dimension, it.limit, it.amount, it.headroom, it.window_ms, it.check)
+    return _encode(flat)
+
+
+def _named(flat: Sequence[str | int | bool]) -> list[tuple[str, str, int]]:
+    """(key, dimension, limit) of each item of a flat array that pack_items() made."""
+    n = len(flat) // (2 + _PER_ITEM)
+    out = []
+    for i in range(n):
+        used_field, dimension, limit = (
+            flat[2 * i],
+            flat[2 * n + _PER_ITEM * i],
+            flat[2 * n + _PER_ITEM * i + 1],
+        )
+        if not (isinstance(used_field, str) and isinstance(dimension, str) and type(limit) is int):
+            raise StoreUnavailable("budget store unavailable: redis: malformed reservation record")
+        # "u" + key + "\n" + dimension: the key is what lies between.
+        out.append((used_field[1 : len(used_field) - len(dimension) - 1], dimension, limit))
+    return out
 
 
 def _str_payload(raw: bytes) -> bytes:
@@ -154,18 +170,22 @@ def _expired(wire: Sequence[_WireExpired]) -> tuple[Expired, ...]:
 
 
 def _states(
-    items: Sequence[ReserveItem | _WireItem], counts: Sequence[int]
+    named: Sequence[tuple[str, str, int]], counts: Sequence[int]
 ) -> tuple[CounterState, ...]:
     return tuple(
         CounterState(
-            key=it.key,
-            dimension=it.dimension,
+            key=key,
+            dimension=dimension,
             used=counts[2 * i],
             reserved=counts[2 * i + 1],
-            limit=it.limit,
+            limit=limit,
         )
-        for i, it in enumerate(items)
+        for i, (key, dimension, limit) in enumerate(named)
     )
+
+
+def _item_names(items: Sequence[ReserveItem]) -> list[tuple[str, str, int]]:
+    return [(it.key, it.dimension, it.limit) for it in items]
 
 
 class RedisStore:
@@ -178,7 +198,7 @@ class RedisStore:
         self._prefix = "{" + config.key_prefix + "}"
         self._clock = clock
         p = self._prefix
-        self._fixed = [f"{p}:{name}".encode() for name in ("counters", "deadlines", "seq", "due")]
+        self._fixed = [f"{p}:{name}".encode() for name in ("counters", "deadlines", "seq")]
         self._scripts = {name: Script(script_source(name)) for name in STEPS}
         library, source = library_source()
         self._functions = {name: Function(source, f"{library}_{name}") for name in STEPS}
@@ -192,7 +212,7 @@ class RedisStore:
     # -- keys
 
     def _record(self, reservation_id: str) -> bytes:
-        return f"{self._prefix}:res:{reservation_id}".encode()
+        return f"{self._prefix}:rsv:{reservation_id}".encode()
 
     def _window_keys(self, items: Sequence[ReserveItem]) -> list[bytes]:
         keys: list[bytes] = []
@@ -267,13 +287,13 @@ class RedisStore:
         self, reservation_id: str, items: Sequence[ReserveItem], ttl_ms: int
     ) -> StoreAnswer:
         check_items(items)  # Lua numbers are doubles: bound them before they get there
-        packed = _pack_items(items)
+        packed = pack_items(items)
         keys = [*self._fixed, self._record(reservation_id), *self._window_keys(items)]
         rid = reservation_id.encode()
         w = _decode_answer(self._bytes(self._run("reserve", keys, rid, b"%d" % ttl_ms, packed)))
         return StoreAnswer(
             ok=w.ok,
-            states=_states(items, w.counts),
+            states=_states(_item_names(items), w.counts),
             refused=w.refused,
             expired=_expired(w.expired) if w.expired else (),
         )
@@ -288,7 +308,7 @@ class RedisStore:
         payload = _str_payload(bytes(w.items))
         return StoreAnswer(
             ok=w.ok,
-            states=_states(_decode_items(payload), w.counts) if payload else (),
+            states=_states(_named(_decode_items(payload)), w.counts) if payload else (),
             expired=_expired(w.expired) if w.expired else (),
         )
 
@@ -297,9 +317,10 @@ class RedisStore:
         return bool(self._run("release", keys, reservation_id.encode()))
 
     def states(self, items: Sequence[ReserveItem]) -> tuple[CounterState, ...]:
-        packed = _pack_items(items)
+        packed = pack_items(items)
         keys = [*self._fixed, *self._window_keys(items)]
-        return _states(items, _decode_counts(self._bytes(self._run("states", keys, packed))))
+        counts = _decode_counts(self._bytes(self._run("states", keys, packed)))
+        return _states(_item_names(items), counts)
 
     def expire(self) -> tuple[Expired, ...]:
         return _expired(_decode_expired(self._bytes(self._run("expire", list(self._fixed)))))
