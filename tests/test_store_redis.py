@@ -288,3 +288,30 @@ def test_a_settle_by_another_host_names_every_counter_from_the_record(redis_url:
     finally:
         host_a.close()
         host_b.close()
+
+
+def test_the_clients_wire_caches_stay_bounded_and_name_each_item_set_apart(
+    redis_url: str,
+) -> None:
+    """pack_items() and the settle's naming are cached by value: 1,500 distinct item sets
+    (more than a cache holds) each come back with their own names, limits and counts,
+    and no cache grows past its bound."""
+    from guardpool.store import redis as store_redis
+
+    store = RedisStore(SimpleNamespace(**{**vars(settings(redis_url)), "key_prefix": "caches"}))
+    try:
+        for i in range(1_500):
+            items = [
+                ReserveItem(key=f"k{i}", dimension="tokens", limit=1_000 + i, amount=i % 7),
+                ReserveItem(key="*", dimension=f"d{i % 3}", limit=10**12, amount=1),
+            ]
+            assert store.reserve(f"cache-{i}", items, 60_000).ok
+            settled = store.settle(f"cache-{i}", {"tokens": i % 5})
+            assert [(s.key, s.dimension, s.limit, s.used) for s in settled.states] == [
+                (f"k{i}", "tokens", 1_000 + i, i % 5),
+                ("*", f"d{i % 3}", 10**12, i // 3 + 1),
+            ]
+        caches = (store_redis._fields_cache, store_redis._names_cache, store_redis._packed_cache)
+        assert all(0 < len(c) <= store_redis._CACHE_SIZE for c in caches)
+    finally:
+        store.close()

@@ -43,8 +43,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from importlib import resources
+from typing import cast
 
 import msgspec
 
@@ -118,35 +119,84 @@ _encode = msgspec.msgpack.Encoder().encode
 _PER_ITEM = 6
 
 
+# Caches of pure functions of their key, emptied when full: a host's checks
+# touch the same few counters and item sets over and over.
+_CACHE_SIZE = 1024
+_fields_cache: dict[tuple[str, str], tuple[str, str]] = {}
+_names_cache: dict[bytes, list[tuple[str, str, int]]] = {}
+_packed_cache: dict[tuple[ReserveItem, ...], bytes] = {}
+
+
+def _fields(key: str, dimension: str) -> tuple[str, str]:
+    """The counter's two hash fields, used and reserved (common.lua's header)."""
+    fields = _fields_cache.get((key, dimension))
+    if fields is None:
+        counter = f"{key}\n{dimension}"
+        fields = ("u" + counter, "r" + counter)
+        if len(_fields_cache) >= _CACHE_SIZE:
+            _fields_cache.clear()
+        _fields_cache[(key, dimension)] = fields
+    return fields
+
+
 def pack_items(items: Sequence[ReserveItem]) -> bytes:
+    """The items' wire bytes (_pack_items), cached by the items' values: a check
+    reserves the same items as the last check of its labels, amounts included."""
+    key = tuple(items)
+    packed = _packed_cache.get(key)
+    if packed is None:
+        packed = _pack_items(items)
+        if len(_packed_cache) >= _CACHE_SIZE:
+            _packed_cache.clear()
+        _packed_cache[key] = packed
+    return packed
+
+
+def _pack_items(items: Sequence[ReserveItem]) -> bytes:
     """Items as the scripts read them: one flat array, first every item's two hash
     fields (used, reserved: ``u``/``r`` + key + newline + dimension, so the script
     neither builds names nor a table per item), then dimension, limit, amount,
     headroom, window_ms and check of each item."""
     flat: list[str | int | bool] = []
     for it in items:
-        counter = f"{it.key}\n{it.dimension}"
-        flat += ("u" + counter, "r" + counter)
+        flat += _fields(it.key, it.dimension)
     for it in items:
-        flat += (it.dimension, it.limit, it.amount, it.headroom, it.window_ms, it.check)
+        flat += (it.dimension, it.limit, it.amount, it.headroom, it.window_ms, bool(it.check))
     return _encode(flat)
 
 
+def _names(packed: bytes) -> list[tuple[str, str, int]]:
+    """(key, dimension, limit) of each item of the bytes pack_items() made."""
+    names = _names_cache.get(packed)
+    if names is None:
+        names = _named(_decode_items(packed))
+        if len(_names_cache) >= _CACHE_SIZE:
+            _names_cache.clear()
+        _names_cache[packed] = names
+    return names
+
+
 def _named(flat: Sequence[str | int | bool]) -> list[tuple[str, str, int]]:
-    """(key, dimension, limit) of each item of a flat array that pack_items() made."""
     n = len(flat) // (2 + _PER_ITEM)
-    out = []
-    for i in range(n):
-        used_field, dimension, limit = (
-            flat[2 * i],
-            flat[2 * n + _PER_ITEM * i],
-            flat[2 * n + _PER_ITEM * i + 1],
-        )
-        if not (isinstance(used_field, str) and isinstance(dimension, str) and type(limit) is int):
-            raise StoreUnavailable("budget store unavailable: redis: malformed reservation record")
+    used_fields = cast("Sequence[str]", flat[0 : 2 * n : 2])
+    dimensions = cast("Sequence[str]", flat[2 * n :: _PER_ITEM])
+    limits = cast("Sequence[int]", flat[2 * n + 1 :: _PER_ITEM])
+    try:
         # "u" + key + "\n" + dimension: the key is what lies between.
-        out.append((used_field[1 : len(used_field) - len(dimension) - 1], dimension, limit))
-    return out
+        named = [
+            (u[1 : len(u) - len(d) - 1], d, limit)
+            for u, d, limit in zip(used_fields, dimensions, limits, strict=True)
+        ]
+    except (TypeError, ValueError):
+        named = []
+    if len(named) != n or not all(
+        type(k) is str and type(d) is str and type(limit) is int for k, d, limit in named
+    ):
+        raise StoreUnavailable("budget store unavailable: redis: malformed reservation record")
+    return named
+
+
+_STR_HEADS = {0xD9: 2, 0xDA: 3, 0xDB: 5}  # str 8, 16, 32: head and length bytes
 
 
 def _str_payload(raw: bytes) -> bytes:
@@ -154,7 +204,7 @@ def _str_payload(raw: bytes) -> bytes:
     head = raw[0]
     if head & 0xE0 == 0xA0:
         return raw[1:]
-    skip = {0xD9: 2, 0xDA: 3, 0xDB: 5}.get(head)
+    skip = _STR_HEADS.get(head)
     if skip is None:
         raise StoreUnavailable("budget store unavailable: redis: malformed answer")
     return raw[skip:]
@@ -170,22 +220,18 @@ def _expired(wire: Sequence[_WireExpired]) -> tuple[Expired, ...]:
 
 
 def _states(
-    named: Sequence[tuple[str, str, int]], counts: Sequence[int]
+    named: Iterable[tuple[str, str, int]], counts: Sequence[int]
 ) -> tuple[CounterState, ...]:
     return tuple(
-        CounterState(
-            key=key,
-            dimension=dimension,
-            used=counts[2 * i],
-            reserved=counts[2 * i + 1],
-            limit=limit,
+        CounterState(key=key, dimension=dimension, used=used, reserved=reserved, limit=limit)
+        for (key, dimension, limit), used, reserved in zip(
+            named, counts[::2], counts[1::2], strict=True
         )
-        for i, (key, dimension, limit) in enumerate(named)
     )
 
 
-def _item_names(items: Sequence[ReserveItem]) -> list[tuple[str, str, int]]:
-    return [(it.key, it.dimension, it.limit) for it in items]
+def _item_names(items: Sequence[ReserveItem]) -> Iterator[tuple[str, str, int]]:
+    return ((it.key, it.dimension, it.limit) for it in items)
 
 
 class RedisStore:
@@ -308,7 +354,7 @@ class RedisStore:
         payload = _str_payload(bytes(w.items))
         return StoreAnswer(
             ok=w.ok,
-            states=_states(_named(_decode_items(payload)), w.counts) if payload else (),
+            states=_states(_names(payload), w.counts) if payload else (),
             expired=_expired(w.expired) if w.expired else (),
         )
 

@@ -63,7 +63,7 @@ local NOTHING_DUE = '9007199254740992'
 
 local function begin(keys, argv)
   C, DEADLINES, SEQ = keys[1], keys[2], keys[3]
-  P = string.sub(C, 1, #C - #':counters')
+  P = nil  -- the prefix, made from C when expiry needs a record key
   due = nil
   now = tonumber(argv[1])
   if now == nil then
@@ -147,15 +147,16 @@ end
 
 -- 'due' and every item's two hash fields in one HMGET. Answers the counts as
 -- the answer carries them (used1, reserved1, ...: a windowed item's used is its
--- window sum) and the hash values by field name; sets `due`.
-local function read(items)
+-- window sum) and, when `by_field`, the hash values by field name; sets `due`.
+local function read(items, by_field)
   local a, n = items.a, items.n
   local vals = redis.call('HMGET', C, 'due', unpack(a, 1, 2 * n))
   due = tonumber(vals[1])
-  local counts, cur = {}, {}
-  for j = 1, 2 * n do
-    local v = tonumber(vals[j + 1]) or 0
-    counts[j], cur[a[j]] = v, v
+  local counts, cur = {}, nil
+  for j = 1, 2 * n do counts[j] = tonumber(vals[j + 1]) or 0 end
+  if by_field then
+    cur = {}
+    for j = 1, 2 * n do cur[a[j]] = counts[j] end
   end
   if items.win then
     for i, w in pairs(items.win) do counts[2 * i - 1] = window_used(w) end
@@ -198,7 +199,10 @@ end
 
 local function add(deltas, f, amount) deltas[f] = (deltas[f] or 0) + amount end
 
-local function record_key(id) return P .. ':rsv:' .. id end
+local function record_key(id)
+  P = P or string.sub(C, 1, #C - #':counters')
+  return P .. ':rsv:' .. id
+end
 
 -- state, items, deadline and the items' bytes of a record (nil when there is none).
 local function load(key)
@@ -213,7 +217,7 @@ end
 local function finish(key, id, state, deadline)
   redis.call('HSET', key, 's', state)
   redis.call('ZREM', DEADLINES, id)
-  redis.call('PEXPIRE', key, math.max(deadline - now, 0) + KEEP_FINISHED_MS)
+  redis.call('PEXPIRE', key, int(math.max(deadline - now, 0) + KEEP_FINISHED_MS))
 end
 
 -- Charges overdue reservations at their estimate; answers [id, charged] pairs,

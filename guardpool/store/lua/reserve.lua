@@ -25,6 +25,7 @@ steps.reserve = function(KEYS, ARGV)
   end
   local ok = #refused == 0
   local deadline = now + ttl
+  local deadline_s = int(deadline)
   if ok then
     -- Reserved values were just read: the new ones need no second read. (Two
     -- items may share a counter: `new` adds both amounts to it.)
@@ -40,16 +41,16 @@ steps.reserve = function(KEYS, ARGV)
       new.due = deadline
     end
     write(new)
-    redis.call('ZADD', DEADLINES, deadline, id)
+    redis.call('ZADD', DEADLINES, deadline_s, id)
   end
   local reply = cmsgpack.pack({ok, counts, refused, expired})
-  local record = {'s', ok and 'live' or 'refused', 'd', int(deadline), 'i', ARGV[4], 'a', reply}
+  local record = {'s', ok and 'live' or 'refused', 'd', deadline_s, 'i', ARGV[4], 'a', reply}
   if #wkeys > 0 then
     record[#record + 1], record[#record + 2] = 'w', cmsgpack.pack(wkeys)
   end
   redis.call('HSET', RECORD, unpack(record))
   if not ok then
-    redis.call('PEXPIRE', RECORD, ttl + KEEP_FINISHED_MS)
+    redis.call('PEXPIRE', RECORD, int(ttl + KEEP_FINISHED_MS))
   end
   return reply
 end

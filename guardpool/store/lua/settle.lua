@@ -16,12 +16,12 @@ steps.settle = function(KEYS, ARGV)
   -- One HMGET reads the counters and 'due'; only when something may be overdue
   -- is it charged first (maybe this very reservation: then it is too late) and
   -- the record and counters read again.
-  local counts, cur = read(items)
+  local counts, cur = read(items, true)
   local expired = {}
   if overdue() then
     expired = expire()
     state = redis.call('HGET', RECORD, 's')
-    counts, cur = read(items)
+    counts, cur = read(items, true)
   end
   if state ~= 'live' then
     return cmsgpack.pack({false, counts, {}, expired, packed})
