@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psutil
 
 from guardpool import GuardPool
+from tests.waiting import wait_for
 
 G = "tests.pool_guards:"
 
@@ -58,15 +59,6 @@ def warm(fds_running: dict[str, str]) -> bool:
     return len(children()) == 4 and Counter(fds().values()) == Counter(fds_running.values())
 
 
-def settle(predicate: Any, timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return bool(predicate())
-
-
 def timeouts() -> dict[str, Any]:
     shm_before = set(os.listdir("/dev/shm"))
     fds_before = fds()
@@ -86,10 +78,10 @@ def timeouts() -> dict[str, Any]:
         # for the steady state (zygote + 2 workers + the spare, and the warm pool's
         # fds), seen on several polls in a row. Compared as kinds, not slots: a
         # replacement's socket and pidfd may land in each other's numbers.
-        steady = settle(lambda: all(warm(fds_running) for _ in range(3)))
+        steady = wait_for(lambda: all(warm(fds_running) for _ in range(3)), timeout=10)
         n_children = len(children())
         fds_after = fds()
-    settle(lambda: not children())
+    wait_for(lambda: not children(), timeout=10)
     return {
         "outcomes": sorted(set(outcomes)),
         "n_outcomes": len(outcomes),

@@ -5,23 +5,13 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-import time
 from pathlib import Path
-from typing import Any
 
 from guardpool.audit import AuditEvent, Ledger
 from guardpool.sqlite_wal import BEHIND, Checkpointer
 from guardpool.store.base import ReserveItem
 from guardpool.store.sqlite import SqliteStore
-
-
-def wait_for(predicate: Any, timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return bool(predicate())
+from tests.waiting import wait_for
 
 
 def wal_frames(path: Path) -> int:
@@ -48,7 +38,7 @@ def test_the_ledger_writer_never_checkpoints_and_the_thread_does(tmp_path: Path)
         ledger._checkpointer.finish_every = 100
         for _ in range(100):
             ledger.append(events(3))
-        assert wait_for(lambda: ledger._checkpointer.checkpoints >= 1)
+        assert wait_for(lambda: ledger._checkpointer.checkpoints >= 1, timeout=10)
         assert ledger._checkpointer.inline == 0
     finally:
         ledger.close()
@@ -118,7 +108,7 @@ def test_the_sqlite_store_hands_its_checkpoints_to_the_thread(tmp_path: Path) ->
             assert store.reserve(f"r{i}", [item], ttl_ms=60_000).ok
             assert store.settle(f"r{i}", {"calls": 1}).ok
         assert store._conn().execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
-        assert wait_for(lambda: store._checkpointer.checkpoints >= 1)
+        assert wait_for(lambda: store._checkpointer.checkpoints >= 1, timeout=10)
     finally:
         store.close()
 
