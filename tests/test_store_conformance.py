@@ -264,6 +264,27 @@ def test_sqlite_forgets_finished_reservations_after_the_idempotency_window(
         s.close()
 
 
+def test_sqlite_prunes_on_the_joint_path_too(tmp_path: Path) -> None:
+    # Store and ledger in one file (the default) reserve through SqliteStore.joint,
+    # which never pruned: one row per check, kept forever.
+    from guardpool.store import sqlite
+
+    now = [10**12]
+    s = sqlite.SqliteStore(tmp_path / "joint.db", clock=lambda: now[0])
+    try:
+        for i in range(10):
+            s.joint(lambda j, i=i: j.reserve(f"old{i}", [item(1)], 1000, fresh=True))
+            s.joint(lambda j, i=i: j.settle(f"old{i}", {"calls": 1}))
+        now[0] += sqlite.KEEP_FINISHED_MS + 10_000  # a day later: all ten are forgettable
+        for i in range(sqlite._PRUNE_EVERY):
+            s.joint(lambda j, i=i: j.reserve(f"new{i}", [item(1)], 60_000, fresh=True))
+        rows = s._conn().execute("SELECT id FROM budget_reservations").fetchall()
+        assert not [r for (r,) in rows if r.startswith("old")]
+        assert len(rows) == sqlite._PRUNE_EVERY  # the new ones stay (live)
+    finally:
+        s.close()
+
+
 def test_every_backend_grants_exactly_by_the_rule_in_base(store: BudgetStore) -> None:
     """The Lua twin and the Python rule agree, case by case, at the edges."""
     limit = 4

@@ -208,7 +208,13 @@ class Joint:
         fresh: bool = False,
     ) -> StoreAnswer:
         """``fresh``: an id minted by the caller just now (see ``engine.reserve``)."""
-        return engine.reserve(self._tx, reservation_id, items, ttl_ms, fresh=fresh)
+        answer = engine.reserve(self._tx, reservation_id, items, ttl_ms, fresh=fresh)
+        if self._tx.store._prune_due():
+            # In this transaction: the joint path (store and ledger in one file, the
+            # default) never went through SqliteStore.reserve, so it never pruned and
+            # the table kept a row for every check ever made.
+            _prune(self._tx)
+        return answer
 
     def settle(self, reservation_id: str, actual: Mapping[str, int]) -> StoreAnswer:
         return engine.settle(self._tx, reservation_id, actual)
@@ -218,6 +224,14 @@ class Joint:
 # deadline, as in the Redis store; then they are forgotten, or the table grows forever.
 KEEP_FINISHED_MS = 24 * 3600 * 1000
 _PRUNE_EVERY = 1000
+
+
+def _prune(tx: _Tx) -> int:
+    cursor = tx.conn.execute(
+        "DELETE FROM budget_reservations WHERE state != 'live' AND deadline_ms < ?",
+        (tx.now_ms - KEEP_FINISHED_MS,),
+    )
+    return int(cursor.rowcount)
 
 
 class SqliteStore:
@@ -296,22 +310,18 @@ class SqliteStore:
     def reserve(
         self, reservation_id: str, items: Sequence[ReserveItem], ttl_ms: int
     ) -> StoreAnswer:
-        self._reserves += 1
-        if self._reserves % _PRUNE_EVERY == 0:
+        if self._prune_due():
             self.prune()
         return self._atomic(lambda tx: engine.reserve(tx, reservation_id, items, ttl_ms))
 
+    def _prune_due(self) -> bool:
+        """Counts a reserve; true once every _PRUNE_EVERY (a race only shifts the turn)."""
+        self._reserves += 1
+        return self._reserves % _PRUNE_EVERY == 0
+
     def prune(self) -> int:
         """Forget finished reservations past the idempotency window; returns how many."""
-
-        def step(tx: _Tx) -> int:
-            cursor = tx.conn.execute(
-                "DELETE FROM budget_reservations WHERE state != 'live' AND deadline_ms < ?",
-                (tx.now_ms - KEEP_FINISHED_MS,),
-            )
-            return int(cursor.rowcount)
-
-        return self._atomic(step)
+        return self._atomic(_prune)
 
     def settle(self, reservation_id: str, actual: Mapping[str, int]) -> StoreAnswer:
         return self._atomic(lambda tx: engine.settle(tx, reservation_id, actual))
