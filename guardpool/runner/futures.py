@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from guardpool.runner.scheduler import Task
 
 _OVER = frozenset({"CANCELLED", "CANCELLED_AND_NOTIFIED", FINISHED})
+# Until a condition exists nobody can have installed a waiter: an immutable stand-in,
+# so that a use outside the condition would fail loudly rather than share a list.
+_NO_WAITERS: list[Any] = ()  # type: ignore[assignment]
 
 
 class JobFuture(Future[JobResult]):
@@ -57,8 +60,9 @@ class JobFuture(Future[JobResult]):
         self._done_callbacks: list[Callable[[Future[JobResult]], object]] = []
         self._dispatcher = dispatcher
         self._task = task
-        # concurrent.futures.wait() and as_completed() install their waiters here.
-        self._waiters: list[Any] = _Interest(self)
+        # concurrent.futures.wait() and as_completed() install their waiters here, always
+        # holding the condition: the list that watches for them comes with it.
+        self._waiters: list[Any] = _NO_WAITERS
 
     @property
     def _condition(self) -> threading.Condition:  # type: ignore[override]
@@ -67,6 +71,7 @@ class JobFuture(Future[JobResult]):
             with self._dispatcher.mutex:  # decided against start_locked / finish_locked
                 cond = self._cond
                 if cond is None:
+                    self._waiters = _Interest(self)
                     cond = self._cond = threading.Condition()
         return cond
 
