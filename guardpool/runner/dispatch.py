@@ -147,7 +147,10 @@ class Dispatcher:
         except BlockingIOError:
             sent = 0
         except OSError:
-            return  # the worker is dying: its pidfd tells the manager, Exited the reason
+            # The worker is dead or dying (EPIPE): its pidfd tells the manager, which
+            # puts the job back in the queue, as the worker never had it.
+            worker.undelivered = True
+            return
         if sent < len(frame):
             self._send_rest(worker, memoryview(frame)[sent:], task.deadline)
 

@@ -141,12 +141,16 @@ class ZygoteSupervision:
             return
         detail = f"{how}, status {status}" if status is not None else how
         # Its workers die with it (PDEATHSIG); make sure, and answer their jobs now:
-        # no Exited will come from a dead zygote.
-        for worker in list(self.by_pid.values()):
+        # no Exited will come from a dead zygote. All of them leave the idle list before
+        # the first verdict: a caller woken by one must not hand its next job to another
+        # dead worker of this zygote.
+        workers = list(self.by_pid.values())
+        for worker in workers:
             if not worker.gone:
                 worker.kill()
                 worker.kill_cgroup()
             self._forget(worker)  # a job it had not even read goes back to the queue
+        for worker in workers:
             task = worker.task
             if task is not None and not task.done:
                 self.disp.count("crashed")

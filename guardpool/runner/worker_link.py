@@ -57,6 +57,7 @@ class WorkerLink:
         "rview",
         "sock",
         "task",
+        "undelivered",
         "wbuf",
         "wfd",
     )
@@ -89,6 +90,7 @@ class WorkerLink:
         self.events = select.EPOLLIN  # the manager's epoll interest in ``fd``
         self.wfd = -1  # a dup of ``fd`` watched for EPOLLOUT while ``wbuf`` is pending
         self.missed = False  # the manager found the socket readable while rlock was held
+        self.undelivered = False  # a job's frame could not be written at all (EPIPE)
         # A caller waiting on this worker polls its socket and its pidfd (death).
         self.poller = select.poll()
         self.poller.register(self.fd, select.POLLIN)
@@ -105,7 +107,8 @@ class WorkerLink:
         except BlockingIOError:
             sent = 0
         except OSError:
-            return False  # the worker is dying; its pidfd will report it
+            self.undelivered = True  # the worker is dying; its pidfd will report it
+            return False
         if sent < len(data):
             self.wbuf += data[sent:]
             return True
@@ -145,7 +148,7 @@ class WorkerLink:
 
     def unread(self) -> bool:
         """True while the worker has not read all we sent (so its job never started)."""
-        if self.wbuf:
+        if self.wbuf or self.undelivered:
             return True
         if self.closed:
             return False
