@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_pool.py            # full run (~1-2 min)
     .venv/bin/python bench/bench_pool.py --quick    # smaller samples (~30 s)
+    .venv/bin/python bench/bench_pool.py --ratios 5 # sections 1-2 only, 5 times: medians
 
 1. one-at-a-time round trip, trivial function, 1 KB input: GuardPool vs a raw
    socketpair+msgspec floor (a forked child echoing length-framed messages), vs
@@ -338,10 +339,44 @@ def bench_memory() -> dict[str, float]:
         }
 
 
+def repeated_ratios(times: int) -> int:
+    """Sections 1 and 2 only, ``times`` times over: each run's ratios and their medians.
+
+    On a shared machine the load moves within a minute; a ratio measured back to back
+    is steadier than an absolute figure, and the median of several steadier still.
+    """
+    floor_r: list[float] = []
+    ppe_r: list[float] = []
+    billiard_r: list[float] = []
+    for i in range(times):
+        rt = bench_round_trip(1000)
+        gp = statistics.median(rt["GuardPool"])
+        floor_r.append(gp / statistics.median(rt["floor"]))
+        ppe_r.append(gp / statistics.median(rt["ProcessPoolExecutor"]))
+        tp = bench_throughput(5000)
+        billiard_r.append(tp["GuardPool"] / tp["billiard"])
+        print(
+            f"run {i + 1}: GuardPool/floor {floor_r[-1]:.2f}x  GuardPool/PPE {ppe_r[-1]:.2f}x  "
+            f"throughput GuardPool/billiard {billiard_r[-1]:.2f}x",
+            flush=True,
+        )
+    print(
+        f"medians of {times}: GuardPool/floor {statistics.median(floor_r):.2f}x (goal <= 1.5x); "
+        f"GuardPool/PPE {statistics.median(ppe_r):.2f}x (goal <= 0.35x); "
+        f"GuardPool/billiard {statistics.median(billiard_r):.2f}x (goal >= 2x)"
+    )
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--ratios", type=int, metavar="N", help="only the round-trip and throughput ratios, N times"
+    )
     args = parser.parse_args()
+    if args.ratios:
+        return repeated_ratios(args.ratios)
     rt_n, tp_n, os_n, rs_n = (300, 4000, 10, 20) if args.quick else (2000, 20000, 40, 50)
     print(f"guardpool pool bench ({'quick' if args.quick else 'full'}), {os.cpu_count()} cores")
 
