@@ -196,15 +196,8 @@ class FrameReader:
             self.buf += chunk
             return self.decode_all(decoder)
         out: list[T] = []
-        pos = 0
-        end = len(chunk)
-        while end - pos >= 4:
-            (n,) = HEADER.unpack_from(chunk, pos)
-            if end - pos - 4 < n:
-                break
-            out.append(decoder.decode(chunk[pos + 4 : pos + 4 + n]))
-            pos += 4 + n
-        if pos < end:
+        pos = _decode_frames(chunk, decoder, out)
+        if pos < len(chunk):
             self.buf += chunk[pos:]
         return out
 
@@ -212,15 +205,21 @@ class FrameReader:
         """Every complete frame, decoded; an incomplete tail stays for the next feed."""
         buf = self.buf
         out: list[T] = []
-        pos = 0
-        end = len(buf)
         with memoryview(buf) as view:
-            while end - pos >= 4:
-                (n,) = HEADER.unpack_from(buf, pos)
-                if end - pos - 4 < n:
-                    break
-                out.append(decoder.decode(view[pos + 4 : pos + 4 + n]))
-                pos += 4 + n
+            pos = _decode_frames(view, decoder, out)
         if pos:
             del buf[:pos]
         return out
+
+
+def _decode_frames(view: memoryview, decoder: msgspec.msgpack.Decoder[T], out: list[T]) -> int:
+    """Decode the complete frames at the start of ``view`` into ``out``; bytes used."""
+    pos = 0
+    end = len(view)
+    while end - pos >= 4:
+        (n,) = HEADER.unpack_from(view, pos)
+        if end - pos - 4 < n:
+            break
+        out.append(decoder.decode(view[pos + 4 : pos + 4 + n]))
+        pos += 4 + n
+    return pos
