@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ import psutil
 import pytest
 
 from guardpool import GuardPool, JobResult, Verdict
+from tests import waiting
 
 # The workers import "tests.pool_guards" through the host's sys.path (the zygote gets a
 # copy); `pytest` puts only tests/ on it, so add the repository root.
@@ -45,13 +47,8 @@ def make_pool(**kw: Any) -> GuardPool:
     return GuardPool(preload=PRELOAD, **kw)
 
 
-def wait_for(predicate: Any, timeout: float = 3.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return bool(predicate())
+# This module's waits are bounded at 3 s (tests/waiting.py's default is 5 s).
+wait_for = functools.partial(waiting.wait_for, timeout=3.0)
 
 
 def gone(pid: int) -> bool:

@@ -19,13 +19,13 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 
 from guardpool import GuardPool, PolicyError
 from guardpool.runner.results import PoolBroken
+from tests.waiting import wait_for
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 if ROOT not in sys.path:
@@ -34,15 +34,6 @@ if ROOT not in sys.path:
 G = "tests.pool_guards:"
 PRELOAD = ["tests.pool_guards"]
 IS_ROOT = os.geteuid() == 0
-
-
-def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return bool(predicate())
 
 
 def alive(pid: int) -> bool:
