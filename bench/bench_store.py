@@ -20,6 +20,7 @@ first start to the last finish.
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing as mp
 import os
 import shutil
@@ -45,6 +46,7 @@ from guardpool.store.base import BudgetStore, ReserveItem
 from tests.conftest import PG_PASSWORD, PostgresServer, RedisServer, postgres_bindir
 
 BIG = 10**15
+_LOOPS = itertools.count()
 
 # A target is a StoreConfig (guardpool) or a limits storage URI (the reference).
 Target = StoreConfig | str
@@ -74,10 +76,14 @@ def prepare(target: Target, host: str, store: BudgetStore | None = None) -> Call
     s = store if store is not None else open_store(target)
     its = items(host)
     s.states(its)
+    # Ids unique to this loop: a repeated id is an idempotent retry, which every
+    # store answers from the stored record (cheaper than a fresh pair) -- the
+    # alternating rounds used to replay the first round's ids and report retries.
+    tag = next(_LOOPS)
 
     def pairs(n: int) -> None:
         for i in range(n):
-            rid = f"{host}-{i}"
+            rid = f"{host}-{tag}-{i}"
             s.reserve(rid, its, 60_000)
             s.settle(rid, {"tokens": 900, "cost": 2250})
 
