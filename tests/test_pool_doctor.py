@@ -12,9 +12,10 @@ from guardpool.cli import main
 
 def test_doctor_strict_reports_every_measure(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["doctor", "--json"])
-    report = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    report = json.loads(out)
     by_name = {m["measure"]: m for m in report["measures"]}
-    assert code == 0
+    assert code == 0, out
     for name in (
         "own process group",
         "no new privileges",
@@ -42,6 +43,6 @@ def test_doctor_standard_says_why_strict_measures_are_off(
 ) -> None:
     code = main(["doctor", "--hardening", "standard"])
     out = capsys.readouterr().out
-    assert code == 0
+    assert code == 0, out
     assert "NOT ACTIVE  network namespace" in out
     assert 'hardening is "standard"' in out
