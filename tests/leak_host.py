@@ -33,12 +33,13 @@ G = "tests.pool_guards:"
 
 
 def fds() -> dict[str, str]:
-    """fd number -> what it is; inode numbers dropped (a replacement worker's socket
-    is a new socket in the same slot)."""
+    """fd number -> what it is; inode numbers and pids dropped (a replacement worker's
+    socket is a new socket in the same slot; its /proc/PID/stat has another pid)."""
     out = {}
     for name in os.listdir("/proc/self/fd"):
         with contextlib.suppress(OSError):  # the listing's own fd, closed by now
-            out[name] = re.sub(r":\[\d+\]$", "", os.readlink(f"/proc/self/fd/{name}"))
+            link = re.sub(r":\[\d+\]$", "", os.readlink(f"/proc/self/fd/{name}"))
+            out[name] = re.sub(r"^/proc/\d+/", "/proc/PID/", link)
     return out
 
 

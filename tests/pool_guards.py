@@ -110,6 +110,14 @@ def escaping_grandchild(pidfile: str) -> None:
     time.sleep(60)
 
 
+def leaves_its_group(_: Any) -> int:
+    """Move the worker itself out of its own process group (into the zygote's), then
+    hang: a ``killpg`` of the worker's group no longer reaches it."""
+    os.setpgid(0, os.getpgid(os.getppid()))
+    while True:
+        pass
+
+
 def raises(_: Any) -> None:
     raise ValueError("bad input from the guard's point of view")
 

@@ -206,6 +206,49 @@ def test_escaping_grandchild_is_killed(pool: GuardPool, shared_dir: Path) -> Non
     assert wait_for(lambda: gone(grandchild))
 
 
+def test_a_worker_that_left_its_process_group_is_still_killed(pool: GuardPool) -> None:
+    # killpg misses it; the kill through its pidfd (and the cgroup) does not. A CPU
+    # budget far beyond the wait below, so that only the kill can end it.
+    result = run(pool, "leaves_its_group", timeout_ms=300, cpu_ms=60_000)
+    assert result.outcome == "timeout"
+    assert wait_for(lambda: gone(result.worker_pid))
+    assert run(pool, "double", 2).value == 4
+
+
+def test_a_killed_workers_replacement_waits_for_the_spares_first_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from guardpool.runner import lifecycle
+
+    # No fallback timer within the test: only an answer can start the replacement.
+    monkeypatch.setattr(lifecycle, "SPAWN_DEFER_S", 600.0)
+    with make_pool(workers=1) as p:
+        assert wait_for(lambda: p.stats().workers == 2)  # 1 + the spare
+        spawned = p.stats().spawned
+        assert run(p, "spin", timeout_ms=100).outcome == "timeout"
+        time.sleep(0.3)
+        assert p.stats().spawned == spawned  # not while the spare has not answered yet
+        assert run(p, "double", 2).value == 4  # the spare serves at once
+        assert wait_for(lambda: p.stats().spawned == spawned + 1)
+        assert wait_for(lambda: p.stats().workers == 2)
+
+
+def test_with_no_spare_left_a_killed_worker_is_replaced_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from guardpool.runner import lifecycle
+
+    monkeypatch.setattr(lifecycle, "SPAWN_DEFER_S", 600.0)
+    with make_pool(workers=1) as p:
+        assert wait_for(lambda: p.stats().workers == 2)
+        # The first kill leaves the spare idle (its replacement waits for an answer);
+        # the second kills the spare: nobody is left to answer, so both come at once.
+        assert run(p, "spin", timeout_ms=100).outcome == "timeout"
+        assert run(p, "spin", timeout_ms=100).outcome == "timeout"
+        assert wait_for(lambda: p.stats().workers == 2)
+        assert run(p, "double", 2).value == 4
+
+
 def test_input_too_large_is_refused_before_sending() -> None:
     with make_pool(workers=1, max_input_bytes=1000) as p:
         future = p.submit(G + "echo", "y" * 2000)

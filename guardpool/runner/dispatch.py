@@ -51,7 +51,7 @@ from guardpool.worker import procfs, protocol
 # an empty socket buffer); larger ones go through the manager's non-blocking writer.
 DIRECT_MAX = 64 * 1024
 
-# ("ready" | "retire" | "killed" | "check" | "send" | "violation:<what>", worker)
+# ("ready" | "retire" | "killed" | "check" | "send" | "spawn" | "violation:<what>", worker)
 Notice = tuple[str, WorkerLink]
 
 
@@ -80,6 +80,8 @@ class Dispatcher:
         self.counts = collections.Counter[str]()
         self.manager_ident = 0  # the manager thread's ident, once it runs
         self.healing = False  # the zygote is being restarted (said in timeout reasons)
+        # A killed worker's replacement waits for the next answer (lifecycle._after_kill).
+        self.spawn_wanted = False
 
     def count(self, name: str) -> None:
         with self.mutex:
@@ -307,6 +309,10 @@ class Dispatcher:
                 cpu_ms=msg.cpu_ms,
                 worker_pid=worker.pid,
             )
+        if self.spawn_wanted:
+            # The answer is out: now a killed worker's replacement may take the CPU.
+            self.spawn_wanted = False
+            self.post(("spawn", worker))
         return action
 
     def _done(self, task: Task, msg: protocol.Done, worker: WorkerLink) -> None:
@@ -353,7 +359,7 @@ class Dispatcher:
             return None
         # Kill first, look later: the SIGKILL goes out before anything else.
         worker.kill()
-        cpu_ms = procfs.cpu_ms(worker.pid) - worker.cpu_base
+        cpu_ms = procfs.stat_cpu_ms(worker.statfd) - worker.cpu_base
         self.count("killed")
         if self.sched.resolve(
             task,

@@ -95,6 +95,9 @@ class Manager(ZygoteSupervision, WorkerLifecycle):
         self.state: PoolState = "starting"
         self.broken: PoolBroken | None = None
         self.restart_at: float | None = None
+        # A deadline kill's replacement is forked once the spare has answered a job
+        # (Dispatcher.spawn_wanted) or at this time, whichever comes first (lifecycle.py).
+        self.spawn_due: float | None = None
         self.backoff = Backoff()
         self.stale_layouts: list[cgroups.Layout] = []  # dead zygotes' cgroups to remove
         self.encoder = msgspec.msgpack.Encoder()
@@ -253,6 +256,10 @@ class Manager(ZygoteSupervision, WorkerLifecycle):
         if self.restart_at is not None and time.monotonic() >= self.restart_at:
             self.restart_at = None
             self._launch_zygote()
+        if self.spawn_due is not None and (
+            not self.disp.spawn_wanted or time.monotonic() >= self.spawn_due
+        ):
+            self._spawn_now()
         self._dispatch()
 
     def _sleep_time(self) -> float:
@@ -262,8 +269,9 @@ class Manager(ZygoteSupervision, WorkerLifecycle):
             task = worker.task
             if task is not None and not task.done and (at is None or task.deadline < at):
                 at = task.deadline
-        if self.restart_at is not None:
-            at = self.restart_at if at is None else min(at, self.restart_at)
+        for due in (self.restart_at, self.spawn_due):
+            if due is not None:
+                at = due if at is None else min(at, due)
         self.wake_at = math.inf if at is None else at
         if self.sched.inbox or self.notices:
             return 0.0  # arrived while we looked: look again before sleeping
@@ -280,6 +288,8 @@ class Manager(ZygoteSupervision, WorkerLifecycle):
                 self._on_gone(worker)
         elif kind == "killed":
             self._after_kill(worker)
+        elif kind == "spawn":
+            self._spawn_now()
         elif kind == "send":
             task = worker.task
             if task is not None and not worker.gone:

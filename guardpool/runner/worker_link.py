@@ -27,7 +27,7 @@ import msgspec
 
 from guardpool.policy import inputs
 from guardpool.runner.scheduler import Task
-from guardpool.worker import cgroups, protocol
+from guardpool.worker import cgroups, procfs, protocol
 
 log = logging.getLogger("guardpool.pool")
 # ext_hook: a result may carry text with a lone surrogate (policy/inputs.pack).
@@ -56,6 +56,7 @@ class WorkerLink:
         "rlock",
         "rview",
         "sock",
+        "statfd",
         "task",
         "undelivered",
         "wbuf",
@@ -96,6 +97,9 @@ class WorkerLink:
         self.poller.register(self.fd, select.POLLIN)
         if pidfd is not None:
             self.poller.register(pidfd, select.POLLIN)
+        # Its /proc/PID/stat, opened now: read for the CPU time of a job killed at its
+        # deadline, where opening the path of a dying process is slow (procfs.py).
+        self.statfd = procfs.open_stat(pid)
 
     def write(self, data: bytes) -> bool:
         """Send what the socket takes now; True when some output is left pending."""
@@ -170,6 +174,9 @@ class WorkerLink:
         if self.pidfd is not None:
             with contextlib.suppress(OSError):
                 os.close(self.pidfd)
+        if self.statfd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.statfd)
 
     def kill(self) -> None:
         """SIGKILL the worker's process group now; the v2 cgroup kill is one write too.
@@ -180,13 +187,26 @@ class WorkerLink:
         """
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)
+        if self.pidfd is not None and not self.closed:
+            # Also if guard code moved the worker out of its own group (killpg missed it).
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
         if self.cgroup.mode == "v2":
             cgroups.kill(self.cgroup)
 
     def kill_cgroup(self) -> None:
-        """The v1 cgroup kill (freeze, kill the members, thaw): after the verdict is out."""
+        """After the verdict is out: the cgroup's CPU weight to the minimum (the dying
+        worker's teardown yields to the spare), and on v1 the cgroup kill."""
+        cgroups.lower_weight(self.cgroup)
         if self.cgroup.mode == "v1":
-            cgroups.kill(self.cgroup)
+            leader = 0
+            if self.pidfd is not None and not self.closed:
+                # Again (idempotent), so that the cgroup kill knows the leader has its
+                # SIGKILL pending: through the pidfd, which no reused pid can fool.
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+                    leader = self.pid
+            cgroups.kill(self.cgroup, leader)
 
 
 def reemit(msg: protocol.Log) -> None:
