@@ -157,15 +157,17 @@ class WorkerLifecycle:
     def _after_kill(self, worker: WorkerLink) -> None:
         """After a deadline kill's verdict is out: the v1 cgroup kill, close, replace.
 
-        With the spare idle, the replacement waits until some worker has answered a
-        job (or ``SPAWN_DEFER_S``): the fork and the new worker's set-up cost ~10 ms
-        of CPU (zygote and worker, measured on a 2-core VM) that would otherwise
-        compete with the spare serving the first job after the kill. Without an idle
-        worker the replacement is needed now and is asked for at once.
+        While ``workers`` ready workers are left (the spare idle, or already serving the
+        next job), the replacement waits until some worker has answered a job (or
+        ``SPAWN_DEFER_S``): the fork and the new worker's set-up cost ~10 ms of CPU
+        (zygote and worker, measured on a 2-core VM) that would otherwise compete with
+        the spare serving the first job after the kill. With fewer left the pool is
+        short of a worker, and the replacement is asked for at once.
         """
         worker.kill_cgroup()
         self._forget(worker)
-        if self.disp.idle and self.live < self.n_processes:
+        disp = self.disp
+        if len(disp.idle) + disp.busy >= disp.n_workers and self.live < self.n_processes:
             self.disp.spawn_wanted = True
             if self.spawn_due is None:
                 self.spawn_due = time.monotonic() + SPAWN_DEFER_S
