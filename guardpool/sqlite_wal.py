@@ -91,6 +91,13 @@ class Checkpointer:
     def committed(self, conn: sqlite3.Connection) -> None:
         """A writer committed a transaction on ``conn``: called right after COMMIT,
         still holding whatever lock serialises this process's writers of the file."""
+        commits, since = self._commits + 1, self._since_wake + 1
+        if since < self.every and commits < self.finish_every and not self._caught_up:
+            # Nearly every commit: nothing to ask of the thread, so no lock. The counts
+            # are only written by this file's writers, which that lock serialises; the
+            # thread only sets _caught_up, and a finish seen one commit late is harmless.
+            self._commits, self._since_wake = commits, since
+            return
         with self._cond:
             self._commits += 1
             self._since_wake += 1

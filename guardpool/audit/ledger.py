@@ -2,10 +2,12 @@
 
 Every event gets the next ``seq`` and ``hash = sha256(prev_hash || canonical)``
 where ``canonical`` is the sorted-key JSON of ``{"event", "seq", "ts"}`` (the
-event's own canonical JSON embedded byte for byte). The read of the last hash
-and the inserts of a batch happen in one ``BEGIN IMMEDIATE`` transaction, so
+event's own canonical JSON embedded byte for byte). A batch is linked to the
+chain's last event and inserted in one ``BEGIN IMMEDIATE`` transaction, so
 several threads or processes appending to one file extend a single chain and
-never fork it.
+never fork it. The last event is the head this writer last committed, unread,
+unless the primary key on ``seq`` says another writer appended since
+(``_insert_cached``; docs/audit.md).
 
 The hashing rules and the verify walk are ``chain.py``'s; this module owns the
 file, its connections and transactions. The file may be shared with the budget
@@ -18,6 +20,7 @@ anyone with write access to the file can drop a trigger.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sqlite3
 import threading
@@ -120,6 +123,40 @@ def encode_events(events: Sequence[AuditEvent]) -> list[bytes]:
         raise LedgerWriteError(f"audit event cannot be encoded: {exc}") from exc
 
 
+_HEAD_SQL: Final[str] = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
+
+# The chain's last event as (seq, hash).
+Head = tuple[int, str]
+
+
+@functools.cache
+def _insert_sql(n: int) -> str:
+    """One INSERT of ``n`` rows: a single statement (one prepared plan per batch size),
+    so a primary-key conflict on the first row aborts all of it."""
+    return f"INSERT INTO audit_events ({_COLUMNS}) VALUES " + ", ".join([_ROW] * n)
+
+
+_ROW: Final[str] = "(?, ?, ?, ?, ?, ?, ?)"
+# Rows per INSERT statement: well under SQLite's 32,766 bound variables.
+_ROWS_PER_INSERT: Final[int] = 256
+
+
+def _insert_after(
+    conn: sqlite3.Connection, head: Head, events: Sequence[AuditEvent], payloads: list[bytes]
+) -> Head:
+    """Insert ``events`` linked after ``head`` (``chain.link``); the new head."""
+    ts = time.time_ns() // 1_000_000
+    linked = link(head[1], head[0], ts, payloads)
+    params: list[object] = []
+    for ev, payload, (seq, prev, digest) in zip(events, payloads, linked, strict=True):
+        params += (seq, ts, ev.kind, ev.run_id, payload.decode(), prev, digest)
+    width = 7 * _ROWS_PER_INSERT
+    for start in range(0, len(params), width):
+        chunk = params[start : start + width]
+        conn.execute(_insert_sql(len(chunk) // 7), chunk)
+    return (linked[-1][0], linked[-1][2]) if linked else head
+
+
 class LedgerError(Exception):
     """The ledger could not be opened or read (missing file, not a ledger, corrupt row)."""
 
@@ -173,6 +210,8 @@ class Ledger:
         self._rlock = threading.Lock()
         self._reader: sqlite3.Connection | None = None
         self._closed = False
+        # The chain's head as this process last committed it (see _insert_cached).
+        self._head: Head | None = None
         self._checkpointer = sqlite_wal.Checkpointer(self.path)
         if create:
             try:
@@ -245,7 +284,7 @@ class Ledger:
             try:
                 try:
                     conn.execute("BEGIN IMMEDIATE")
-                    self._insert(conn, events, payloads)
+                    head = self._insert_cached(conn, events, payloads)
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
@@ -253,44 +292,67 @@ class Ledger:
                     raise
             except sqlite3.Error as exc:
                 raise LedgerWriteError(f"audit ledger {self.path}: {exc}") from exc
+            self.committed(head)
             self._checkpointer.committed(conn)
 
-    def append_in(self, conn: sqlite3.Connection, events: Sequence[AuditEvent]) -> None:
+    def append_in(self, conn: sqlite3.Connection, events: Sequence[AuditEvent]) -> Head | None:
         """Append inside a write transaction the caller holds on ``conn`` (same file).
 
         The caller commits or rolls back: the budget store's step and the events
-        of its decision then land together (``SqliteStore.joint``).
+        of its decision then land together (``SqliteStore.joint``). Returns the
+        chain's new head, which the caller hands to ``committed`` once (and only
+        if) its transaction committed; None when there was nothing to append.
         """
         if not events:
-            return
+            return None
         payloads = encode_events(events)
         if self._closed:
             raise LedgerWriteError(f"audit ledger {self.path} is closed")
         try:
-            self._insert(conn, events, payloads)
+            return self._insert_cached(conn, events, payloads)
         except sqlite3.Error as exc:
             raise LedgerWriteError(f"audit ledger {self.path}: {exc}") from exc
+
+    def committed(self, head: Head | None) -> None:
+        """``head`` was committed to the file: the next append may link to it unread.
+
+        Only ever moves forward: a head committed by another thread that reports
+        late must not replace a later one (an older head would only cost a read).
+        """
+        if head is not None and (self._head is None or head[0] > self._head[0]):
+            self._head = head
+
+    def _insert_cached(
+        self, conn: sqlite3.Connection, events: Sequence[AuditEvent], payloads: list[bytes]
+    ) -> Head:
+        """Insert after the head this process last committed, without reading it back.
+
+        Inside an IMMEDIATE transaction no other writer can append meanwhile. If
+        one appended since our last commit (another process, or another
+        connection of this one), the row at our next ``seq`` exists already and
+        the insert fails on the primary key before writing anything: then the
+        head is read and the batch linked to it. A head is cached only once its
+        transaction committed (``committed``), so the cache is never ahead of the
+        file; behind it, the primary key says so.
+        """
+        head = self._head
+        if head is not None and len(events) <= _ROWS_PER_INSERT:
+            # (One statement, so a conflict leaves nothing of the batch behind.)
+            try:
+                return _insert_after(conn, head, events, payloads)
+            except sqlite3.IntegrityError:
+                pass  # another writer appended since: link to the real head
+        return Ledger._insert(conn, events, payloads)
 
     @staticmethod
     def _insert(
         conn: sqlite3.Connection, events: Sequence[AuditEvent], payloads: list[bytes]
-    ) -> None:
+    ) -> Head:
         # Inside an IMMEDIATE transaction: no other writer can append between
         # this read and our inserts, so the chain cannot fork.
-        last = conn.execute(
-            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
-        ).fetchone()
-        seq, prev = (0, GENESIS_HASH) if last is None else (last[0], last[1])
-        ts = time.time_ns() // 1_000_000
-        rows = [
-            (seq, ts, ev.kind, ev.run_id, payload.decode(), prev_hash, digest)
-            for ev, payload, (seq, prev_hash, digest) in zip(
-                events, payloads, link(prev, seq, ts, payloads), strict=True
-            )
-        ]
-        conn.executemany(
-            f"INSERT INTO audit_events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
-        )
+        last = conn.execute(_HEAD_SQL).fetchone()
+        head = (0, GENESIS_HASH) if last is None else (int(last[0]), str(last[1]))
+        return _insert_after(conn, head, events, payloads)
 
     # -- reading ---------------------------------------------------------------
 

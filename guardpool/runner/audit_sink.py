@@ -12,7 +12,6 @@ A guard's event is written here for both phases (kind ``verdict``, or
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +22,7 @@ from guardpool.runner.hooks import HookBus
 from guardpool.runner.scope import Scope
 from guardpool.runner.verdicts import GuardResult
 from guardpool.store.base import Expired
+from guardpool.store.sqlite import Joint
 
 log = logging.getLogger("guardpool")
 
@@ -62,12 +62,18 @@ class AuditSink:
             detail={"effect": result.effect, "phase": v.phase, **result.job},
         )
 
-    def append_in(self, conn: sqlite3.Connection, events: Sequence[AuditEvent]) -> None:
+    def append_in(self, joint: Joint, events: Sequence[AuditEvent]) -> None:
         """Write inside the SQLite store's transaction (the joint path, which the enforcer
-        takes only when the ledger is the SQLite ``Ledger`` sharing the store's file)."""
-        if not isinstance(self.ledger, Ledger):
+        takes only when the ledger is the SQLite ``Ledger`` sharing the store's file).
+
+        The ledger learns its new chain head only if that transaction commits.
+        """
+        ledger = self.ledger
+        if not isinstance(ledger, Ledger):
             raise LedgerWriteError("a joint store+ledger transaction needs the SQLite ledger")
-        self.ledger.append_in(conn, events)
+        head = ledger.append_in(joint.conn, events)
+        if head is not None:
+            joint.after_commit(lambda: ledger.committed(head))
 
     def failed(self, exc: LedgerWriteError) -> None:
         """A write that failed inside someone else's transaction (the joint path)."""

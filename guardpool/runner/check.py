@@ -184,7 +184,7 @@ class _Check:
                 effects = guard_effects + [effect for _, effect in notes]
                 reasons = [reason for reason, _ in notes] + guard_reasons
                 decision = self.build(reasons, combine(effects), value)
-            svc.audit.append_in(j.conn, self.events(decision))
+            svc.audit.append_in(j, self.events(decision))
             return decision, answer
 
         try:

@@ -111,7 +111,7 @@ class _Settle:
             self.events.extend(svc.audit.expired_events(answer.expired))
             self.account(answer, actual)
             decision = self.build(value)
-            svc.audit.append_in(j.conn, self.events)
+            svc.audit.append_in(j, self.events)
             return decision, answer
 
         try:

@@ -71,6 +71,7 @@ class _Tx:
         self.now_ms = now_ms
         self._scan = scan
         self._stored: set[str] = set()  # reservation ids known to have a row
+        self.after_commit: list[Callable[[], None]] = []  # run once COMMIT succeeded
 
     def counters(self, items: Sequence[ReserveItem]) -> list[tuple[int, int]]:
         if not items:
@@ -219,6 +220,10 @@ class Joint:
     def settle(self, reservation_id: str, actual: Mapping[str, int]) -> StoreAnswer:
         return engine.settle(self._tx, reservation_id, actual)
 
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once this transaction committed (never if it rolls back)."""
+        self._tx.after_commit.append(callback)
+
 
 # Finished reservations answer retries (idempotency) for this long past their
 # deadline, as in the Redis store; then they are forgotten, or the table grows forever.
@@ -296,14 +301,17 @@ class SqliteStore:
     def _transaction(self, conn: sqlite3.Connection, step: Callable[[_Tx], T], scan: bool) -> T:
         try:
             conn.execute("BEGIN IMMEDIATE")
+            tx = _Tx(self, conn, self._clock(), scan)
             try:
-                result = step(_Tx(self, conn, self._clock(), scan))
+                result = step(tx)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"budget store unavailable: {self.path}: {exc}") from None
+        for callback in tx.after_commit:
+            callback()
         self._checkpointer.committed(conn)
         return result
 
