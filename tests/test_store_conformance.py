@@ -328,3 +328,30 @@ def test_a_settle_of_a_counter_listed_twice_reports_it_as_a_read_does(
     assert store.reserve("d", twice, 60_000).ok
     answer = store.settle("d", {"calls": 4})
     assert answer.ok and answer.states == store.states(twice)
+
+
+def test_the_same_tuple_of_items_reserved_again_counts_again(store: BudgetStore) -> None:
+    # The enforcer hands a store the same tuple (its cached plan) every check; stores
+    # remember, by identity, that a tuple was checked and names each counter once.
+    twice = (item(3, 100, key="dup"), item(2, 100, key="dup"), item(1, 100, key="other"))
+    once = (item(3, 100, key="solo"), item(1, 100, key="other2"))
+    for n in range(3):
+        for name, items in (("t", twice), ("o", once)):
+            answer = store.reserve(f"{name}{n}", items, 60_000)
+            assert answer.ok and answer.states == store.states(items), (name, n)
+    assert [s.reserved for s in store.states(twice)] == [15, 15, 3]
+    assert [s.reserved for s in store.states(once)] == [9, 3]
+    for n in range(3):
+        answer = store.settle(f"t{n}", {"calls": 4})
+        assert answer.ok and answer.states == store.states(twice), n
+    assert [(s.used, s.reserved) for s in store.states(twice)] == [(24, 0), (24, 0), (12, 0)]
+
+
+def test_a_tuple_out_of_bounds_is_refused_after_one_in_bounds(store: BudgetStore) -> None:
+    good = (item(1, 100, key="k"),)
+    assert store.reserve("g", good, 60_000).ok
+    bad = (item(1, 100, key="k"), ReserveItem(key="k2", dimension="calls", limit=100, amount=-1))
+    with pytest.raises(ValueError, match="amount"):
+        store.reserve("b", bad, 60_000)
+    assert store.reserve("g2", good, 60_000).ok
+    assert store.states(good)[0].reserved == 2

@@ -157,8 +157,16 @@ def _amount(value: object, what: str) -> None:
         raise ValueError(f"{what} must be an integer in [0, {MAX_AMOUNT}], not {shown}")
 
 
+# The last tuple of items found in bounds: the enforcer hands a store the same
+# tuple (its cached plan) check after check, and a tuple of frozen items cannot change.
+_checked: tuple[ReserveItem, ...] = ()
+
+
 def check_items(items: Sequence[ReserveItem]) -> None:
     """ValueError unless every number of every item is in bounds (before any store step)."""
+    global _checked
+    if items is _checked:
+        return
     for it in items:
         # The common case in one expression (this runs on every reserve); anything
         # else, including int subclasses, takes the path below that names the field.
@@ -178,6 +186,8 @@ def check_items(items: Sequence[ReserveItem]) -> None:
         _amount(it.headroom, f"{where} headroom")
         _amount(it.limit, f"{where} limit")
         _amount(it.window_ms, f"{where} window_ms")
+    if type(items) is tuple:
+        _checked = items
 
 
 def check_actual(actual: Mapping[str, int]) -> None:

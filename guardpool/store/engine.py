@@ -77,21 +77,21 @@ def _states(
 
 
 def capped(
-    tx: Transaction, charges: Sequence[tuple[ReserveItem, int]]
+    tx: Transaction, items: Sequence[ReserveItem], amounts: Sequence[int]
 ) -> tuple[list[tuple[ReserveItem, int]], tuple[CounterState, ...]]:
-    """Each charge clamped so that a counter's ``used`` never passes COUNTER_CAP (base.py),
-    and the counters' states once the clamped charges are made.
+    """Each charge (``amounts[i]`` to ``items[i]``) clamped so that a counter's ``used``
+    never passes COUNTER_CAP (base.py), and the counters' states once the clamped charges
+    are made.
 
     Nothing else runs inside the transaction, so the states after are arithmetic
     on the states before: one read of the counters, not two.
     """
-    items = [item for item, _ in charges]
     before = tx.counters(items)
     clamped = [
         (item, capped_charge(used, amount))
-        for (item, amount), (used, _) in zip(charges, before, strict=True)
+        for item, amount, (used, _) in zip(items, amounts, before, strict=True)
     ]
-    if len({(item.key, item.dimension) for item in items}) == len(items):
+    if _distinct(items):
         # The usual case, each counter once: its own charge moves it.
         moves = [(amount, item.amount) for item, amount in clamped]
     else:
@@ -114,6 +114,26 @@ def capped(
     return clamped, after
 
 
+# Item tuples known to name each counter once, by identity: a store sees the same
+# few tuples (the enforcer's cached plans, the reservations made from them) again and again.
+_DISTINCT: dict[int, tuple[tuple[ReserveItem, ...], bool]] = {}
+_DISTINCT_KEPT = 256
+
+
+def _distinct(items: Sequence[ReserveItem]) -> bool:
+    """True when no two items share a counter (key, dimension)."""
+    found = _DISTINCT.get(id(items))
+    if found is not None and found[0] is items:
+        return found[1]
+    answer = len({(item.key, item.dimension) for item in items}) == len(items)
+    if type(items) is tuple:
+        if len(_DISTINCT) >= _DISTINCT_KEPT:
+            _DISTINCT.clear()
+        # The tuple is kept with its answer, so its id cannot be reused meanwhile.
+        _DISTINCT[id(items)] = (items, answer)
+    return answer
+
+
 def expire(tx: Transaction) -> tuple[Expired, ...]:
     """Charge every overdue live reservation at its estimate."""
     expired = []
@@ -121,7 +141,7 @@ def expire(tx: Transaction) -> tuple[Expired, ...]:
         charged: dict[str, int] = {}
         for item in r.items:
             charged[item.dimension] = max(charged.get(item.dimension, 0), item.amount)
-        tx.charge(capped(tx, [(item, item.amount) for item in r.items])[0])
+        tx.charge(capped(tx, r.items, [item.amount for item in r.items])[0])
         r.state = "expired"
         tx.put(r)
         expired.append(Expired(reservation_id=r.id, charged=charged))
@@ -158,18 +178,22 @@ def reserve(
         state: State = "refused"
     else:
         tx.add_reserved([(item, item.amount) for item in items])
-        added: dict[tuple[str, str], int] = {}
-        for item in items:
-            k = (item.key, item.dimension)
-            added[k] = added.get(k, 0) + item.amount
         # Nothing else can run inside the transaction: the states after are arithmetic.
-        after = _states(
-            items,
-            [
+        if _distinct(items):  # the usual case, each counter once: its own amount moves it
+            moved = [
+                (used, reserved + item.amount)
+                for item, (used, reserved) in zip(items, counters, strict=True)
+            ]
+        else:
+            added: dict[tuple[str, str], int] = {}
+            for item in items:
+                k = (item.key, item.dimension)
+                added[k] = added.get(k, 0) + item.amount
+            moved = [
                 (used, reserved + added[(item.key, item.dimension)])
                 for item, (used, reserved) in zip(items, counters, strict=True)
-            ],
-        )
+            ]
+        after = _states(items, moved)
         result = StoreAnswer(ok=True, states=after, expired=expired)
         state = "live"
     tx.put(
@@ -191,9 +215,8 @@ def settle(tx: Transaction, reservation_id: str, actual: Mapping[str, int]) -> S
     if r is None or r.state != "live":
         current = states_of(tx, r.items) if r is not None else ()
         return StoreAnswer(ok=False, states=current, expired=expired)
-    charges, after = capped(
-        tx, [(item, actual.get(item.dimension, item.amount)) for item in r.items]
-    )
+    amounts = [actual.get(item.dimension, item.amount) for item in r.items]
+    charges, after = capped(tx, r.items, amounts)
     tx.charge(charges)
     r.state = "settled"
     tx.put(r)

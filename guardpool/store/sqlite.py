@@ -98,11 +98,19 @@ class _Tx:
         return out
 
     def add_reserved(self, deltas: Sequence[tuple[ReserveItem, int]]) -> None:
-        self.conn.executemany(
-            "INSERT INTO budget_counters (key, dimension, reserved) VALUES (?, ?, ?) "
-            "ON CONFLICT (key, dimension) DO UPDATE SET reserved = reserved + excluded.reserved",
-            [(it.key, it.dimension, delta) for it, delta in deltas],
-        )
+        if not deltas:
+            return
+        if len(deltas) > _ROWS_PER_UPSERT:
+            self.conn.executemany(
+                _upsert_reserved(1), [(it.key, it.dimension, d) for it, d in deltas]
+            )
+            return
+        # One statement for every counter (rows apply in order, so a counter named
+        # twice adds both deltas): one prepared plan, one VDBE run.
+        params: list[object] = []
+        for it, delta in deltas:
+            params += (it.key, it.dimension, delta)
+        self.conn.execute(_upsert_reserved(len(deltas)), params)
 
     def charge(self, charges: Sequence[tuple[ReserveItem, int]]) -> None:
         # `used` of a windowed counter stays 0 (its charges live in budget_charges),
@@ -181,6 +189,19 @@ class _Tx:
             self._stored.add(rid)
             due.append(r)
         return due
+
+
+@functools.cache
+def _upsert_reserved(n: int) -> str:
+    rows = ", ".join(["(?, ?, ?)"] * n)
+    return (
+        f"INSERT INTO budget_counters (key, dimension, reserved) VALUES {rows} "
+        "ON CONFLICT (key, dimension) DO UPDATE SET reserved = reserved + excluded.reserved"
+    )
+
+
+# Counters per upsert statement (3 bound variables each, SQLite allows 32,766).
+_ROWS_PER_UPSERT = 256
 
 
 @functools.cache
