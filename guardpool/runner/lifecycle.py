@@ -166,9 +166,18 @@ class WorkerLifecycle:
         """
         worker.kill_cgroup()
         self._forget(worker)
+        self._replace(worker)
+
+    def _replace(self, worker: WorkerLink) -> None:
+        """Ask for a gone worker's replacement: later for one killed at a deadline while
+        ``workers`` ready workers are left (see ``_after_kill``), else now."""
         disp = self.disp
-        if len(disp.idle) + disp.busy >= disp.n_workers and self.live < self.n_processes:
-            self.disp.spawn_wanted = True
+        if (
+            worker.doomed
+            and len(disp.idle) + disp.busy >= disp.n_workers
+            and self.live < self.n_processes
+        ):
+            disp.spawn_wanted = True
             if self.spawn_due is None:
                 self.spawn_due = time.monotonic() + SPAWN_DEFER_S
         else:
@@ -311,6 +320,8 @@ class WorkerLifecycle:
                     f"workers die before they are ready ({self.failed_starts} in a row; see stderr)"
                 )
                 return
-        self._spawn()
+        # A worker killed at its deadline may die (pidfd, Exited) before the manager
+        # has handled the kill: its replacement is deferred all the same.
+        self._replace(worker)
         if worker.task is None or worker.task.done:
             self.by_pid.pop(worker.pid, None)
