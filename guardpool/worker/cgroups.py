@@ -5,7 +5,6 @@ Data flow::
 
   zygote start-up   pool_layout()  -> <host's cgroup>/guardpool-<zygote pid>/   (or a sibling, v2)
   zygote, per fork  create_worker() -> .../w<n>/ with pids.max and the memory cap
-                                       (v1 CPU group: <pool dir>-w<n>, beside it)
   worker, pre-guard join()          -> writes itself into cgroup.procs (still root)
   host, deadline    kill()          -> cgroup.kill (v2) or freeze + SIGKILL members (v1)
   zygote, on reap   remove()        -> kill again, rmdir (retried on the next reap if busy)
@@ -169,18 +168,6 @@ def pool_layout(name: str) -> Layout:
     return Layout("v1", tuple(roots), tuple(controllers), why_not_v2)
 
 
-def _cpu_dir(root: str, n: int) -> str:
-    """Worker ``n``'s v1 CPU group: a sibling of the pool's directory, ``<root>-w<n>``.
-
-    Not inside it: the kernel schedules a group by the CPU its members used, so under
-    the pool's group the spare would inherit the debt of the spinning job just killed
-    there and wait for the neighbours' CPU before serving the next job (kill -> next
-    answer p50 1.9-3.0 ms nested against 1.3-1.4 ms beside, alternating, 2-core VM at
-    load 5-7). Each worker is still one entity however many processes it forks.
-    """
-    return f"{root}-w{n}"
-
-
 def create_worker(layout: Layout, n: int, pids_max: int, memory_bytes: int) -> WorkerCgroup:
     """Make worker ``n``'s cgroup with its caps; raises OSError when the kernel refuses."""
     if not layout.mode:
@@ -189,8 +176,7 @@ def create_worker(layout: Layout, n: int, pids_max: int, memory_bytes: int) -> W
     procs = freezer = cpu = ""
     try:
         for root, kind in zip(layout.roots, layout.controllers, strict=True):
-            # v1 CPU groups sit beside the pool's directory, not in it (see _cpu_dir).
-            path = _cpu_dir(root, n) if kind == "cpu" else f"{root}/w{n}"
+            path = f"{root}/w{n}"
             os.mkdir(path)
             dirs.append(path)
             if kind in ("v2+cpu", "cpu"):
@@ -316,14 +302,6 @@ def remove_pool(layout: Layout) -> None:
             os.rmdir(root)
 
 
-def _listed(directory: str) -> list[str]:
-    """The paths in ``directory``; none if it is gone or unreadable."""
-    try:
-        return [f"{directory}/{name}" for name in os.listdir(directory)]
-    except OSError:
-        return []
-
-
 def remove_tree(layout: Layout) -> bool:
     """Kill and remove a pool directory with every worker cgroup in it; never raises.
 
@@ -331,12 +309,16 @@ def remove_tree(layout: Layout) -> bool:
     directory is still busy (members still dying): call again later.
     """
     done = True
-    for root, kind in zip(layout.roots, layout.controllers, strict=True):
-        paths = _listed(root)
-        if kind == "cpu":  # the workers' CPU groups beside it (_cpu_dir)
-            parent, base = os.path.split(root)
-            paths += [p for p in _listed(parent) if os.path.basename(p).startswith(f"{base}-w")]
-        for path in paths:
+    for root in layout.roots:
+        try:
+            names = os.listdir(root)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            done = False
+            continue
+        for name in names:
+            path = f"{root}/{name}"
             if not os.path.isdir(path):
                 continue
             with contextlib.suppress(OSError):
