@@ -355,3 +355,16 @@ def test_a_tuple_out_of_bounds_is_refused_after_one_in_bounds(store: BudgetStore
         store.reserve("b", bad, 60_000)
     assert store.reserve("g2", good, 60_000).ok
     assert store.states(good)[0].reserved == 2
+
+
+@pytest.mark.parametrize("keys", [1, 3, 70])
+def test_counters_of_many_keys_are_each_found(store: BudgetStore, keys: int) -> None:
+    # SQLite reads a few keys as one search per key and many (past 64) as an IN list.
+    items = [item(1 + n % 3, 100, key=f"k{n}", dimension=d) for n in range(keys) for d in "ab"]
+    for rid in ("r1", "r2"):
+        answer = store.reserve(rid, items, 60_000)
+        assert answer.ok and answer.states == store.states(items)
+    assert [s.reserved for s in store.states(items)] == [2 * it.amount for it in items]
+    assert store.settle("r1", {"a": 5}).ok
+    states = store.states(items)
+    assert [s.used for s in states] == [5 if it.dimension == "a" else it.amount for it in items]

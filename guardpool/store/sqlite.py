@@ -76,7 +76,7 @@ class _Tx:
     def counters(self, items: Sequence[ReserveItem]) -> list[tuple[int, int]]:
         if not items:
             return []
-        # `key IN (...)` is a primary-key search; the row-value form
+        # A primary-key search per key (_select_counters); the row-value form
         # `(key, dimension) IN (VALUES ...)` made SQLite scan the whole table
         # (one row per limit, dimension and run), slower with every run.
         keys = list({it.key: None for it in items})
@@ -206,8 +206,21 @@ _ROWS_PER_UPSERT = 256
 
 @functools.cache
 def _select_counters(n: int) -> str:
-    marks = ", ".join(["?"] * n)
-    return f"SELECT key, dimension, used, reserved FROM budget_counters WHERE key IN ({marks})"
+    """The counters of ``n`` distinct keys, one primary-key search per key.
+
+    ``key IN (?, ?)`` builds a temporary b-tree of the list on every run: the
+    UNION ALL of equality searches does the same searches in half the time
+    (5.5 vs 10.5 µs for 2 keys, measured). Past _UNION_KEYS keys (SQLite caps
+    a compound SELECT at 500 terms) the IN list it is.
+    """
+    if n > _UNION_KEYS:
+        marks = ", ".join(["?"] * n)
+        return f"SELECT key, dimension, used, reserved FROM budget_counters WHERE key IN ({marks})"
+    one = "SELECT key, dimension, used, reserved FROM budget_counters WHERE key = ?"
+    return " UNION ALL ".join([one] * n)
+
+
+_UNION_KEYS = 64
 
 
 # Another process's reservations are looked at for expiry at least this often.
