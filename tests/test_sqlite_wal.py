@@ -123,3 +123,70 @@ def test_close_stops_the_thread(tmp_path: Path) -> None:
     assert thread is not None
     ledger.close()
     assert not thread.is_alive()
+
+
+def _reserved_for_a_while(path: Path, seconds: float) -> threading.Thread:
+    """Another connection holds the RESERVED lock of a new (rollback-journal) file,
+    as a second host creating the schema in BEGIN IMMEDIATE does, then commits."""
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("CREATE TABLE unrelated (x)")
+
+    def release() -> None:
+        other.execute("COMMIT")
+        other.close()
+
+    timer = threading.Timer(seconds, release)
+    timer.start()
+    return timer
+
+
+def test_a_store_opening_a_new_file_another_host_is_creating_waits_for_it(
+    tmp_path: Path,
+) -> None:
+    # SQLite refuses the switch to WAL at once ("database is locked", no busy
+    # handler) while another connection holds RESERVED: the store retried nothing
+    # and a host starting beside another one denied its checks.
+    path = tmp_path / "new.db"
+    timer = _reserved_for_a_while(path, 0.3)
+    store = SqliteStore(path)
+    try:
+        item = ReserveItem(key="k", dimension="calls", limit=5, amount=1)
+        assert store.reserve("r1", [item], 60_000).ok
+    finally:
+        store.close()
+        timer.join()
+    mode = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def test_a_ledger_opening_a_new_file_another_host_is_creating_waits_for_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "new.db"
+    timer = _reserved_for_a_while(path, 0.3)
+    ledger = Ledger(path)
+    try:
+        ledger.append(events(3))
+        assert ledger.verify().ok
+    finally:
+        ledger.close()
+        timer.join()
+
+
+def test_the_wal_switch_gives_up_at_the_busy_timeout(tmp_path: Path) -> None:
+    from guardpool.sqlite_wal import enable_wal
+
+    path = tmp_path / "new.db"
+    timer = _reserved_for_a_while(path, 2.0)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        try:
+            enable_wal(conn, 0.05)
+        except sqlite3.OperationalError as exc:
+            assert "locked" in str(exc)
+        else:
+            raise AssertionError("the switch to WAL succeeded under another host's lock")
+    finally:
+        conn.close()
+        timer.join()

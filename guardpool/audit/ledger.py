@@ -216,7 +216,7 @@ class Ledger:
         if create:
             try:
                 self._writer = self._connect()
-                self._writer.execute("PRAGMA journal_mode=WAL")
+                sqlite_wal.enable_wal(self._writer, self._busy_timeout_ms / 1000)
                 self._writer.execute("BEGIN IMMEDIATE")
                 for stmt in _SCHEMA:
                     self._writer.execute(stmt)

@@ -317,7 +317,7 @@ class SqliteStore:
                     check_same_thread=False,
                     timeout=self._busy_timeout_ms / 1000,
                 )
-                conn.execute("PRAGMA journal_mode=WAL")
+                sqlite_wal.enable_wal(conn, self._busy_timeout_ms / 1000)
                 conn.execute("PRAGMA synchronous=NORMAL")
                 sqlite_wal.writer_pragmas(conn)
             except sqlite3.Error as exc:
