@@ -159,7 +159,7 @@ def redis_cpu(url: str) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def cpu_per_step(target: Target, url: str, n: int) -> float:
+def cpu_per_pair(target: Target, url: str, n: int) -> float:
     """CPU seconds per pair (or hit): this process's plus the redis-server's. Wall
     rates on a shared machine move by tens of per cent with other jobs' load; CPU
     time moves much less, and on a busy machine it is what bounds throughput."""
@@ -176,8 +176,8 @@ def cpu_per_step(target: Target, url: str, n: int) -> float:
 def redis_cpu_rows(ours: Target, url: str, n: int, rounds: int = 3) -> None:
     a, b = [], []
     for _ in range(rounds):
-        a.append(cpu_per_step(ours, url, n))
-        b.append(cpu_per_step(url, url, n))
+        a.append(cpu_per_pair(ours, url, n))
+        b.append(cpu_per_pair(url, url, n))
     pair, hit = statistics.median(a), statistics.median(b)
     print(
         f"redis CPU (client + server), medians of {rounds} alternating runs: "

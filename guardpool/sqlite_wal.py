@@ -84,7 +84,9 @@ def enable_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
             conn.execute("PRAGMA journal_mode=WAL")
             return
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() >= deadline:
+            # SQLITE_BUSY ("database is locked"), in any of its extended codes.
+            busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() >= deadline:
                 raise
         time.sleep(_WAL_RETRY_S[min(tries, len(_WAL_RETRY_S) - 1)])
         tries += 1
