@@ -4,6 +4,7 @@ reaches every process in it, however it detached itself from the worker.
 Data flow::
 
   zygote start-up   pool_layout()  -> <host's cgroup>/guardpool-<zygote pid>/   (or a sibling, v2)
+                    sweep_stale()  -> removes empty guardpool-<pid>/ of dead zygotes beside it
   zygote, per fork  create_worker() -> .../w<n>/ with pids.max and the memory cap
   worker, pre-guard join()          -> writes itself into cgroup.procs (still root)
   host, deadline    kill()          -> cgroup.kill (v2) or freeze + SIGKILL members (v1)
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import signal
 from typing import Literal
 
@@ -121,6 +123,7 @@ def _v2_layout(name: str, mounts: dict[str, str], own: dict[str, str]) -> tuple[
                 f"cgroup v2: cannot enable pids/memory below {base} ({exc.strerror}) and its "
                 "parent does not delegate them (run the host in a delegated cgroup)"
             )
+    sweep_stale(parent)
     pool = f"{parent}/{name}"
     try:
         os.mkdir(pool)
@@ -156,7 +159,9 @@ def pool_layout(name: str) -> Layout:
     for controller in ("pids", "memory", "freezer", "cpu"):
         if controller not in mounts or controller not in own:
             continue
-        path = os.path.normpath(f"{mounts[controller]}{own[controller]}/{name}")
+        parent = os.path.normpath(f"{mounts[controller]}{own[controller]}")
+        sweep_stale(parent)
+        path = f"{parent}/{name}"
         try:
             os.mkdir(path)
         except OSError as exc:
@@ -166,6 +171,48 @@ def pool_layout(name: str) -> Layout:
         roots.append(path)
         controllers.append(controller)
     return Layout("v1", tuple(roots), tuple(controllers), why_not_v2)
+
+
+# A pool directory's name: "guardpool-" and its zygote's pid (zygote.py).
+_POOL_DIR = re.compile(r"guardpool-([0-9]{1,10})")
+
+
+def sweep_stale(parent: str) -> int:
+    """Remove pool directories under ``parent`` whose zygote is dead and which hold no
+    process; how many went. Never raises.
+
+    A zygote removes its directory when it exits and the host removes a dead
+    zygote's (runner/healing.py), but when both die at once (the host SIGKILLed
+    with its process group, a container stopped) nobody does: 51 such directories
+    had piled up on one test machine, each with its worker cgroups. A directory
+    goes only if its zygote's pid does not exist here and none of its worker
+    cgroups has a member, and only by ``rmdir`` (the kernel refuses a non-empty
+    cgroup): a live pool's pid exists, and nothing running is ever killed. (A pid
+    reused since only keeps a stale directory; a pool in another pid namespace
+    under the same parent with every worker gone at that moment could lose its
+    directory, which its zygote then reports as a failed worker start.)
+    """
+    removed = 0
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return 0
+    for name in names:
+        found = _POOL_DIR.fullmatch(name)
+        if found is None or os.path.exists(f"/proc/{found.group(1)}"):
+            continue
+        root = f"{parent}/{name}"
+        try:
+            workers = [f"{root}/{w}" for w in os.listdir(root) if os.path.isdir(f"{root}/{w}")]
+            if any(_read(f"{w}/cgroup.procs").strip() for w in workers):
+                continue
+            for w in workers:
+                os.rmdir(w)
+            os.rmdir(root)
+        except OSError:
+            continue  # busy, or gone meanwhile: a later start tries again
+        removed += 1
+    return removed
 
 
 def create_worker(layout: Layout, n: int, pids_max: int, memory_bytes: int) -> WorkerCgroup:
