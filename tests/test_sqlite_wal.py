@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 from guardpool.audit import AuditEvent, Ledger
-from guardpool.sqlite_wal import BEHIND, Checkpointer
+from guardpool.sqlite_wal import BEHIND, PAGE_SIZE, Checkpointer
 from guardpool.store.base import ReserveItem
 from guardpool.store.sqlite import SqliteStore
 from tests.waiting import wait_for
@@ -190,3 +190,43 @@ def test_the_wal_switch_gives_up_at_the_busy_timeout(tmp_path: Path) -> None:
     finally:
         conn.close()
         timer.join()
+
+
+def _page_size(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("PRAGMA page_size").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_new_files_get_small_pages_and_old_files_keep_theirs(tmp_path: Path) -> None:
+    item = ReserveItem(key="k", dimension="calls", limit=10, amount=1)
+    # A new file, whichever of store and ledger creates it: PAGE_SIZE pages.
+    for first in ("store", "ledger"):
+        path = tmp_path / f"{first}-first.db"
+        opened: list[SqliteStore | Ledger] = []
+        for which in (first, "ledger" if first == "store" else "store"):
+            opened.append(SqliteStore(path) if which == "store" else Ledger(path))
+        store = next(o for o in opened if isinstance(o, SqliteStore))
+        ledger = next(o for o in opened if isinstance(o, Ledger))
+        assert store.reserve("r1", [item], 60_000).ok
+        ledger.append([AuditEvent(kind="check", run_id="r")])
+        for o in opened:
+            o.close()
+        assert _page_size(path) == PAGE_SIZE != 4096
+    # A file made by an older version (4,096-byte pages, WAL) keeps them and works.
+    old = tmp_path / "old.db"
+    conn = sqlite3.connect(old)
+    conn.execute("PRAGMA page_size=4096")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE unrelated (x)")
+    conn.close()
+    store, ledger = SqliteStore(old), Ledger(old)
+    assert store.reserve("r1", [item], 60_000).ok
+    assert store.settle("r1", {"calls": 1}).ok
+    ledger.append([AuditEvent(kind="check", run_id="r")])
+    assert ledger.verify().ok
+    store.close()
+    ledger.close()
+    assert _page_size(old) == 4096
