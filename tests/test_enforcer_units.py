@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from guardpool import Operation, Usage, Verdict
@@ -252,3 +253,41 @@ def test_the_planner_hands_out_one_plan_per_labels_run_principal_and_estimate(
     for n in range(budget._PLANS_KEPT + 10):
         planner.plan(match, None, f"run{n}", "")
     assert len(planner._plans) == budget._PLANS_KEPT  # bounded: run ids come from hosts
+
+
+def test_the_usual_grant_and_settle_build_the_same_statuses_as_the_item_by_item_path(
+    harness: Any,
+) -> None:
+    # Issue 15, speed: a grant with nothing to note and a settle with no breach take
+    # the plan's LimitStatus templates in one pass; anything else goes item by item.
+    h = harness(limits={"exe:llm:*": {"tokens": 1000, "calls": 10, "warn_at": 0.5}})
+    plan = h.svc.planner.plan(h.svc.policy.match(("exe:llm:m",)), Usage(tokens=100), "r", "")
+    states = h.store.reserve("x", plan.items, 60_000).states
+    quiet = budget.quiet_statuses(plan, states)
+    by_item = tuple(
+        budget.limit_status(p, s, exceeded=False)
+        for p, s in zip(plan.planned, states, strict=True)
+    )
+    t = [s.dimension for s in states].index("tokens")
+    assert quiet == by_item and quiet[t].reserved == 100
+    assert budget.settled_statuses(plan, states) == by_item
+
+    def with_tokens_used(used: int) -> list[Any]:
+        changed = list(states)
+        changed[t] = msgspec.structs.replace(states[t], used=used)
+        return changed
+
+    # 400 + 100 reserved crosses the 50% mark of 1000 tokens: a note, so no quiet path
+    assert budget.quiet_statuses(plan, with_tokens_used(400)) is None
+    assert budget.quiet_statuses(plan, with_tokens_used(500)) is not None  # past it already
+    # a counter over its limit, or states not in the plan's item order: item by item
+    assert budget.settled_statuses(plan, with_tokens_used(1001)) is None
+    assert budget.settled_statuses(plan, states[::-1]) is None
+    assert budget.settled_statuses(plan, states[:1]) is None
+    # and through check and settle: the warning is still audited once crossed
+    d = h.check(op(tokens=100))
+    assert d.limits[t].reserved == 200 and not d.limits[t].exceeded
+    h.settle(d, Usage(tokens=350))  # 350 used (+100 reserved by "x") crosses 50% at the next
+    assert "warning" not in h.kinds()
+    h.check(op(tokens=100))
+    assert h.kinds().count("warning") == 1

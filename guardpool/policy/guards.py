@@ -139,7 +139,11 @@ class CompiledGuard:
                 return Verdict.deny(self.spec.reason or f"guard {name}: deny_regex[{hit}] matched")
         if self._require is not None and self._require.first_match(data) is None:
             return Verdict.deny(self.spec.reason or f"guard {name}: no require_regex matched")
-        return Verdict.allow()
+        return _ALLOW
+
+
+# A bank's usual answer; a Verdict is frozen, so one serves every scan.
+_ALLOW = Verdict.allow()
 
 
 def _bank(guard: str, patterns: list[str], max_mem: int, key: str) -> RegexBank | None:

@@ -197,6 +197,8 @@ class RegexBank:
         self._set = re2.Set.SearchSet(_options(max_mem))
         for pattern in self.patterns:
             self._set.Add(pattern.encode("utf-8"))
+        # The compiled set's own Match, past the wrapper's str check (we pass bytes).
+        self._match = getattr(self._set, "_set", self._set).Match
         if self.patterns:
             try:
                 self._set.Compile()
@@ -211,7 +213,7 @@ class RegexBank:
         """Index of the lowest-numbered matching pattern, or None."""
         if not self.patterns:
             return None
-        hits: list[int] | None = self._set.Match(data)
+        hits: list[int] | None = self._match(data)
         return min(hits) if hits else None
 
     def program_sizes(self) -> list[int]:

@@ -48,18 +48,26 @@ class AuditSink:
     def guard(self, scope: Scope, result: GuardResult) -> AuditEvent:
         """One guard's event, before or after, and its failure hook if it failed."""
         v = result.verdict
-        if v.outcome == "timeout":
+        outcome = v.outcome
+        if outcome == "timeout":
             self.hooks.emit("guard_timeout", scope, guard=v.guard, reason=v.reason)
-        elif v.outcome == "error":
+        elif outcome == "error":
             hook = "guard_crash" if result.kind == "crash" else "guard_error"
             self.hooks.emit(hook, scope, guard=v.guard, reason=v.reason)
-        return scope.event(
-            result.kind,
+        detail = {"effect": result.effect, "phase": v.phase}
+        if result.job:  # a callable's cpu_ms, job outcome, limit, signal
+            detail.update(result.job)
+        return AuditEvent(
+            kind=result.kind,
+            run_id=scope.run_id,
+            principal=scope.principal,
+            labels=scope.labels,
+            decision_id=scope.decision_id,
             guard=v.guard,
-            outcome=v.outcome,
+            outcome=outcome,
             reason=v.reason,
             duration_ms=v.ms,
-            detail={"effect": result.effect, "phase": v.phase, **result.job},
+            detail=detail,
         )
 
     def append_in(self, joint: Joint, events: Sequence[AuditEvent]) -> None:

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
+from msgspec.structs import replace
 
 from guardpool.policy.bounds import MAX_AMOUNT
 from guardpool.policy.compile import CompiledLimit, CompiledPrice
@@ -143,6 +145,11 @@ class Plan(msgspec.Struct, frozen=True):
     planned: tuple[PlannedItem, ...]
     items: tuple[ReserveItem, ...]  # planned[i].item: what the store is handed
     reserve_usage: dict[str, int]  # the ``reserve`` audit event's usage
+    # Per item: the counter total at which its warn_at mark lies (warn_at x limit),
+    # None without a mark; what ``crossed_warning`` computes, computed once.
+    marks: tuple[float | None, ...]
+    # Per item: its LimitStatus with what does not depend on the counters filled in.
+    statuses: tuple[LimitStatus, ...]
 
 
 # Plans remembered per Planner; keys hold run ids, which come from hosts: bounded.
@@ -170,6 +177,8 @@ class Planner:
             planned=planned,
             items=tuple(p.item for p in planned),
             reserve_usage={f"{p.limit.pattern}:{p.item.dimension}": p.item.amount for p in planned},
+            marks=tuple(_mark(p) for p in planned),
+            statuses=tuple(limit_status(p, _blank(p.item), exceeded=False) for p in planned),
         )
         with self._lock:
             if len(self._plans) >= _PLANS_KEPT:
@@ -177,6 +186,19 @@ class Planner:
                 del self._plans[next(iter(self._plans))]
             self._plans[key] = made
         return made
+
+
+def _blank(item: ReserveItem) -> CounterState:
+    return CounterState(
+        key=item.key, dimension=item.dimension, used=0, reserved=0, limit=item.limit
+    )
+
+
+def _mark(p: PlannedItem) -> float | None:
+    warn_at = p.limit.warn_at
+    if warn_at is None or p.item.limit <= 0:
+        return None
+    return warn_at * p.item.limit
 
 
 def _estimate_key(u: Usage | None) -> tuple[Any, ...] | None:
@@ -187,7 +209,7 @@ def _estimate_key(u: Usage | None) -> tuple[Any, ...] | None:
 
 
 def limit_status(planned: PlannedItem, state: CounterState, *, exceeded: bool) -> LimitStatus:
-    """Every LimitStatus is built here."""
+    """Every LimitStatus is built here (``quiet_statuses`` fills in copies of one)."""
     return LimitStatus(
         pattern=planned.limit.pattern,
         dimension=state.dimension,
@@ -199,6 +221,41 @@ def limit_status(planned: PlannedItem, state: CounterState, *, exceeded: bool) -
         window=planned.limit.window,
         exceeded=exceeded,
     )
+
+
+def quiet_statuses(plan: Plan, states: Sequence[CounterState]) -> tuple[LimitStatus, ...] | None:
+    """The limit statuses of a granted reserve of ``plan`` when it has nothing to note,
+    else None: no item that only warns stands over its limit, no item crossed its
+    warn_at mark. Then the check records the statuses and the ``reserve`` event,
+    and nothing else: the usual grant, in one pass over the items."""
+    out = []
+    for p, mark, template, state in zip(
+        plan.planned, plan.marks, plan.statuses, states, strict=True
+    ):
+        used, reserved = state.used, state.reserved
+        total = used + reserved
+        if not p.item.check and total > state.limit:
+            return None
+        if mark is not None and total >= mark > total - p.item.amount:
+            return None
+        out.append(replace(template, used=used, reserved=reserved, limit=state.limit))
+    return tuple(out)
+
+
+def settled_statuses(plan: Plan, states: Sequence[CounterState]) -> tuple[LimitStatus, ...] | None:
+    """The limit statuses after a settle of ``plan`` when no counter stands over its
+    limit, else None (then each breach is audited, item by item). ``states`` must be
+    in the plan's item order, as a store answers a settle of this plan's reservation;
+    None too when they are not."""
+    if len(states) != len(plan.planned):
+        return None
+    out = []
+    for p, template, state in zip(plan.planned, plan.statuses, states, strict=True):
+        used, limit = state.used, state.limit
+        if used > limit or state.key != p.item.key or state.dimension != p.item.dimension:
+            return None
+        out.append(replace(template, used=used, reserved=state.reserved, limit=limit))
+    return tuple(out)
 
 
 def crossed_warning(item: ReserveItem, state: CounterState, warn_at: float | None) -> bool:

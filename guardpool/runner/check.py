@@ -53,9 +53,12 @@ log = logging.getLogger("guardpool")
 LEDGER_DOWN = "audit ledger unavailable: the decision could not be recorded"
 
 
-def check(svc: Services, op: Operation, scope: Scope) -> Decision:
-    """Decide on ``op``; never raises for the operation's sake (fails closed)."""
-    c = _Check(svc, op, scope)
+def check(svc: Services, op: Operation, scope: Scope, match: PolicyMatch | None = None) -> Decision:
+    """Decide on ``op``; never raises for the operation's sake (fails closed).
+
+    ``match``: ``policy.match(op.labels)`` when the caller has it already.
+    """
+    c = _Check(svc, op, scope, match)
     try:
         decision = c.decide()
     except Exception as exc:  # fail closed on anything unforeseen
@@ -65,7 +68,8 @@ def check(svc: Services, op: Operation, scope: Scope) -> Decision:
         svc.audit.append(
             [*c.head, *c.reservation, *c.guard_events, _decision_event(scope, decision)]
         )
-    c.flush_hooks()
+    if c.hooks:
+        c.flush_hooks()
     return decision
 
 
@@ -88,7 +92,27 @@ def _hook(p: budget.PlannedItem, state: CounterState) -> dict[str, Any]:
 class _Check:
     """The bookkeeping of one check, so that every exit path can audit and release."""
 
-    def __init__(self, svc: Services, op: Operation, scope: Scope) -> None:
+    __slots__ = (
+        "guard_events",
+        "head",
+        "hooks",
+        "input",
+        "limits",
+        "match",
+        "op",
+        "plan",
+        "planned",
+        "reservation",
+        "reserved",
+        "scope",
+        "started",
+        "svc",
+        "verdicts",
+    )
+
+    def __init__(
+        self, svc: Services, op: Operation, scope: Scope, match: PolicyMatch | None
+    ) -> None:
         self.svc = svc
         self.op = op
         self.scope = scope
@@ -99,12 +123,12 @@ class _Check:
         self.guard_events: list[AuditEvent] = []
         self.hooks: list[tuple[str, dict[str, Any]]] = []  # fired once nothing is held
         self.reserved = False
-        self.match: PolicyMatch | None = None
+        self.match = match
         self.planned: tuple[budget.PlannedItem, ...] = ()
         self.plan: budget.Plan | None = None
         self.limits: tuple[LimitStatus, ...] = ()
         self.verdicts: tuple[GuardVerdict, ...] = ()
-        self.input = inputs.Measured(op.input, b"")  # measured in decide()
+        self.input: inputs.Measured | None = None  # measured in decide()
 
     def decide(self) -> Decision:
         svc, op, scope = self.svc, self.op, self.scope
@@ -120,7 +144,9 @@ class _Check:
         if too_large is not None:
             return self.finish([too_large], "deny")
         self.input = measured
-        match = self.match = svc.policy.match(op.labels)
+        match = self.match
+        if match is None:
+            match = self.match = svc.policy.match(op.labels)
         plan = self.plan = svc.planner.plan(match, op.estimate, scope.run_id, scope.principal)
         self.planned = plan.planned
         if self.planned and svc.joint is not None:
@@ -162,6 +188,7 @@ class _Check:
     ) -> Decision:
         """``states``: the snapshot read before the guards (empty when there are none)."""
         svc, scope = self.svc, self.scope
+        assert self.input is not None
         results, value = svc.guards.run("before", match.before, self.input, scope)
         guard_reasons: list[str] = []
         guard_effects: list[Action] = []
@@ -220,6 +247,14 @@ class _Check:
     def read_reservation(self, answer: StoreAnswer) -> tuple[list[str], list[tuple[str, Action]]]:
         """Limit statuses, audit events, hooks, refusals, and (reason, warn|ask) notes."""
         scope = self.scope
+        plan = self.plan
+        assert plan is not None
+        if answer.ok:
+            quiet = budget.quiet_statuses(plan, answer.states)
+            if quiet is not None:  # the usual grant: nothing over, nothing to note
+                self.limits = quiet
+                self.reservation.append(scope.event("reserve", usage=plan.reserve_usage))
+                return [], []
         refused = set(answer.refused)
         statuses: list[LimitStatus] = []
         refusals: list[str] = []
@@ -257,8 +292,8 @@ class _Check:
                 self.reservation.append(scope.event("warning", reason=reason))
                 self.hooks.append(("limit_warning", _hook(p, state)))
         self.limits = tuple(statuses)
-        if answer.ok and self.plan is not None:
-            self.reservation.append(scope.event("reserve", usage=self.plan.reserve_usage))
+        if answer.ok:
+            self.reservation.append(scope.event("reserve", usage=plan.reserve_usage))
         return refusals, notes
 
     def build(self, reasons: list[str], action: Action, value: Any = None) -> Decision:
@@ -289,6 +324,7 @@ class _Check:
                     started=self.started,
                     planned=self.planned,
                     ask=decision if asking else None,
+                    plan=self.plan,
                 ),
             )
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -176,10 +177,13 @@ class Enforcer:
             raise RuntimeError("the enforcer is closed")
         if not self._started:
             self.start()
-        self.policy.match(op.labels)  # validates the labels (ValueError), once per label set
-        scope = Scope(uuid.uuid4().hex, run_id, principal, op.labels)
-        decision = run_check(self._services, op, scope)
-        self.hooks.emit("decision", scope, action=decision.action)
+        # Validates the labels (ValueError, raised to the caller), once per label set.
+        match = self.policy.match(op.labels)
+        # 128 random bits as 32 hex digits, like uuid4().hex without the UUID object.
+        scope = Scope(os.urandom(16).hex(), run_id, principal, op.labels)
+        decision = run_check(self._services, op, scope, match)
+        if self.hooks.wants("decision"):
+            self.hooks.emit("decision", scope, action=decision.action)
         return decision
 
     def settle(

@@ -46,20 +46,25 @@ class GuardRunner:
                 if result.has_rewrite:
                     value = result.rewrite
             return results, inputs.plain(value)
-        futures: dict[int, Future[JobResult]] = {}
+        futures: dict[int, Future[JobResult]] | None = None
         for i, guard in enumerate(guards):
             if guard.kind == "callable":
+                if futures is None:
+                    futures = {}
                 futures[i] = self._submit(guard, value, scope, phase)
         ordered: list[GuardResult] = []
+        rewrite: GuardResult | None = None
         for i, guard in enumerate(guards):
-            future = futures.get(i)
+            future = futures.get(i) if futures is not None else None
             if future is None:
-                ordered.append(_regex(guard, value, phase))
+                result = _regex(guard, value, phase)
             else:
-                ordered.append(from_job(guard, future.result(), phase))
-        for result in ordered:
+                result = from_job(guard, future.result(), phase)
+            ordered.append(result)
             if result.has_rewrite:
-                value = result.rewrite
+                rewrite = result
+        if rewrite is not None:  # the last rewrite in config order wins
+            value = rewrite.rewrite
         return ordered, inputs.plain(value)
 
     def _one(self, guard: CompiledGuard, value: Any, scope: Scope, phase: Phase) -> GuardResult:
@@ -87,7 +92,8 @@ def _regex(guard: CompiledGuard, value: Any, phase: Phase) -> GuardResult:
     # so a process hop (and its ~50 µs) buys nothing here.
     start = time.perf_counter()
     try:
-        verdict = guard.scan(inputs.measure(value).data)
+        data = value.data if type(value) is inputs.Measured else inputs.measure(value).data
+        verdict = guard.scan(data)
     except Exception as exc:
         return failed_in_host(guard, exc, phase)
     ms = (time.perf_counter() - start) * 1000

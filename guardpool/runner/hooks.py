@@ -59,6 +59,10 @@ class HookBus:
             )
         self._callbacks.setdefault(kind, []).append(callback)
 
+    def wants(self, kind: str) -> bool:
+        """True when a callback listens to ``kind`` (skip building its detail otherwise)."""
+        return kind in self._callbacks
+
     def emit(self, kind: str, scope: Scope | None = None, **detail: Any) -> None:
         callbacks = self._callbacks.get(kind)
         if not callbacks:  # the hot path: most checks have no listener

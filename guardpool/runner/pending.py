@@ -16,7 +16,7 @@ import msgspec
 
 from guardpool.policy.model import Decision
 from guardpool.policy.runtime import PolicyMatch
-from guardpool.runner.budget import PlannedItem
+from guardpool.runner.budget import Plan, PlannedItem
 
 # Settled decisions remembered for idempotent settle answers within this process.
 _SETTLED_MEMORY = 4096
@@ -34,6 +34,9 @@ class Pending(msgspec.Struct, frozen=True):
     ask: Decision | None = None
     # The approved decision, so that approving twice answers the same.
     approved: Decision | None = None
+    # The check's plan (``planned`` is its items): settle's limit statuses start from
+    # its templates. None when settle planned on its own (a decision from elsewhere).
+    plan: Plan | None = None
 
 
 class PendingTable:

@@ -34,7 +34,7 @@ from guardpool.runner.pending import Pending
 from guardpool.runner.scope import Scope
 from guardpool.runner.services import Services
 from guardpool.runner.verdicts import combine, decide
-from guardpool.store.base import StoreAnswer
+from guardpool.store.base import CounterState, StoreAnswer
 from guardpool.store.errors import StoreUnavailable
 from guardpool.store.sqlite import Joint
 
@@ -187,13 +187,27 @@ class _Settle:
 
     def breaches(self, answer: StoreAnswer) -> None:
         """Limits at settle, against the actual usage just charged; post-hoc ones can deny."""
-        by_key = {(s.key, s.dimension): s for s in answer.states}
+        states = answer.states
+        if self.p.plan is not None:
+            within = budget.settled_statuses(self.p.plan, states)
+            if within is not None:  # the usual settle: no counter over its limit
+                self.limits = within
+                return
+        # The store answers in the reservation's item order, which is the plan's when
+        # this process planned it; a settle from elsewhere (planned without the
+        # estimate) looks its counters up by key.
+        by_key: dict[tuple[str, str], CounterState] | None = None
         statuses: list[LimitStatus] = []
-        for planned in self.p.planned:
-            limit, dim = planned.limit, planned.item.dimension
-            state = by_key.get((planned.item.key, dim))
-            if state is None:
-                continue
+        for i, planned in enumerate(self.p.planned):
+            limit, item = planned.limit, planned.item
+            dim = item.dimension
+            state = states[i] if i < len(states) else None
+            if state is None or state.key != item.key or state.dimension != dim:
+                if by_key is None:
+                    by_key = {(s.key, s.dimension): s for s in states}
+                state = by_key.get((item.key, dim))
+                if state is None:
+                    continue
             over = state.used > state.limit
             statuses.append(budget.limit_status(planned, state, exceeded=over))
             if not over:
