@@ -368,3 +368,39 @@ def test_a_lone_surrogate_in_tool_input_reaches_the_guard(tmp_path: Path) -> Non
         # Outside the guarded fields a lone surrogate is refused, naming where (fail closed).
         odd = http_hook(server.url)({**payload("write_pre"), "session_id": "s\ud800"})
         assert permission(odd) == "deny" and "session_id" in reason(odd), odd
+
+
+def test_a_long_bash_command_is_decided_before_the_hook_times_out(tmp_path: Path) -> None:
+    # shlex is quadratic in a word's length: a 3 MB heredoc took minutes to label, so
+    # Claude Code's hook timed out and, treating that as a non-blocking error, ran the tool.
+    # The 60 s subprocess/HTTP timeouts are generous bounds; the label needs ~1 ms now.
+    db = tmp_path / "big.db"
+    policy = tmp_path / "big.toml"
+    policy.write_text(
+        "[pool]\nmax_input_bytes = 4194304\n"
+        '[[guard]]\nname = "keys"\nops = ["op:cmd:cat"]\n'
+        "deny_regex = ['AKIA[0-9A-Z]{16}']\nreason = \"credential in outbound data\"\n"
+        f'[store]\npath = "{db}"\n[audit]\npath = "{db}"\n'
+    )
+    command = "cat > notes.txt <<EOF\n" + "x" * 3_000_000 + " AKIAABCDEFGHIJKLMNOP\nEOF"
+    call = payload("bash_git_push_pre", command=command)
+    local = command_hook("--config", str(policy), state=tmp_path / "state")(call)
+    assert permission(local) == "deny" and reason(local) == "credential in outbound data"
+    with Sidecar(policy) as server:
+        r = httpx.post(
+            f"{server.url}/v1/hooks/claude-code",
+            content=json.dumps(call).encode(),
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+            timeout=60,
+        )
+        assert r.status_code == 200 and permission(r.json()) == "deny", r.text
+    # Only the label's words are read from a long command, and they are the same words.
+    assert cc.labels_for("Bash", {"command": "git  push " + "y" * 10_000}) == (
+        "op:cmd:git:push",
+    )
+    # A quoted word the cut falls inside ends at the cut, as if its quote closed there.
+    quoted = "-v --x sudo 'a b" + " c" * 5000 + "'"
+    (label,) = cc.labels_for("Bash", {"command": quoted})
+    assert label.startswith("op:cmd:sudo:a-b-c-c-c-c-c-")
+    # the same label as the short command's, read whole by shlex.split
+    assert cc.labels_for("Bash", {"command": quoted[:3000] + "'"}) == (label,)

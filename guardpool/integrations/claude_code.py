@@ -44,6 +44,9 @@ EVENTS = (PRE, POST, POST_FAILURE)
 # Who approved an ``ask`` when Claude Code ran the tool after its permission prompt.
 APPROVER = "claude-code-user"
 
+# How much of a long shell command is read for its label (see _command_words).
+_COMMAND_SCAN_CHARS = 4096
+
 _SEGMENT_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 # Where each tool keeps the text worth judging; the rest get their whole input.
@@ -111,15 +114,42 @@ def _segment(text: str) -> str:
     return cleaned or "unknown"
 
 
-def labels_for(tool: str, tool_input: Mapping[str, Any]) -> tuple[str, ...]:
-    """The operation labels of one tool call."""
-    if tool == "Bash":
-        command = str(tool_input.get("command", ""))
+def _command_words(command: str) -> list[str]:
+    """The first two words of a shell command that are not flags: its label's segments.
+
+    shlex takes time quadratic in a word's length (a 1 MB heredoc took 24 s),
+    so a long command is read only as far as its first two words, within its
+    first ``_COMMAND_SCAN_CHARS``: a hook that runs past Claude Code's timeout
+    lets the tool call through. The cut ends a quoted word there, as if its
+    quote closed (a 64-character label segment shows no more of it anyway).
+    """
+    if len(command) <= _COMMAND_SCAN_CHARS:
         try:
             argv = shlex.split(command)
         except ValueError:
             argv = command.split()
-        words = [w for w in argv if not w.startswith("-")][:2]
+        return [w for w in argv if not w.startswith("-")][:2]
+    head = command[:_COMMAND_SCAN_CHARS]
+    lexer = shlex.shlex(head, posix=True)
+    lexer.whitespace_split = True
+    lexer.commenters = ""  # as shlex.split(command) reads it
+    words: list[str] = []
+    try:
+        for word in lexer:
+            if not word.startswith("-"):
+                words.append(word)
+                if len(words) == 2:
+                    break
+    except ValueError:  # the cut fell inside a quote: the word read so far is the word
+        if lexer.token and not lexer.token.startswith("-"):
+            words.append(lexer.token)
+    return words
+
+
+def labels_for(tool: str, tool_input: Mapping[str, Any]) -> tuple[str, ...]:
+    """The operation labels of one tool call."""
+    if tool == "Bash":
+        words = _command_words(str(tool_input.get("command", "")))
         return (":".join(["op", "cmd", *(_segment(w) for w in words)]) if words else "op:cmd",)
     if tool in ("WebFetch", "WebSearch"):
         return ("op:net:r",)
