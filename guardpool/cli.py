@@ -68,6 +68,22 @@ class UsageError(Exception):
     """A user mistake on the command line: printed as one line, exit code 2."""
 
 
+def in_range(flag: str, value: float, low: float, high: float, *, above: bool = False) -> None:
+    """Refuse a numeric flag outside [low, high] (``above``: outside (low, high]).
+
+    NaN passes every ``value <= 0``-style test and an infinite time never ends
+    (``--seconds 1e400``), so both are refused here, with the flag named.
+    """
+    ok = (low < value if above else low <= value) and value <= high  # NaN: False
+    if not ok:
+
+        def show(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else str(x)
+
+        bound = f"more than {show(low)}" if above else f"at least {show(low)}"
+        raise UsageError(f"{flag} must be {bound} and at most {show(high)}, not {value}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="guardpool",

@@ -201,3 +201,90 @@ def test_a_bug_is_a_traceback_with_a_request_to_report_it(
 def test_the_exit_codes_are_documented() -> None:
     assert cli.EXIT_BAD_INPUT == 2 and cli.EXIT_BUG == os.EX_SOFTWARE == 70
     assert "70" in (cli.__doc__ or "")
+
+
+# ---- found by the hostile-user pass (s23): each was a traceback, a hang, or a wrong exit
+
+
+def test_more_labels_than_an_operation_may_carry(tmp_path: Path) -> None:
+    labels = [a for i in range(65) for a in ("--label", f"op:x{i}")]
+    out = run("check", "--config", str(policy(tmp_path)), *labels, "--input", "x")
+    one_line_exit_2(out, "at most 64 labels")  # was an internal error (exit 70)
+
+
+def test_audit_flags_out_of_range_and_a_head_that_is_not_a_hash(tmp_path: Path) -> None:
+    assert check(policy(tmp_path)).returncode == 0  # a ledger with events in it
+    db = str(tmp_path / "g.db")
+    huge = run("audit", "show", "r", "--db", db, "--limit", str(2**70))
+    one_line_exit_2(huge, "--limit", str(2**70))  # was an OverflowError traceback
+    # A typo in a pinned head is bad input (2), not a broken chain (1).
+    one_line_exit_2(run("audit", "verify", "--db", db, "--expect-head", "zzz"), "--expect-head")
+    one_line_exit_2(run("audit", "verify", "--db", db, "--expect-head", ""), "--expect-head")
+    head = json.loads(run("audit", "verify", "--db", db, "--json").stdout)["head_hash"]
+    ok = run("audit", "verify", "--db", db, "--expect-head", head.upper())
+    assert ok.returncode == 0, ok.stdout
+
+
+def test_audit_show_escapes_what_a_terminal_would_obey(tmp_path: Path) -> None:
+    from guardpool import Enforcer, Operation
+
+    db = tmp_path / "g.db"
+    config = {
+        "limits": {"op:ask": {"calls": 0, "on_exceed": "ask"}},
+        "store": {"backend": "memory"},
+        "audit": {"path": str(db)},
+    }
+    evil = "\x1b[2J\x1b]0;owned\x07\u202egnp.exe"
+    with Enforcer.from_config(config) as enforcer:
+        run_ = enforcer.run("r1")
+        asked = run_.check(Operation(labels=("op:ask",), input="x"))
+        assert asked.action == "ask"
+        # The approver's name comes from an HTTP client (POST /v1/approve).
+        assert run_.approve(asked, by=evil).allowed
+    for args in (("show", "r1"), ("summary", "--run", "r1")):
+        out = run("audit", *args, "--db", str(db))
+        assert out.returncode == 0, out.stderr
+        for raw in (b"\x1b", b"\x07", "\u202e".encode()):
+            assert raw not in out.stdout, (args, out.stdout)
+    shown = run("audit", "show", "r1", "--db", str(db)).stdout.decode()
+    assert "by \\x1b[2J\\x1b]0;owned\\x07\\u202egnp.exe" in shown, shown
+    as_json = run("audit", "show", "r1", "--db", str(db), "--json").stdout
+    assert any(e["event"].get("reason") == f"by {evil}" for e in json.loads(as_json))
+
+
+def test_doctor_below_the_memory_a_worker_needs(tmp_path: Path) -> None:
+    # Every worker died before it was ready: PoolBroken, an internal error (exit 70).
+    one_line_exit_2(run("doctor", "--memory-mb", "1"), "--memory-mb", "48")
+    one_line_exit_2(run("doctor", "--memory-mb", str(2**40)), "--memory-mb")
+
+
+def test_lint_and_test_on_files_nested_too_deeply(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.toml"
+    deep.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    # lint re-reads a broken policy to check the rest: that read recursed too (no file
+    # named, and no JSON document for --json).
+    one_line_exit_2(run("lint", "--config", str(deep)), "deep.toml", "nested too deeply")
+    doc = json.loads(run("lint", "--config", str(deep), "--json").stdout)
+    assert doc["errors"] == 1 and doc["issues"][0]["code"] == "GP001", doc
+    cases = run("test", "--config", str(policy(tmp_path)), str(deep))
+    one_line_exit_2(cases, "deep.toml", "nested too deeply")
+
+
+@pytest.mark.parametrize(
+    ("command", "flag", "value", "shown"),
+    [
+        ("fuzz", "--seconds", "nan", "nan"),  # fuzzed nothing, "nothing found", exit 0
+        ("fuzz", "--seconds", "1e400", "inf"),  # ran forever
+        ("fuzz", "--minimise-seconds", "nan", "nan"),
+        ("bench", "--seconds", "nan", "nan"),
+        ("bench", "--memory-cap-mb", "-5", "-5"),  # named pool.memory_mb, after work
+        ("bench", "--cap-ms", str(10**14), str(10**14)),  # named pool.job_timeout_ms
+        ("lint", "--deadline", "nan", "nan"),
+        ("lint", "--deadline", "inf", "inf"),
+    ],
+)
+def test_numeric_flags_out_of_range_name_the_flag(
+    tmp_path: Path, command: str, flag: str, value: str, shown: str
+) -> None:
+    out = run(command, "--config", str(policy(tmp_path)), f"{flag}={value}")
+    one_line_exit_2(out, flag, shown)

@@ -19,6 +19,7 @@ import msgspec
 from guardpool.audit.events import StoredEvent, Summary
 from guardpool.audit.ledger import Ledger, LedgerError
 from guardpool.cli import EXIT_DENIED, EXIT_OK, UsageError
+from guardpool.commands.text import printable
 from guardpool.extras import missing_extra
 from guardpool.policy.money import format_micros
 
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 
 # Long reasons would push every later column off screen; --json has them whole.
 _REASON_WIDTH = 60
+# The largest LIMIT SQLite takes (a signed 64-bit integer).
+_MAX_LIMIT = 2**63 - 1
 _SHOW_HEADER = ("SEQ", "TIME", "KIND", "GUARD", "OUTCOME", "REASON", "LABELS", "USAGE")
 
 
@@ -75,6 +78,8 @@ def main(args: argparse.Namespace) -> int:
     heads = args.expect_head if args.action == "verify" else None
     if heads is not None and len(heads) > 1:
         raise UsageError("--expect-head: one head for a SQLite ledger (it has one chain)")
+    if heads is not None:
+        heads = [check_head(heads[0])]
     try:
         with Ledger(args.db, create=False) as ledger:
             if args.action == "show":
@@ -84,6 +89,26 @@ def main(args: argparse.Namespace) -> int:
             return _verify(ledger, heads[0] if heads else None, args.json)
     except LedgerError as exc:
         raise UsageError(str(exc)) from exc
+
+
+def check_head(value: str, flag: str = "--expect-head") -> str:
+    """A pinned head hash: 64 hex digits (any case), as lowercase.
+
+    Anything else is a typo, not a tampered ledger: exit 2 here, where a
+    verify against it would report the chain BROKEN and exit 1.
+    """
+    digest = value.strip().lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise UsageError(
+            f"{flag} {printable(value[:80])!r} is not a head hash (64 hex digits, "
+            "as printed by an earlier verify)"
+        )
+    return digest
+
+
+def check_limit(limit: int | None) -> None:
+    if limit is not None and not 1 <= limit <= _MAX_LIMIT:
+        raise UsageError(f"--limit must be between 1 and {_MAX_LIMIT}, not {limit}")
 
 
 def _fleet(args: argparse.Namespace) -> int:
@@ -115,8 +140,7 @@ def _fleet(args: argparse.Namespace) -> int:
 
 
 def _show(ledger: Ledger, run_id: str, as_json: bool, limit: int | None) -> int:
-    if limit is not None and limit < 1:
-        raise UsageError("--limit must be at least 1")
+    check_limit(limit)
     events = ledger.events(run_id=run_id, limit=limit)
     if not events:
         raise UsageError(f"no events for run {run_id!r} in {ledger.path}")
@@ -177,7 +201,7 @@ def _summary_text(s: Summary, ledger: Ledger | PgLedger, run_id: str | None) -> 
     rows.append(("timeouts", str(s.timeouts)))
     rows.append(("crashes", str(s.crashes)))
     rows.append(("usage", _usage(s.usage) or "-"))
-    return title + "\n" + _table(rows)
+    return printable(title) + "\n" + _table(rows)
 
 
 def _verify(ledger: Ledger, expect_head: str | None, as_json: bool) -> int:
@@ -213,7 +237,11 @@ def _usage(usage: Mapping[str, int]) -> str:
 
 
 def _table(rows: Sequence[tuple[str, ...]]) -> str:
-    """Left-aligned columns separated by two spaces, trailing blanks trimmed."""
+    """Left-aligned columns separated by two spaces, trailing blanks trimmed.
+
+    Every cell is escaped (``printable``): reasons and names come from outside.
+    """
+    rows = [tuple(printable(cell) for cell in row) for row in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 from guardpool.audit.pg_ledger import ChainEvent, FleetReport, PgLedger
 from guardpool.cli import EXIT_DENIED, EXIT_OK, UsageError
+from guardpool.commands.audit import check_head, check_limit
+from guardpool.commands.text import printable
 
 
 def parse_heads(values: list[str] | None) -> dict[str, str]:
     heads: dict[str, str] = {}
     for value in values or []:
         chain, sep, digest = value.partition("=")
-        if not sep or not chain or len(digest) != 64:
+        if not sep or not chain:
             raise UsageError(
                 f"--expect-head {value!r}: with --url, give CHAIN=HASH (the chain's name and "
                 "its 64-hex head from an earlier verify)"
             )
-        heads[chain] = digest
+        heads[chain] = check_head(digest, f"--expect-head {chain}=")
     return heads
 
 
@@ -57,12 +59,11 @@ def verify_text(report: FleetReport) -> str:
                 f"  {r.checked} events verified before it; last good head: "
                 f"seq {r.head_seq} sha256 {r.head_hash}"
             )
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # chain names come from the database
 
 
 def show(ledger: PgLedger, run_id: str, limit: int | None) -> list[ChainEvent]:
-    if limit is not None and limit < 1:
-        raise UsageError("--limit must be at least 1")
+    check_limit(limit)
     events = ledger.events(run_id=run_id, limit=limit)
     if not events:
         raise UsageError(f"no events for run {run_id!r} in {ledger.path}")

@@ -27,10 +27,15 @@ from rich.table import Table
 
 from guardpool.analysis import benchmark as bm
 from guardpool.analysis import limits_file
-from guardpool.cli import EXIT_OK, UsageError
+from guardpool.cli import EXIT_OK, UsageError, in_range
 from guardpool.commands.reporting import Steps, console
+from guardpool.policy.bounds import MAX_JOB_MS, MAX_MEMORY_MB, MIN_MEMORY_MB
 from guardpool.policy.errors import PolicyError
 from guardpool.policy.loader import Policy, load_policy
+
+_WEEK_S = 7 * 24 * 3600
+# Generated inputs per guard; each is a job in a fresh worker.
+_MAX_ADVERSARIAL = 100_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,8 +93,13 @@ def load_samples(path: str | None) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.seconds < 0 or args.cap_ms <= 0 or args.adversarial < 0:
-        raise UsageError("--seconds, --adversarial must be >= 0 and --cap-ms > 0")
+    # Checked before any measuring, and named: out of range, these surfaced seconds
+    # later as errors about pool.job_timeout_ms or pool.memory_mb.
+    in_range("--seconds", args.seconds, 0, _WEEK_S)
+    in_range("--cap-ms", args.cap_ms, 0, MAX_JOB_MS, above=True)
+    in_range("--adversarial", args.adversarial, 0, _MAX_ADVERSARIAL)
+    if args.memory_cap_mb is not None:
+        in_range("--memory-cap-mb", args.memory_cap_mb, MIN_MEMORY_MB, MAX_MEMORY_MB)
     policy = load_policy(args.config)
     if not policy.guards:
         raise UsageError(f"{args.config} has no guards to measure")

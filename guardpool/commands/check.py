@@ -18,6 +18,7 @@ from decimal import Decimal
 import msgspec
 
 from guardpool.cli import EXIT_DENIED, EXIT_OK, UsageError
+from guardpool.commands.text import printable
 from guardpool.policy.bounds import check_amount
 from guardpool.policy.labels import validate_label
 from guardpool.policy.model import Decision, Operation, Usage
@@ -88,7 +89,11 @@ def operation(args: argparse.Namespace) -> Operation:
     estimate = None
     if args.estimate_tokens is not None or cost is not None:
         estimate = Usage(tokens=args.estimate_tokens, cost=cost)
-    return Operation(labels=tuple(args.label), input=read_input(args.input), estimate=estimate)
+    text = read_input(args.input)
+    try:
+        return Operation(labels=tuple(args.label), input=text, estimate=estimate)
+    except ValueError as exc:  # e.g. more labels than an operation may carry
+        raise UsageError(str(exc).removeprefix("Operation.")) from None
 
 
 def to_json(d: Decision) -> str:
@@ -114,7 +119,8 @@ def render(d: Decision) -> str:
             f"  limit {s.pattern} {s.dimension}: used {fmt(s.used)}, reserved {fmt(s.reserved)}"
             f", limit {fmt(s.limit)}" + ("  EXCEEDED" if s.exceeded else "")
         )
-    return "\n".join(lines)
+    # A guard's reason may quote the hostile input it judged: escape what a terminal obeys.
+    return "\n".join(printable(line) for line in lines)
 
 
 def main(args: argparse.Namespace) -> int:

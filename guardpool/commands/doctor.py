@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from guardpool.cli import EXIT_DENIED, EXIT_OK, UsageError
+from guardpool.policy.bounds import MAX_MEMORY_MB, MIN_MEMORY_MB
 
 PROBE = "guardpool.worker.probe:probe"
 
@@ -170,8 +171,13 @@ def measures(info: dict[str, Any], hardening: str, memory_mb: int) -> list[dict[
 def main(args: argparse.Namespace) -> int:
     from guardpool.runner.pool import GuardPool
 
-    if args.memory_mb <= 0:
-        raise UsageError("--memory-mb must be positive")
+    if not MIN_MEMORY_MB <= args.memory_mb <= MAX_MEMORY_MB:
+        # Below the floor every worker dies before it is ready (the pool reports
+        # itself broken); the policy loader refuses such a memory_mb the same way.
+        raise UsageError(
+            f"--memory-mb must be between {MIN_MEMORY_MB} and {MAX_MEMORY_MB}, not {args.memory_mb}"
+            f" (a worker needs about 22 MiB of address space to start)"
+        )
     with GuardPool(workers=1, memory_mb=args.memory_mb, hardening=args.hardening) as pool:
         result = pool.submit(PROBE, None, timeout_ms=5000).result()
     if result.outcome != "ok":

@@ -28,10 +28,13 @@ from rich.table import Table
 from guardpool import __version__
 from guardpool.analysis import findings as fs
 from guardpool.analysis.fuzzing import KINDS, GuardFuzzer, default_labels
-from guardpool.cli import EXIT_DENIED, EXIT_OK, UsageError
+from guardpool.cli import EXIT_DENIED, EXIT_OK, UsageError, in_range
 from guardpool.commands.reporting import Steps, console
 from guardpool.policy.loader import Policy, load_policy
 from guardpool.runner.pool import GuardPool
+
+# The longest run a flag may ask for: a finite bound, so "1e400" is an error, not forever.
+_WEEK_S = 7 * 24 * 3600
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,10 +81,8 @@ def main(args: argparse.Namespace) -> int:
         return replay(Path(args.replay), as_json=args.json)
     if not args.config:
         raise UsageError("--config is required (or --replay FILE)")
-    if args.seconds <= 0:
-        raise UsageError("--seconds must be > 0")
-    if args.minimise_seconds < 0:
-        raise UsageError("--minimise-seconds must be >= 0")
+    in_range("--seconds", args.seconds, 0, _WEEK_S, above=True)
+    in_range("--minimise-seconds", args.minimise_seconds, 0, _WEEK_S)
     policy = load_policy(args.config)
     names = args.guard or list(policy.guards)
     unknown = [n for n in names if n not in policy.guards]

@@ -27,6 +27,7 @@ import msgspec
 
 from guardpool.analysis.modcheck import check_modules
 from guardpool.analysis.rules import RULES, Issue, issue
+from guardpool.policy.bounds import MAX_WORKERS
 from guardpool.policy.errors import PolicyError
 from guardpool.policy.labels import match
 from guardpool.policy.loader import Policy, load_policy
@@ -34,6 +35,7 @@ from guardpool.policy.machine import advice
 from guardpool.policy.regex import compile_pattern, re_semantic_warnings
 
 _LONG_PRIVILEGED_MS = 5000
+_MAX_DEADLINE_S = 3600
 _HUGE_INPUT = 16 << 20
 EXIT_OK, EXIT_FOUND, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -59,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jobs",
         type=int,
-        default=os.cpu_count() or 1,
+        default=min(os.cpu_count() or 1, MAX_WORKERS),
         metavar="N",
         help="confirmations run in parallel (default: cores)",
     )
@@ -134,8 +136,8 @@ def _raw(path: Path) -> dict[str, Any] | None:
     try:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None  # the loader's own error (GP001) says what is wrong with it
     return data if isinstance(data, dict) else None
 
 
@@ -214,9 +216,15 @@ _PLURAL |= {"warning": "warnings", "info": "infos"}
 def main(args: argparse.Namespace) -> int:
     path = Path(args.config)
     confirm = not args.no_confirm
-    if args.deadline <= 0 or args.jobs < 1:
-        issues = [issue("GP001", "command line", "--deadline must be > 0 and --jobs >= 1")]
-        _report(issues, args.json, {"guards": 0, "limits": 0})
+    # `not 0 < x <= max` also refuses NaN; an infinite deadline never kills a confirmation.
+    if not (0 < args.deadline <= _MAX_DEADLINE_S and 1 <= args.jobs <= MAX_WORKERS):
+        message = (
+            f"--deadline must be more than 0 and at most {_MAX_DEADLINE_S} seconds, and --jobs "
+            f"between 1 and {MAX_WORKERS} (given {args.deadline} and {args.jobs})"
+        )
+        _report([issue("GP001", "command line", message)], args.json, {"guards": 0, "limits": 0})
+        if not args.json:
+            print(f"guardpool lint: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
         policy = load_policy(path)

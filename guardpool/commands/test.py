@@ -31,10 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     policy = load_policy(args.config)
-    try:
-        files = [cs.load(Path(p), policy) for p in args.cases]
-    except cs.CasesError as exc:
-        raise UsageError(str(exc)) from None
+    files = []
+    for name in args.cases:
+        try:
+            files.append(cs.load(Path(name), policy))
+        except cs.CasesError as exc:
+            raise UsageError(str(exc)) from None
+        except RecursionError:  # tomllib and json recurse per nesting level
+            raise UsageError(f"{name}: nested too deeply") from None
     report: list[dict[str, Any]] = []
     failed = passed = 0
     for loaded in files:
