@@ -404,3 +404,26 @@ def test_a_long_bash_command_is_decided_before_the_hook_times_out(tmp_path: Path
     assert label.startswith("op:cmd:sudo:a-b-c-c-c-c-c-")
     # the same label as the short command's, read whole by shlex.split
     assert cc.labels_for("Bash", {"command": quoted[:3000] + "'"}) == (label,)
+
+
+def test_a_payload_that_repeats_a_key_is_refused(tmp_path: Path) -> None:
+    # The guards judged the last "command" (msgspec keeps it); a reader keeping the first
+    # runs the other. The command hook exits 2 (Claude Code blocks), the route denies.
+    call = payload("bash_git_push_pre")
+    text = json.dumps(call)
+    hostile = text.replace(
+        '"command": ', '"command": "echo AKIAABCDEFGHIJKLMNOP", "command": ', 1
+    ).encode()
+    assert hostile.count(b'"command"') == 2
+    policy = write_policy(tmp_path)
+    local = run_cli("--config", str(policy), "--state", str(tmp_path / "s"), stdin=hostile)
+    assert local.returncode == 2 and b"appears twice" in local.stderr, local
+    with Sidecar(policy) as server:
+        r = httpx.post(
+            f"{server.url}/v1/hooks/claude-code",
+            content=hostile,
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+            timeout=30,
+        )
+        assert r.status_code == 200 and permission(r.json()) == "deny", r.text
+        assert "appears twice" in reason(r.json())

@@ -267,3 +267,38 @@ def test_random_bodies_never_get_a_5xx(server: Server, route: str, body: Any) ->
     answer = r.json()
     if r.status_code >= 400:
         assert answer["error"] and isinstance(answer["detail"], str)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # Each was allowed: msgspec keeps the last value, so the guard judged "hi",
+        # while a reader that keeps the first (some parsers, proxies) acts on the key.
+        b'{"labels":["x"],"input":"AKIAABCDEFGHIJKLMNOP","input":"hi"}',
+        b'{"labels":["x"],"input":"AKIAABCDEFGHIJKLMNOP","\\u0069nput":"hi"}',
+        b'{"labels":["x"],"input":{"text":"AKIAABCDEFGHIJKLMNOP","text":"hi"}}',
+        b'{"labels":["x"],"input":[{"a":1},{"b":{"c":"AKIAABCDEFGHIJKLMNOP","c":"hi"}}]}',
+        b'{"labels":["op:tiny"],"labels":["x"],"run_id":"dup1"}',
+        b'{"labels":["x"],"input":"\\ud800 AKIAABCDEFGHIJKLMNOP","input":"\\ud800"}',
+    ],
+)
+def test_a_key_repeated_in_one_object_is_refused(server: Server, body: bytes) -> None:
+    r = post(server, "/v1/check", body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "duplicate key" and "appears twice" in r.json()["detail"]
+
+
+def test_repeated_keys_in_settle_and_approve_and_the_same_key_in_two_objects(
+    server: Server,
+) -> None:
+    # The same key in different objects is ordinary JSON.
+    fine = post(server, "/v1/check", b'{"labels":["x"],"input":[{"a":1},{"a":2}],"run_id":"d2"}')
+    assert fine.status_code == 200 and fine.json()["allowed"] is True, fine.text
+    granted = post(server, "/v1/check", {"labels": ["exe:llm:x"], "run_id": "d2"}).json()
+    dup = (
+        b'{"run_id":"d2","decision_id":"' + granted["id"].encode() + b'",'
+        b'"usage":{"tokens":1000000,"tokens":0}}'
+    )
+    assert post(server, "/v1/settle", dup).status_code == 400
+    answer = b'{"run_id":"d2","decision_id":"x","by":"alice","by":"mallory"}'
+    assert post(server, "/v1/approve", answer).status_code == 400

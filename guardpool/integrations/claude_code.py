@@ -33,6 +33,7 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
+from guardpool.integrations import unique_keys
 from guardpool.policy import guarded_json
 from guardpool.policy.model import Decision, Operation, Usage
 
@@ -88,7 +89,7 @@ def parse(payload: bytes | Mapping[str, Any]) -> HookCall:
     try:
         if isinstance(payload, bytes | bytearray):
             try:
-                return msgspec.json.decode(payload, type=HookCall)
+                call = msgspec.json.decode(payload, type=HookCall)
             except msgspec.DecodeError as exc:
                 # A tool call whose arguments or result hold an escaped lone surrogate:
                 # msgspec refuses it, but the guards must judge it, not be skipped
@@ -98,7 +99,10 @@ def parse(payload: bytes | Mapping[str, Any]) -> HookCall:
                 call = guarded_json.decode(bytes(payload), HookCall, _GUARDED)
                 if not isinstance(call.tool_input, dict):
                     raise msgspec.ValidationError("Expected `object` - at `$.tool_input`") from exc
-                return call
+            # `"command": "rm -rf ~", "command": "ls"`: the guards would judge one
+            # command, and a reader that keeps the first value would run the other.
+            unique_keys.check(bytes(payload))
+            return call
         return msgspec.convert(payload, type=HookCall)
     except msgspec.ValidationError as exc:
         raise PayloadError(f"not a Claude Code hook payload: {exc}") from None
@@ -107,6 +111,8 @@ def parse(payload: bytes | Mapping[str, Any]) -> HookCall:
         raise PayloadError(f"the hook payload is not acceptable{where}: {exc}") from None
     except msgspec.DecodeError as exc:
         raise PayloadError(f"the hook payload is not JSON: {exc}") from None
+    except ValueError as exc:  # unique_keys: a repeated key, or nesting it cannot read
+        raise PayloadError(f"the hook payload is not acceptable: {exc}") from None
 
 
 def _segment(text: str) -> str:

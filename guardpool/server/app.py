@@ -3,7 +3,8 @@
     client ──HTTP──► read timeouts (timeouts.py: 408 and close when stalled)
                      ──► auth (bearer, constant time) ──► bounded body read (413)
                      ──► msgspec decode, in a thread when large (400 malformed / 422 schema;
-                         a lone surrogate escape in input/output: policy/guarded_json.py)
+                         a lone surrogate escape in input/output: policy/guarded_json.py;
+                         a key repeated in an object: 400, integrations/unique_keys.py)
                      ──► labels, ids, numbers, money bounded (422 naming the field)
                      ──► run.acheck / asettle / arelease ──► Decision JSON
                          (unknown decision id: 404; a denied one: 409)
@@ -36,6 +37,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from guardpool.integrations import unique_keys
 from guardpool.policy import guarded_json, inputs
 from guardpool.policy.labels import validate_label
 from guardpool.policy.model import Decision, Operation
@@ -247,13 +249,17 @@ def _decode(raw: bytes, kind: type[T]) -> T:
         raise HTTPError(400, "body is not UTF-8", f"byte {exc.start}") from None
     try:
         try:
-            return msgspec.json.decode(raw, type=kind)
+            body = msgspec.json.decode(raw, type=kind)
         except msgspec.ValidationError:
             raise
         except msgspec.DecodeError as exc:
             if not guarded_json.may_hold_surrogates(raw, exc):
                 raise
-            return guarded_json.decode(raw, kind)  # guarded text with a lone surrogate
+            body = guarded_json.decode(raw, kind)  # guarded text with a lone surrogate
+        unique_keys.check(raw)  # a repeated key: the client and the guards may read apart
+        return body
+    except unique_keys.DuplicateKey as exc:
+        raise HTTPError(400, "duplicate key", str(exc)) from None
     except msgspec.ValidationError as exc:
         raise _invalid(exc) from None
     except msgspec.DecodeError as exc:
@@ -264,6 +270,8 @@ def _decode(raw: bytes, kind: type[T]) -> T:
         raise HTTPError(400, "malformed JSON", str(exc)) from None
     except RecursionError:
         raise HTTPError(400, "malformed JSON", "nested too deeply") from None
+    except ValueError as exc:  # the second pass refused what msgspec took: fail closed
+        raise HTTPError(400, "malformed JSON", str(exc)) from None
 
 
 def _check_labels(labels: list[str]) -> None:
