@@ -508,7 +508,10 @@ def test_every_decision_is_audited_and_the_chain_verifies(make: Any, tmp_path: P
             "settle",
             "decision",
             "check",
+            # Regex banks only: no snapshot read before them (no worker time to
+            # spare), so the bank ran and the transaction refused (issue 15).
             "limit_breach",
+            "verdict",
             "decision",
         ]
         assert ledger.verify().ok
@@ -543,6 +546,40 @@ def test_without_guards_the_joint_transaction_records_a_refusal_like_the_usual_p
         assert ledger.verify().ok
     finally:
         ledger.close()
+
+
+def test_a_bank_deny_on_the_joint_path_reserves_nothing_and_reports_the_limits(
+    make: Any, tmp_path: Path
+) -> None:
+    """Banks only: no snapshot read before them (issue 15); a deny reads the limits for its
+    decision and reserves nothing."""
+    e = make(
+        limits={"exe:llm:*": {"calls": 5}},
+        guard=[{"name": "no-keys", "ops": ["*"], "deny_regex": ["AKIA[0-9A-Z]{16}"]}],
+    )
+    run = e.run("bank")
+    assert run.check(llm()).allowed
+    denied = run.check(llm("key AKIAABCDEFGHIJKLMNOP"))
+    assert not denied.allowed and "no-keys" in denied.reasons[0]
+    (status,) = denied.limits
+    assert (status.dimension, status.reserved, status.exceeded) == ("calls", 1, False)
+    assert [s.reserved for s in run.usage()] == [1]  # the first check's only
+    assert kinds(tmp_path, "bank")[-3:] == ["check", "verdict", "decision"]
+
+
+def test_with_a_callable_guard_an_exhausted_budget_is_refused_before_the_worker_runs(
+    make: Any, tmp_path: Path
+) -> None:
+    e = make(
+        limits={"exe:llm:*": {"calls": 1}},
+        guard=[{"name": "pooled", "ops": ["*"], "call": f"{G}:allow"}],
+    )
+    run = e.run("pooled")
+    assert run.check(llm()).allowed
+    refused = run.check(llm())
+    assert not refused.allowed and "already used" in refused.reasons[0]
+    assert refused.verdicts == ()  # the guard never ran
+    assert kinds(tmp_path, "pooled")[-3:] == ["check", "limit_breach", "decision"]
 
 
 def test_custom_dimensions_are_counted(make: Any) -> None:

@@ -46,6 +46,8 @@ class PolicyMatch(msgspec.Struct, frozen=True, kw_only=True):
     limits: tuple[CompiledLimit, ...]
     estimate: Usage | None  # the most specific [estimates] entry
     price: CompiledPrice | None  # the most specific [prices] entry
+    # A before-guard runs in the pool (a callable): a check spends worker time.
+    pooled: bool = False
 
 
 class Policy:
@@ -112,9 +114,11 @@ class Policy:
         guards = [
             g for g in self.guards.values() if any(matches_any(p, labels) for p in g.spec.ops)
         ]
+        before = tuple(g for g in guards if g.spec.phase == "before")
         return PolicyMatch(
             labels=labels,
-            before=tuple(g for g in guards if g.spec.phase == "before"),
+            before=before,
+            pooled=any(g.kind == "callable" for g in before),
             after=tuple(g for g in guards if g.spec.phase == "after"),
             limits=tuple(lim for lim in self.limits if matches_any(lim.pattern, labels)),
             estimate=_most_specific(self._estimates, labels),

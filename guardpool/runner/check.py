@@ -20,11 +20,15 @@ in a loop is refused without spending worker time; a guard deny then returns
 the reservation. Every failure path ends in a deny (fail closed).
 
 Joint path (store and ledger in one SQLite file): steps 3 and 5 become one
-transaction. A snapshot read (no write lock) still refuses an exhausted budget
-before any guard runs; the guards run; then the reservation is taken and the
-decision's events appended in the same commit, so the file never holds a
-reservation without its audit trail or the reverse. A guard deny reserves
-nothing at all. Hooks raised while the transaction is open fire after it ends.
+transaction. When a callable guard would run, a snapshot read (no write lock)
+first refuses an exhausted budget without spending worker time; the guards
+run; then the reservation is taken and the decision's events appended in the
+same commit, so the file never holds a reservation without its audit trail or
+the reverse. With only regex banks (in-process, microseconds) or no guard at
+all, there is no worker time to spare and no snapshot: the transaction decides,
+and a refusal is recorded with the banks' verdicts beside it. A guard deny
+reserves nothing at all. Hooks raised while the transaction is open fire after
+it ends.
 """
 
 from __future__ import annotations
@@ -150,10 +154,10 @@ class _Check:
         plan = self.plan = svc.planner.plan(match, op.estimate, scope.run_id, scope.principal)
         self.planned = plan.planned
         if self.planned and svc.joint is not None:
-            if not match.before:
-                # No guard to spare: the transaction decides, and records a refusal
-                # with the same events the usual path would.
-                return self.decide_joint(svc.joint, match, ())
+            if not match.pooled:
+                # No worker time to spare (banks or no guard): the transaction
+                # decides, and records a refusal as the usual path would.
+                return self.decide_joint(svc.joint, match, None)
             try:
                 states = svc.store.states(plan.items)
             except StoreUnavailable as exc:
@@ -184,19 +188,25 @@ class _Check:
         return self.finish(reasons, action, value)
 
     def decide_joint(
-        self, joint: SqliteStore, match: PolicyMatch, states: tuple[CounterState, ...]
+        self, joint: SqliteStore, match: PolicyMatch, states: tuple[CounterState, ...] | None
     ) -> Decision:
-        """``states``: the snapshot read before the guards (empty when there are none)."""
+        """``states``: the snapshot read before the guards (None when none was taken)."""
         svc, scope = self.svc, self.scope
-        assert self.input is not None
+        assert self.input is not None and self.plan is not None
         results, value = svc.guards.run("before", match.before, self.input, scope)
         guard_reasons: list[str] = []
         guard_effects: list[Action] = []
         self.take_verdicts(results, guard_reasons, guard_effects)
         if combine(guard_effects) == "deny":  # nothing reserved, nothing to return
-            self.limits = tuple(
-                budget.limit_status(p, s, exceeded=False) for p, s in self.pairs(states)
-            )
+            if states is None:  # the limits as they stand, for the decision
+                try:
+                    states = svc.store.states(self.plan.items)
+                except StoreUnavailable:
+                    states = ()
+            if states:
+                self.limits = tuple(
+                    budget.limit_status(p, s, exceeded=False) for p, s in self.pairs(states)
+                )
             return self.finish(guard_reasons, "deny")
 
         def step(j: Joint) -> tuple[Decision, StoreAnswer]:
