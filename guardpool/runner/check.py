@@ -247,12 +247,15 @@ class _Check:
     def take_verdicts(
         self, results: list[GuardResult], reasons: list[str], effects: list[Action]
     ) -> None:
-        self.verdicts = tuple(r.verdict for r in results)
+        verdicts = []
+        guard, scope, events = self.svc.audit.guard, self.scope, self.guard_events
         for r in results:
-            self.guard_events.append(self.svc.audit.guard(self.scope, r))
+            verdicts.append(r.verdict)
+            events.append(guard(scope, r))
             effects.append(r.effect)
             if r.effect != "allow":
                 reasons.append(r.verdict.reason)
+        self.verdicts = tuple(verdicts)
 
     def read_reservation(self, answer: StoreAnswer) -> tuple[list[str], list[tuple[str, Action]]]:
         """Limit statuses, audit events, hooks, refusals, and (reason, warn|ask) notes."""

@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from guardpool.policy import inputs
-from guardpool.policy.verdict import Verdict
+from guardpool.policy.model import GuardVerdict
 from guardpool.runner.verdicts import GuardResult, Phase, failed_in_host, from_job, from_verdict
 
 if TYPE_CHECKING:
@@ -97,6 +97,11 @@ def _regex(guard: CompiledGuard, value: Any, phase: Phase) -> GuardResult:
     except Exception as exc:
         return failed_in_host(guard, exc, phase)
     ms = (time.perf_counter() - start) * 1000
-    if not isinstance(verdict, Verdict):  # pragma: no cover - regex banks return Verdicts
-        return failed_in_host(guard, TypeError("regex guard returned no Verdict"), phase)
+    if verdict.action == "allow":  # the usual answer, built without from_verdict's branches
+        return GuardResult(
+            verdict=GuardVerdict(
+                guard=guard.spec.name, outcome="allow", reason=verdict.reason, ms=ms, phase=phase
+            ),
+            effect="allow",
+        )
     return from_verdict(guard, verdict, ms, phase)
