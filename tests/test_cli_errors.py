@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from guardpool import cli
@@ -288,3 +291,69 @@ def test_numeric_flags_out_of_range_name_the_flag(
 ) -> None:
     out = run(command, "--config", str(policy(tmp_path)), f"{flag}={value}")
     one_line_exit_2(out, flag, shown)
+
+
+def _serve_unix(config: Path, sock: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "guardpool", "serve", "--config", str(config), "--unix", str(sock)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+        if _healthy(sock):
+            return proc
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("guardpool serve --unix did not start")
+
+
+def _healthy(sock: Path) -> bool:
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=2) as c:
+            return c.get("http://sidecar/healthz").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    if proc.stderr is not None:
+        proc.stderr.close()
+
+
+def test_serve_never_takes_a_unix_socket_another_server_listens_on(tmp_path: Path) -> None:
+    config = policy(tmp_path)
+    sock = tmp_path / "g.sock"
+    first = _serve_unix(config, sock)
+    try:
+        # The second server unlinked the first one's socket and bound its own: the
+        # first kept running, unreachable, and clients silently reached the second.
+        second = run("serve", "--config", str(config), "--unix", str(sock))
+        one_line_exit_2(second, "--unix", "another server is listening")
+        assert _healthy(sock)
+    finally:
+        _stop(first)
+    # A socket file left by a server that is gone is taken over.
+    if not sock.exists():
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(str(sock))
+        srv.close()  # a bound socket file that nobody listens on
+    third = _serve_unix(config, sock)
+    _stop(third)
+    missing_dir = run("serve", "--config", str(config), "--unix", str(tmp_path / "no" / "s.sock"))
+    one_line_exit_2(missing_dir, "--unix", str(tmp_path / "no" / "s.sock"))
+
+
+def test_mcp_proxy_in_front_of_a_command_that_is_not_an_mcp_server(tmp_path: Path) -> None:
+    # "Connection closed" / "Method not found" from the MCP client: exit 70 with an
+    # ExceptionGroup traceback before.
+    config = str(policy(tmp_path))
+    gone = run("mcp-proxy", "--config", config, "--", sys.executable, "-c", "pass")
+    one_line_exit_2(gone, "did not initialise", "Connection closed")
+    echo = run("mcp-proxy", "--config", config, "--", "cat", stdin=b"garbage\n")
+    one_line_exit_2(echo, "did not initialise")

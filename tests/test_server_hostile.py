@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -302,3 +303,53 @@ def test_repeated_keys_in_settle_and_approve_and_the_same_key_in_two_objects(
     assert post(server, "/v1/settle", dup).status_code == 400
     answer = b'{"run_id":"d2","decision_id":"x","by":"alice","by":"mallory"}'
     assert post(server, "/v1/approve", answer).status_code == 400
+
+
+def test_a_run_id_that_is_not_utf8_is_refused(server: Server) -> None:
+    # The path was decoded with errors replaced: %FF answered 200 with the report of
+    # run "\ufffd", another run.
+    with client(server) as c:
+        for path in ("/v1/runs/%FF", "/v1/runs/a%ED%A0%80b"):
+            r = c.get(path)
+            assert r.status_code == 422 and r.json()["field"] == "run_id", (path, r.text)
+        assert c.get("/v1/runs/caf%C3%A9").json()["run_id"] == "caf\u00e9"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("by", "\x1b[2Jmallory"), ("by", "b" * 300), ("decision_id", "d\n"), ("run_id", "r" * 300)],
+)
+def test_an_answer_is_bounded_and_printable(server: Server, field: str, value: str) -> None:
+    # `by` reached the ledger whole (megabytes) and with control characters, which
+    # `guardpool audit show` printed to the terminal.
+    body = {"run_id": "a1", "decision_id": "d1", "by": "alice", field: value}
+    for route in ("/v1/approve", "/v1/reject"):
+        r = post(server, route, body)
+        assert r.status_code == 422 and r.json()["field"] == f"$.{field}", r.text
+
+
+def test_a_sidecar_without_a_token_refuses_web_pages(tmp_path: Path) -> None:
+    # Any page in the user's browser could POST (text/plain: no CORS preflight) to a
+    # --no-auth sidecar on loopback: check, settle, release, approve.
+    s = Server(tmp_path, "--no-auth")
+    s.wait_ready()
+    try:
+        page = {"Origin": "https://evil.example", "Content-Type": "text/plain"}
+        with httpx.Client(base_url=s.url, timeout=30) as c:
+            body = json.dumps({"labels": ["op:tiny"], "run_id": "web"})
+            r = c.post("/v1/check", content=body, headers=page)
+            assert r.status_code == 403 and r.json()["error"] == "forbidden", r.text
+            for path in ("/v1/settle", "/v1/release", "/v1/approve"):
+                assert c.post(path, content=b"{}", headers=page).status_code == 403
+            assert c.get("/v1/runs/web", headers=page).status_code == 403
+            # the budget was not touched: op:tiny allows one call per run
+            assert c.post("/v1/check", content=body).json()["allowed"] is True
+            assert c.get("/healthz", headers=page).status_code == 200
+    finally:
+        assert s.stop() == 0
+
+
+def test_a_sidecar_with_a_token_still_serves_requests_with_an_origin(server: Server) -> None:
+    with client(server) as c:
+        r = c.post("/v1/check", json={"labels": ["x"]}, headers={"Origin": "app://host"})
+    assert r.status_code == 200 and r.json()["allowed"] is True, r.text

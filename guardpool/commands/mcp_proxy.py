@@ -34,9 +34,14 @@ def main(args: argparse.Namespace) -> int:
     if not command:
         raise UsageError("give the MCP server's command after --, e.g. -- python server.py")
     # Without the mcp extra this raises MissingExtra; the CLI prints the install line.
-    from guardpool.integrations.mcp_proxy import run_proxy
+    from guardpool.integrations.mcp_proxy import UpstreamFailed, run_proxy
     from guardpool.runner.enforcer import Enforcer
 
     with Enforcer.from_config(args.config) as enforcer:
-        run_proxy(enforcer, command, name=args.name, run_id=args.run_id, principal=args.principal)
+        try:
+            run_proxy(
+                enforcer, command, name=args.name, run_id=args.run_id, principal=args.principal
+            )
+        except UpstreamFailed as exc:  # the command after -- is wrong: a user error
+            raise UsageError(str(exc)) from None
     return EXIT_OK

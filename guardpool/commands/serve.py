@@ -70,15 +70,35 @@ def unix_socket(path: str) -> socket.socket:
     if target.exists() or target.is_symlink():
         if not target.is_socket():
             raise UsageError(f"--unix {path}: exists and is not a socket")
-        target.unlink()
+        if _listening(path):
+            # Unlinking it would leave that server running, unreachable, while its
+            # clients' next connections reach this one instead.
+            raise UsageError(f"--unix {path}: another server is listening on this socket")
+        target.unlink()  # left behind by a server that is gone
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)  # created 0600: no window where others can connect
     try:
         sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"--unix {path}: {exc.strerror or exc}") from None
     finally:
         os.umask(old)
     os.chmod(path, 0o600)
     return sock
+
+
+def _listening(path: str) -> bool:
+    """Whether a process accepts connections on the Unix socket at ``path``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False  # nobody listens: a stale socket file
+        except OSError:
+            return True  # a full backlog or a timeout: someone is there, leave it alone
+        return True
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

@@ -18,6 +18,7 @@ fails) after. The proxy fails closed: a check that cannot decide is a deny.
 from __future__ import annotations
 
 import json
+import shlex
 from typing import Any
 
 from guardpool.extras import require
@@ -114,6 +115,10 @@ def rewritten(tool: str, result: types.CallToolResult, value: Any) -> types.Call
     )
 
 
+class UpstreamFailed(RuntimeError):
+    """The MCP server given after ``--`` exited or did not speak MCP when asked to initialise."""
+
+
 def run_proxy(
     enforcer: Enforcer,
     command: list[str],
@@ -122,8 +127,21 @@ def run_proxy(
     run_id: str | None = None,
     principal: str = "",
 ) -> None:
-    """``proxy`` from synchronous code: serve until the client or the server hangs up."""
-    anyio.run(lambda: proxy(enforcer, command, name=name, run_id=run_id, principal=principal))
+    """``proxy`` from synchronous code: serve until the client or the server hangs up.
+
+    Raises ``UpstreamFailed`` itself, not inside the task groups' ExceptionGroup,
+    so that the command line can say what went wrong in one line.
+    """
+    try:
+        anyio.run(lambda: proxy(enforcer, command, name=name, run_id=run_id, principal=principal))
+    except BaseExceptionGroup as group:
+        found = group.subgroup(UpstreamFailed)
+        if found is None:
+            raise
+        leaf: BaseException = found
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        raise leaf from None
 
 
 async def proxy(
@@ -140,7 +158,12 @@ async def proxy(
         stdio_client(params) as (down_read, down_write),
         ClientSession(down_read, down_write) as session,
     ):
-        init = await session.initialize()
+        try:
+            init = await session.initialize()
+        except MCPError as exc:  # it exited ("Connection closed") or is not an MCP server
+            raise UpstreamFailed(
+                f"the MCP server `{shlex.join(command)}` did not initialise: {exc}"
+            ) from None
         server_name = name or init.server_info.name
         guard = ToolGuard(enforcer.run(run_id, principal), server_name)
         caps = init.capabilities

@@ -27,6 +27,7 @@ import hmac
 import logging
 import re
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
@@ -125,6 +126,23 @@ class Sidecar:
                 401, "unauthorized", "a valid 'Authorization: Bearer <token>' is required"
             )
 
+    def refuse_browsers(self, request: Request) -> None:
+        """Without a token, 403 for a request a web page made (it carries an Origin header).
+
+        Browsers send Origin with every cross-site POST, and with a page's own POST
+        after a DNS rebinding. A ``--no-auth`` sidecar on loopback was open to any
+        page in the user's browser: a ``text/plain`` POST needs no CORS preflight,
+        so the page could check, settle, release and approve. With a token a page
+        has nothing to send; a Unix socket is out of a browser's reach.
+        """
+        if self.token is None and "origin" in request.headers:
+            raise HTTPError(
+                403,
+                "forbidden",
+                "a request from a web page (an Origin header) to a sidecar without a token "
+                "is refused (start the sidecar with --token if a browser-based host must call it)",
+            )
+
     async def body(self, request: Request, kind: type[T]) -> T:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
@@ -220,6 +238,15 @@ class Sidecar:
     async def run_report(self, request: Request) -> Response:
         self.authorise(request)
         run_id = request.path_params["run_id"]
+        raw = request.scope.get("raw_path") or b""
+        try:
+            # The server decoded the path with errors replaced: %FF became U+FFFD, a
+            # report for another run id. The raw bytes say whether it was UTF-8.
+            urllib.parse.unquote_to_bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise HTTPError(
+                422, "invalid run_id", f"the path is not UTF-8 (byte {exc.start})", "run_id"
+            ) from None
         principal = request.query_params.get("principal", "")
         for name, value in (("run_id", run_id), ("principal", principal)):
             if len(value) > 256 or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
@@ -300,6 +327,7 @@ def build_app(enforcer: Enforcer, *, token: str | None, max_body: int) -> Starle
     def guarded(handler: Any) -> Any:
         async def endpoint(request: Request) -> Response:
             try:
+                sidecar.refuse_browsers(request)
                 response: Response = await handler(request)
                 return response
             except HTTPError as exc:

@@ -43,11 +43,14 @@ class ReleaseRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class AnswerRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """A human's answer to an ``ask`` decision (``/v1/approve``, ``/v1/reject``)."""
+    """A human's answer to an ``ask`` decision (``/v1/approve``, ``/v1/reject``).
 
-    run_id: str
-    decision_id: str
-    by: str
+    ``by`` is recorded in the audit ledger: like the ids, at most 256 printable characters.
+    """
+
+    run_id: Id
+    decision_id: Id
+    by: Id
 
 
 class ReleaseResponse(msgspec.Struct, kw_only=True):
