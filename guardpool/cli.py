@@ -10,7 +10,7 @@ A command module provides::
     def main(args: argparse.Namespace) -> int: ...
 
 Exit codes: 0 ok / allowed, 1 denied or something found, 2 bad input,
-70 a bug in guardpool.
+70 a bug in guardpool; 141 (SIGPIPE's) when stdout's reader went away, silently.
 
 User errors print one line on stderr and exit 2, never a traceback: a bad
 command line (``UsageError``), a bad policy (``PolicyError``), a budget store
@@ -33,6 +33,7 @@ EXIT_OK = 0
 EXIT_DENIED = 1
 EXIT_BAD_INPUT = 2
 EXIT_BUG = 70
+EXIT_SIGPIPE = 128 + 13  # what a shell reports for a process SIGPIPE killed
 
 _REPORT = "this is a bug in guardpool; please report it with the traceback above"
 
@@ -153,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = module.main(args)
     except ModuleNotFoundError as exc:
         return _missing_module(name, exc)
+    except BrokenPipeError:
+        return _reader_gone()
     except user_errors as exc:
         print(f"guardpool {name}: error: {describe(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -165,6 +168,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception:
         return _bug(name)
     return result
+
+
+def _reader_gone() -> int:
+    """stdout's reader left (``guardpool audit show R | head``): stop quietly.
+
+    Not a user error (it printed "error: Broken pipe" and exited 2, "bad
+    input"): the exit status a process killed by SIGPIPE has, and nothing on
+    stderr. stdout is pointed at /dev/null so that the interpreter's last
+    flush does not fail again on the way out.
+    """
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_SIGPIPE
 
 
 def _missing_module(name: str, exc: ModuleNotFoundError) -> int:

@@ -357,3 +357,20 @@ def test_mcp_proxy_in_front_of_a_command_that_is_not_an_mcp_server(tmp_path: Pat
     one_line_exit_2(gone, "did not initialise", "Connection closed")
     echo = run("mcp-proxy", "--config", config, "--", "cat", stdin=b"garbage\n")
     one_line_exit_2(echo, "did not initialise")
+
+
+def test_a_reader_that_goes_away_is_not_an_error(tmp_path: Path) -> None:
+    # `guardpool audit show R | head -1`: "error: Broken pipe" and exit 2 (bad input) before.
+    assert check(policy(tmp_path), "--run", "piped").returncode == 0
+    db = str(tmp_path / "g.db")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "guardpool", "audit", "show", "piped", "--db", db],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == cli.EXIT_SIGPIPE == 141, err
+    assert err == b"", err

@@ -427,3 +427,27 @@ def test_a_payload_that_repeats_a_key_is_refused(tmp_path: Path) -> None:
         )
         assert r.status_code == 200 and permission(r.json()) == "deny", r.text
         assert "appears twice" in reason(r.json())
+
+
+def test_the_http_routes_principal_is_checked(tmp_path: Path) -> None:
+    # ?principal= went unchecked into the ledger and the budget keys: terminal escapes,
+    # kilobytes, and %FF decoded as U+FFFD (the budget of another principal).
+    with Sidecar(write_policy(tmp_path)) as server:
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        body = json.dumps(payload("read_pre")).encode()
+        for query in ("%1b%5b2Jevil", "%FF", "p" * 300):
+            r = httpx.post(
+                f"{server.url}/v1/hooks/claude-code?principal={query}",
+                content=body,
+                headers=headers,
+                timeout=30,
+            )
+            assert r.status_code == 200 and permission(r.json()) == "deny", (query, r.text)
+            assert "principal" in reason(r.json()) or "UTF-8" in reason(r.json())
+        ok = httpx.post(
+            f"{server.url}/v1/hooks/claude-code?principal=alice%20b",
+            content=body,
+            headers=headers,
+            timeout=30,
+        )
+        assert ok.status_code == 200 and ok.json() == {}, ok.text

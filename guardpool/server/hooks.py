@@ -19,6 +19,7 @@ session and tool_use_id; the optional ``?principal=`` query names the principal.
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -27,6 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from guardpool.integrations import claude_code as cc
+from guardpool.policy.bounds import MAX_ID_CHARS
 from guardpool.policy.model import Decision, Operation, Usage
 from guardpool.runner.enforcer import Enforcer
 
@@ -75,9 +77,7 @@ class ClaudeCodeRoute:
                 self.sidecar.authorise(request)
             except Exception:  # HTTPError(401); no other failure is possible here
                 return _answer(cc.cannot_decide(event, "unauthorized: check the hook's headers"))
-            backend = EnforcerBackend(
-                self.sidecar.enforcer, request.query_params.get("principal", "")
-            )
+            backend = EnforcerBackend(self.sidecar.enforcer, _principal(request))
             answer = await asyncio.to_thread(cc.handle, call, backend, self.pending)
         except Exception as exc:  # fail closed, and in a form Claude Code obeys
             return _answer(cc.cannot_decide(event, str(exc) or type(exc).__name__))
@@ -96,6 +96,24 @@ class ClaudeCodeRoute:
 
 
 _encode = msgspec.json.Encoder().encode
+
+
+def _principal(request: Request) -> str:
+    """``?principal=``, held to the rules of a principal in a JSON body.
+
+    Unchecked, it put control characters (terminal escapes) and kilobytes into the
+    ledger and the budget keys, and ``%FF`` was decoded with errors replaced: the
+    budget of principal U+FFFD. A bad one is a ValueError: the call is denied.
+    """
+    raw = request.scope.get("query_string", b"")
+    try:
+        urllib.parse.unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("the query string is not UTF-8") from None
+    principal = request.query_params.get("principal", "")
+    if len(principal) > MAX_ID_CHARS or any(ord(c) < 0x20 or ord(c) == 0x7F for c in principal):
+        raise ValueError(f"?principal= must be at most {MAX_ID_CHARS} printable characters")
+    return principal
 
 
 def _answer(body: dict[str, Any]) -> Response:
