@@ -36,16 +36,21 @@ import contextlib
 import select
 import signal
 import socket
-import threading
 import time
 from collections.abc import Callable
+from select import EPOLLIN
+from socket import MSG_NOSIGNAL
+from threading import get_ident
+from time import monotonic
 
 import msgspec
 
 from guardpool.policy.verdict import Verdict
+from guardpool.runner.results import JobResult
 from guardpool.runner.scheduler import Scheduler, Task
-from guardpool.runner.worker_link import WorkerLink, reemit
+from guardpool.runner.worker_link import DECODER, WorkerLink, reemit
 from guardpool.worker import procfs, protocol
+from guardpool.worker.protocol import HEADER, Done
 
 # Frames up to this size are written by whichever thread dispatches them (they fit
 # an empty socket buffer); larger ones go through the manager's non-blocking writer.
@@ -89,20 +94,31 @@ class Dispatcher:
 
     # -- placing jobs -----------------------------------------------------------------------
 
-    def place(self, task: Task) -> None:
-        """A new task: onto an idle worker now, else into the queue (any thread)."""
+    def place(self, task: Task) -> bool:
+        """A new task: onto an idle worker now, else into the queue (any thread).
+
+        True when it went to a worker (its deadline is then watched through the worker,
+        not the heap).
+        """
         with self.mutex:
             if self.sched.queue or self.busy >= self.n_workers or not self.idle:
                 self.sched.queue.append(task)  # FIFO: nobody overtakes a waiting job
                 pairs = self._match()
             else:
+                # The common case, kept flat: an idle worker takes the job at once.
                 worker = self.idle.pop()
                 task.future.start_locked()  # nobody else has it yet
                 task.started = True
-                self._assign(worker, task)
-                pairs = [(worker, task)]
+                worker.task = task
+                task.worker = worker
+                self.busy += 1
+                pairs = None
+        if pairs is None:
+            self.send(worker, task)
+            return True
         for worker, job in pairs:
             self.send(worker, job)
+        return task.worker is not None
 
     def _assign(self, worker: WorkerLink, task: Task) -> None:
         worker.task = task
@@ -136,16 +152,17 @@ class Dispatcher:
     def send(self, worker: WorkerLink, task: Task) -> None:
         """Write ``task``'s frame to ``worker``: here if small, else via the manager."""
         frame = task.frame
-        if threading.get_ident() == self.manager_ident or len(frame) > DIRECT_MAX:
+        if len(frame) > DIRECT_MAX or get_ident() == self.manager_ident:
             self.post(("send", worker))
             return
-        with worker.rlock:
-            # Written here, read here: the manager need not watch for the answer.
-            task.quiet = True
-            if worker.events != (select.EPOLLIN if task.watched else 0):
-                self.set_read(worker, self.wanted(worker))
+        # Written here, read here: the manager need not watch for the answer.
+        task.quiet = True
+        if worker.events != (EPOLLIN if task.watched else 0):
+            with worker.rlock:
+                if worker.events != (EPOLLIN if task.watched else 0):
+                    self.set_read(worker, self.wanted(worker))
         try:
-            sent = worker.sock.send(frame, socket.MSG_NOSIGNAL)
+            sent = worker.sock.send(frame, MSG_NOSIGNAL)
         except BlockingIOError:
             sent = 0
         except OSError:
@@ -205,11 +222,14 @@ class Dispatcher:
 
         Returns without waiting when another thread reads this worker; at the task's
         deadline the job is killed here (``expire``) and the manager only cleans up.
+        The common case (one whole ``Done`` frame per read, the job this thread waits
+        for) is decoded and answered without the general message handling.
         """
         worker = task.worker
         if worker is None or task.done or worker.gone:
             return
-        if not worker.rlock.acquire(False):
+        rlock = worker.rlock
+        if not rlock.acquire(False):
             return
         try:
             if worker.gone or worker.closed or worker.task is not task:
@@ -223,27 +243,58 @@ class Dispatcher:
                     want = self.wanted(worker)
                     if worker.events != want:
                         self.set_read(worker, want)
-            if not task.done and time.monotonic() >= task.deadline:
+            if not task.done and monotonic() >= task.deadline:
                 killed = self.expire(task)
                 if killed is not None:
                     self.post(("killed", killed))
         finally:
-            worker.rlock.release()
+            rlock.release()
             if worker.missed or worker.gone:
                 self.post(("check", worker))
 
     def _read_until(self, worker: WorkerLink, task: Task, end: float) -> None:
         poll = worker.poller.poll
         fd = worker.fd
+        recv_into = worker.sock.recv_into
+        rbuf = worker.rbuf
+        reader = worker.reader
         while not task.done:
-            wait = end - time.monotonic()
+            wait = end - monotonic()
             if wait <= 0:
                 return
             dead = False
             for efd, _ in poll(wait * 1000):
                 if efd != fd:
                     dead = True  # the pidfd: the worker has died
-            msgs, alive = worker.read()
+            try:
+                n = recv_into(rbuf)
+            except (BlockingIOError, InterruptedError):
+                n = -1
+            except OSError:
+                n = 0
+            if n > 4 and not reader.buf and n == HEADER.unpack_from(rbuf)[0] + 4:
+                # One whole frame: by far the usual read.
+                msg = DECODER.decode(worker.rview[4:n])
+                if type(msg) is Done and msg.id == task.id and worker.task is task:
+                    if not worker.doomed:
+                        action = self._finish(worker, task, msg)
+                        if action:
+                            self.post((action, worker))
+                    continue
+                msgs: list[protocol.WorkerMsg] = [msg]
+                alive = True
+            elif n < 0:
+                if dead:
+                    return  # the manager hears it too (pidfd, Exited) and answers the job
+                continue  # nothing to read after all
+            elif n == 0:
+                msgs, alive = [], False
+            else:
+                msgs = reader.decode_chunk(worker.rview[:n], DECODER)
+                alive = True
+                if n == len(rbuf):  # maybe more waiting: the general reader drains it
+                    more, alive = worker.read()
+                    msgs += more
             for msg in msgs:
                 action = self.on_message(worker, msg)
                 if action:
@@ -270,11 +321,24 @@ class Dispatcher:
     def _finish(self, worker: WorkerLink, task: Task, msg: protocol.Done | protocol.Failed) -> str:
         worker.jobs += 1
         worker.cpu_base = msg.cpu_total_ms
-        memory = isinstance(msg, protocol.Failed) and msg.kind == "memory"
+        done = type(msg) is Done
+        memory = not done and msg.kind == "memory"  # type: ignore[union-attr]
         retire = memory or msg.rss_kb > self.max_rss_kb or worker.jobs >= self.max_jobs
+        result: JobResult | None = None
+        if done and not task.guard:
+            # Built before taking the mutex: a plain call's answer is its value as is.
+            result = JobResult(
+                outcome="ok",
+                value=msg.value,  # type: ignore[union-attr]
+                wall_ms=(monotonic() - task.submitted) * 1000,
+                cpu_ms=msg.cpu_ms,
+                worker_pid=worker.pid,
+            )
         # Free the worker first: the next queued job starts while this one is resolved.
         action = ""
         nxt: Task | None = None
+        finished = False
+        sched = self.sched
         with self.mutex:
             if worker.task is task:
                 worker.task = None
@@ -285,26 +349,39 @@ class Dispatcher:
             elif retire:
                 worker.retiring = True
                 action = "retire"
-            else:
-                nxt = self.sched.next_queued() if self.busy < self.n_workers else None
+            elif sched.queue and self.busy < self.n_workers:
+                nxt = sched.next_queued()
                 if nxt is not None:
                     self._assign(worker, nxt)
                 else:
                     self.idle.append(worker)
+            else:
+                self.idle.append(worker)
+            if result is not None and not task.done:
+                # Answered in the same step (Scheduler.resolve, without a second lock).
+                task.done = finished = True
+                sched.completed += 1
+                if task.future.finish_locked(result):
+                    result = None  # set: nobody waits on a condition
         if nxt is not None:
             self.send(worker, nxt)
-        if isinstance(msg, protocol.Done):
-            self._done(task, msg, worker)
-        elif msg.kind == "expired":
-            if self.sched.resolve(
+        if finished:
+            task.frame = b""
+            if result is not None:
+                task.future.set_result(result)  # somebody waits on its condition
+            task.owner = None  # last: may collect an unreferenced pool (see resolve)
+        elif done:
+            self._done(task, msg, worker)  # type: ignore[arg-type]
+        elif msg.kind == "expired":  # type: ignore[union-attr]
+            if sched.resolve(
                 task, "timeout", error="deadline passed before the job started", limit="wall"
             ):
                 self.count("timeouts")
         else:
-            self.sched.resolve(
+            sched.resolve(
                 task,
                 "error",
-                error=msg.error,
+                error=msg.error,  # type: ignore[union-attr]
                 limit="memory" if memory else "",
                 cpu_ms=msg.cpu_ms,
                 worker_pid=worker.pid,

@@ -117,7 +117,14 @@ class JobFuture(Future[JobResult]):
 
     def result(self, timeout: float | None = None) -> JobResult:
         if self._state != FINISHED:
-            timeout = self._wait(timeout)
+            task = self._task
+            if timeout is None and not task.done:
+                # The usual wait, without _wait's bookkeeping: until the answer or the deadline.
+                self._dispatcher.wait_direct(task, task.deadline)
+                if self._state not in _OVER:
+                    self._watch()  # not answered here: the manager reads it for us
+            else:
+                timeout = self._wait(timeout)
         if self._state == FINISHED and self._exception is None:
             return self._result  # type: ignore[return-value]
         return super().result(timeout)  # waits, or raises what it should

@@ -56,13 +56,14 @@ from guardpool.runner.scheduler import Scheduler, Task, encode_input, resolved
 from guardpool.runner.worker_link import WorkerLink
 from guardpool.runner.zygote_link import Backoff, ZygoteLink
 from guardpool.worker import cgroups, protocol
+from guardpool.worker.protocol import HEADER
 
 log = logging.getLogger("guardpool.pool")
 
 START_TIMEOUT_S = 30.0
 _IN = select.EPOLLIN
 
-MakeJob = Callable[[int, msgspec.Raw, int, float], "protocol.CallJob | protocol.GuardJob"]
+MakeJob = Callable[[int, Any, int, float], "protocol.CallJob | protocol.GuardJob"]
 
 
 class Manager(ZygoteSupervision, WorkerLifecycle):
@@ -139,32 +140,48 @@ class Manager(ZygoteSupervision, WorkerLifecycle):
     ) -> Future[JobResult]:
         now = time.monotonic()
         # The cap is the input contract's size (policy/inputs.py), as in the enforcer,
-        # which passes its Measured so that a check measures once.
+        # which passes its Measured so that a check measures once. Text and bytes (the
+        # common inputs) are measured here without a call: their size is their length.
+        kind = type(value)
         try:
-            size = value.size if isinstance(value, inputs.Measured) else inputs.input_size(value)
-            raw = encode_input(inputs.plain(value))
+            if kind is bytes or (kind is str and value.isascii()):
+                size = len(value)
+            elif isinstance(value, inputs.Measured):
+                size = value.size
+                value = value.value
+            else:
+                size = inputs.input_size(value)
         except (TypeError, ValueError, msgspec.EncodeError) as exc:  # InputError is a ValueError
             return self._refused(f"input is not serialisable: {exc}", "", now)
-        too_large = inputs.too_large(size, self.config.max_input_bytes)
-        if too_large is not None:
-            return self._refused(too_large, "input", now)
+        task_id = next(self.ids)
+        deadline = now + timeout_ms / 1000
+        try:
+            # The job and its input encoded in one pass (msgspec's own encoding, as
+            # encode_input's first try); what it refuses takes encode_input's slow path.
+            msg = make(task_id, value, cpu_ms, deadline)
+            body = self.encoder.encode(msg)
+        except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError):
+            try:
+                msg = make(task_id, msgspec.Raw(encode_input(value)), cpu_ms, deadline)
+            except (TypeError, ValueError, msgspec.EncodeError) as exc:
+                return self._refused(f"input is not serialisable: {exc}", "", now)
+            body = self.encoder.encode(msg)
+        if size > self.config.max_input_bytes:
+            reason = inputs.too_large(size, self.config.max_input_bytes)
+            return self._refused(reason or "input too large", "input", now)
         if self.broken is not None:
             raise self.broken
         if self.stopping:
             raise RuntimeError("guardpool: pool is shut down")
-        task_id = next(self.ids)
-        deadline = now + timeout_ms / 1000
-        msg = make(task_id, msgspec.Raw(raw), cpu_ms, deadline)
-        task = Task(task_id, msg, protocol.frame(self.encoder, msg), deadline, now, owner, guard)
-        task.future = JobFuture(self.disp, task)
-        self.disp.place(task)
-        if task.worker is None:
+        task = Task(task_id, msg, HEADER.pack(len(body)) + body, deadline, now, owner, guard)
+        future = task.future = JobFuture(self.disp, task)
+        if not self.disp.place(task):
             self.sched.inbox.append(task)  # queued: the manager keeps its deadline
         if deadline < self.wake_at:
             # Only a deadline earlier than the one the manager sleeps towards wakes it:
             # a stream of calls with the same timeout costs it nothing.
             self._wake()
-        return task.future
+        return future
 
     def _wake(self) -> None:
         with self.wake_lock:

@@ -223,11 +223,14 @@ class GuardPool:
             raise ValueError(f"GuardPool.submit: target {target!r} is not 'module:function'")
         cpu = cpu_ms if cpu_ms is not None else self._config.job_cpu_ms
 
-        def make(task_id: int, raw: msgspec.Raw, cpu: int, deadline: float) -> protocol.CallJob:
-            return protocol.CallJob(task_id, target, raw, cpu, deadline)
+        def make(task_id: int, value: Any, cpu: int, deadline: float) -> protocol.CallJob:
+            return protocol.CallJob(task_id, target, value, cpu, deadline)
 
         timeout = timeout_ms if timeout_ms is not None else self._config.job_timeout_ms
-        return self._running().submit(make, input, timeout, cpu, self, False)
+        manager = self._manager
+        if manager is None or manager.broken is not None:
+            manager = self._running()
+        return manager.submit(make, input, timeout, cpu, self, False)
 
     async def asubmit(
         self,
@@ -255,9 +258,9 @@ class GuardPool:
         timeout = timeout_ms if timeout_ms is not None else self._guard_timeouts[name]
         labels_t = tuple(labels)
 
-        def make(task_id: int, raw: msgspec.Raw, cpu: int, deadline: float) -> protocol.GuardJob:
+        def make(task_id: int, value: Any, cpu: int, deadline: float) -> protocol.GuardJob:
             return protocol.GuardJob(
-                task_id, name, raw, labels_t, run_id, principal, phase, deadline, cpu
+                task_id, name, value, labels_t, run_id, principal, phase, deadline, cpu
             )
 
         return self._running().submit(make, input, timeout, self._config.job_cpu_ms, self, True)

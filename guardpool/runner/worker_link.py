@@ -31,7 +31,7 @@ from guardpool.worker import cgroups, procfs, protocol
 
 log = logging.getLogger("guardpool.pool")
 # ext_hook: a result may carry text with a lone surrogate (policy/inputs.pack).
-_DECODER = msgspec.msgpack.Decoder(protocol.WorkerMsg, ext_hook=inputs.unpack_ext)
+DECODER = msgspec.msgpack.Decoder(protocol.WorkerMsg, ext_hook=inputs.unpack_ext)
 _CHUNK = 1 << 18
 
 
@@ -146,7 +146,7 @@ class WorkerLink:
                 return out, False
             if not n:
                 return out, False
-            out.extend(self.reader.decode_chunk(self.rview[:n], _DECODER))
+            out.extend(self.reader.decode_chunk(self.rview[:n], DECODER))
             if n < _CHUNK:
                 return out, True
 
