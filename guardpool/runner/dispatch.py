@@ -107,7 +107,7 @@ class Dispatcher:
             else:
                 # The common case, kept flat: an idle worker takes the job at once.
                 worker = self.idle.pop()
-                task.future.start_locked()  # nobody else has it yet
+                task.start_locked()  # nobody else has it yet
                 task.started = True
                 worker.task = task
                 task.worker = worker
@@ -196,7 +196,7 @@ class Dispatcher:
         """Someone waits for ``task`` by callback: the manager must read its answer."""
         task.watched = True
         worker = task.worker
-        if task.quiet and worker is not None and not task.done:
+        if task.quiet and worker is not None and not task.answered:
             self.post(("check", worker))
 
     def _send_rest(self, worker: WorkerLink, rest: memoryview, deadline: float) -> None:
@@ -226,7 +226,7 @@ class Dispatcher:
         for) is decoded and answered without the general message handling.
         """
         worker = task.worker
-        if worker is None or task.done or worker.gone:
+        if worker is None or task.answered or worker.gone:
             return
         rlock = worker.rlock
         if not rlock.acquire(False):
@@ -243,7 +243,7 @@ class Dispatcher:
                     want = self.wanted(worker)
                     if worker.events != want:
                         self.set_read(worker, want)
-            if not task.done and monotonic() >= task.deadline:
+            if not task.answered and monotonic() >= task.deadline:
                 killed = self.expire(task)
                 if killed is not None:
                     self.post(("killed", killed))
@@ -258,7 +258,7 @@ class Dispatcher:
         recv_into = worker.sock.recv_into
         rbuf = worker.rbuf
         reader = worker.reader
-        while not task.done:
+        while not task.answered:
             wait = end - monotonic()
             if wait <= 0:
                 return
@@ -357,18 +357,18 @@ class Dispatcher:
                     self.idle.append(worker)
             else:
                 self.idle.append(worker)
-            if result is not None and not task.done:
+            if result is not None and not task.answered:
                 # Answered in the same step (Scheduler.resolve, without a second lock).
-                task.done = finished = True
+                task.answered = finished = True
                 sched.completed += 1
-                if task.future.finish_locked(result):
+                if task.finish_locked(result):
                     result = None  # set: nobody waits on a condition
         if nxt is not None:
             self.send(worker, nxt)
         if finished:
             task.frame = b""
             if result is not None:
-                task.future.set_result(result)  # somebody waits on its condition
+                task.set_result(result)  # somebody waits on its condition
             task.owner = None  # last: may collect an unreferenced pool (see resolve)
         elif done:
             self._done(task, msg, worker)  # type: ignore[arg-type]
@@ -413,7 +413,7 @@ class Dispatcher:
         (v1 cgroup kill, descriptors, a replacement), or None.
         """
         with self.mutex:
-            if task.done:
+            if task.answered:
                 return None
             worker = task.worker
             if worker is not None and worker.doomed:

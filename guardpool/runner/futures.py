@@ -35,7 +35,8 @@ from guardpool.runner.results import JobResult
 
 if TYPE_CHECKING:
     from guardpool.runner.dispatch import Dispatcher
-    from guardpool.runner.scheduler import Task
+    from guardpool.runner.worker_link import WorkerLink
+    from guardpool.worker import protocol
 
 _OVER = frozenset({"CANCELLED", "CANCELLED_AND_NOTIFIED", FINISHED})
 # Until a condition exists nobody can have installed a waiter: an immutable stand-in,
@@ -44,14 +45,45 @@ _NO_WAITERS: list[Any] = ()  # type: ignore[assignment]
 
 
 class JobFuture(Future[JobResult]):
-    """A ``Future`` whose ``result()`` reads the worker's answer in the waiting thread.
+    """A pool job: its record (the scheduler's ``Task``) and the ``Future`` it returns.
 
-    Every other way to wait (``add_done_callback``, asyncio's ``wrap_future``,
+    ``result()`` reads the worker's answer in the waiting thread. Every other way to
+    wait (``add_done_callback``, asyncio's ``wrap_future``,
     ``concurrent.futures.wait``/``as_completed``, polling ``done()``) marks the task
     *watched*, which hands the reading to the manager thread.
+
+    One object, not a record and a future pointing at each other: that pair was a
+    reference cycle per job, left for the cyclic GC (about 1 us per call).
     """
 
-    def __init__(self, dispatcher: Dispatcher, task: Task) -> None:
+    __slots__ = (
+        "_cond",
+        "_dispatcher",
+        "answered",
+        "deadline",
+        "frame",
+        "guard",
+        "id",
+        "msg",
+        "owner",
+        "quiet",
+        "started",
+        "submitted",
+        "watched",
+        "worker",
+    )
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        task_id: int,
+        msg: protocol.CallJob | protocol.GuardJob,
+        frame: bytes,
+        deadline: float,
+        submitted: float,
+        owner: object,
+        guard: bool,
+    ) -> None:
         # Future.__init__'s attributes, except that the condition comes on demand.
         self._cond: threading.Condition | None = None
         self._state = PENDING
@@ -59,10 +91,27 @@ class JobFuture(Future[JobResult]):
         self._exception: BaseException | None = None
         self._done_callbacks: list[Callable[[Future[JobResult]], object]] = []
         self._dispatcher = dispatcher
-        self._task = task
         # concurrent.futures.wait() and as_completed() install their waiters here, always
         # holding the condition: the list that watches for them comes with it.
         self._waiters: list[Any] = _NO_WAITERS
+        # The job's record (see scheduler.py).
+        self.id = task_id
+        self.msg = msg
+        self.frame = frame  # the job as sent to a worker (encoded once, in the caller)
+        self.deadline = deadline
+        self.submitted = submitted
+        # The GuardPool that took the job: a pool nobody else references stays alive
+        # until its pending jobs are answered (``GuardPool(...).submit(...).result()``).
+        self.owner = owner
+        self.guard = guard
+        self.worker: WorkerLink | None = None
+        self.started = False
+        self.answered = False  # resolved (or being resolved) by some thread
+        # quiet: written by a caller thread, which will read the answer itself, so the
+        # manager does not watch the socket; watched: someone waits by callback instead
+        # (add_done_callback, asyncio, concurrent.futures.wait), so the manager must.
+        self.quiet = False
+        self.watched = False
 
     @property
     def _condition(self) -> threading.Condition:  # type: ignore[override]
@@ -95,18 +144,17 @@ class JobFuture(Future[JobResult]):
         return True
 
     def _watch(self) -> None:
-        if not self._task.watched:
-            self._dispatcher.watch(self._task)
+        if not self.watched:
+            self._dispatcher.watch(self)
 
     def _wait(self, timeout: float | None) -> float | None:
-        task = self._task
-        if task.done:
+        if self.answered:
             return timeout  # answered (or being answered) by another thread
         start = time.monotonic()
-        end = task.deadline
+        end = self.deadline
         if timeout is not None:
             end = min(end, start + timeout)
-        self._dispatcher.wait_direct(task, end)
+        self._dispatcher.wait_direct(self, end)
         if self._state not in _OVER:
             # Not answered here (no worker yet, another thread reads it, or ``timeout``):
             # this thread now waits on the condition, so the manager must read for it.
@@ -117,10 +165,9 @@ class JobFuture(Future[JobResult]):
 
     def result(self, timeout: float | None = None) -> JobResult:
         if self._state != FINISHED:
-            task = self._task
-            if timeout is None and not task.done:
+            if timeout is None and not self.answered:
                 # The usual wait, without _wait's bookkeeping: until the answer or the deadline.
-                self._dispatcher.wait_direct(task, task.deadline)
+                self._dispatcher.wait_direct(self, self.deadline)
                 if self._state not in _OVER:
                     self._watch()  # not answered here: the manager reads it for us
             else:

@@ -152,7 +152,7 @@ class ZygoteSupervision:
             self._forget(worker)  # a job it had not even read goes back to the queue
         for worker in workers:
             task = worker.task
-            if task is not None and not task.done:
+            if task is not None and not task.answered:
                 self.disp.count("crashed")
                 self.sched.resolve(
                     task,
@@ -190,7 +190,7 @@ class ZygoteSupervision:
             return
         self._on_gone(worker)
         task = worker.task
-        if task is None or task.done:
+        if task is None or task.answered:
             return
         if msg.signal == signal.SIGPROF:
             answered = self.sched.resolve(

@@ -253,7 +253,7 @@ class WorkerLifecycle:
         log.error("guardpool: worker %d %s; killing it", worker.pid, what)
         worker.kill()
         task = worker.task
-        if task is not None and not task.done:
+        if task is not None and not task.answered:
             self.disp.count("crashed")
             self.sched.resolve(
                 task, "crash", error=f"worker {worker.pid} {what}", worker_pid=worker.pid
@@ -277,7 +277,7 @@ class WorkerLifecycle:
             task = worker.task
             if task is not None:
                 self.disp.busy -= 1
-                if unread and not task.done:
+                if unread and not task.answered:
                     # It died before it had even read the job (a worker taken from the
                     # idle list just as its zygote died): nothing ran, so the job waits
                     # for another worker instead of being answered "crash".
@@ -323,5 +323,5 @@ class WorkerLifecycle:
         # A worker killed at its deadline may die (pidfd, Exited) before the manager
         # has handled the kill: its replacement is deferred all the same.
         self._replace(worker)
-        if worker.task is None or worker.task.done:
+        if worker.task is None or worker.task.answered:
             self.by_pid.pop(worker.pid, None)

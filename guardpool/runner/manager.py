@@ -48,7 +48,6 @@ import msgspec
 from guardpool.policy import inputs
 from guardpool.policy.config import PoolConfig
 from guardpool.runner.dispatch import Dispatcher, Notice
-from guardpool.runner.futures import JobFuture
 from guardpool.runner.healing import ZygoteSupervision
 from guardpool.runner.lifecycle import WorkerLifecycle
 from guardpool.runner.results import JobResult, LimitName, PoolBroken, PoolState, PoolStats
@@ -173,15 +172,16 @@ class Manager(ZygoteSupervision, WorkerLifecycle):
             raise self.broken
         if self.stopping:
             raise RuntimeError("guardpool: pool is shut down")
-        task = Task(task_id, msg, HEADER.pack(len(body)) + body, deadline, now, owner, guard)
-        future = task.future = JobFuture(self.disp, task)
+        task = Task(
+            self.disp, task_id, msg, HEADER.pack(len(body)) + body, deadline, now, owner, guard
+        )
         if not self.disp.place(task):
             self.sched.inbox.append(task)  # queued: the manager keeps its deadline
         if deadline < self.wake_at:
             # Only a deadline earlier than the one the manager sleeps towards wakes it:
             # a stream of calls with the same timeout costs it nothing.
             self._wake()
-        return future
+        return task
 
     def _wake(self) -> None:
         with self.wake_lock:
@@ -205,7 +205,7 @@ class Manager(ZygoteSupervision, WorkerLifecycle):
         return PoolStats(
             workers=sum(1 for w in workers if not w.gone),
             busy=self.disp.busy,
-            queued=sum(1 for t in list(self.sched.queue) if not t.done),
+            queued=sum(1 for t in list(self.sched.queue) if not t.answered),
             spawned=c["spawned"],
             killed=c["killed"],
             crashed=c["crashed"],
@@ -284,7 +284,7 @@ class Manager(ZygoteSupervision, WorkerLifecycle):
         at = self.sched.next_deadline()
         for worker in self.by_pid.values():  # running jobs (most never reach the heap)
             task = worker.task
-            if task is not None and not task.done and (at is None or task.deadline < at):
+            if task is not None and not task.answered and (at is None or task.deadline < at):
                 at = task.deadline
         for due in (self.restart_at, self.spawn_due):
             if due is not None:
@@ -319,17 +319,17 @@ class Manager(ZygoteSupervision, WorkerLifecycle):
         due = self.sched.expired(now)
         for link in list(self.by_pid.values()):
             running = link.task
-            if running is not None and not running.done and running.deadline <= now:
+            if running is not None and not running.answered and running.deadline <= now:
                 due.append(running)
         for task in due:
-            if task.done:
+            if task.answered:
                 continue
             worker = task.worker
             if worker is not None and not worker.gone and worker.task is task:
                 # An answer already in the pipe beats the deadline.
                 if not self._read_worker(worker):
                     self._on_gone(worker)
-                if task.done:
+                if task.answered:
                     continue
             killed = self.disp.expire(task)
             if killed is not None:

@@ -8,11 +8,13 @@ Data flow::
   manager:       inbox -> heap (deadline order) -> expire: kill, verdict
   any thread:    resolve(task, outcome) -> Future.set_result -> the waiter wakes
 
-Every task passes through the inbox so the manager learns its deadline; the caller
-wakes the manager only when that deadline is earlier than the one it sleeps towards,
-so a stream of calls costs the manager nothing. A task lives in the queue until a
-worker takes it and in the heap until it is resolved; a resolved task is skipped
-wherever it still sits (lazy deletion keeps every operation O(log n) or O(1)).
+A queued task passes through the inbox so the manager learns its deadline (a running
+one is watched through its worker); the caller wakes the manager only when that
+deadline is earlier than the one it sleeps towards, so a stream of calls costs the
+manager nothing. The task record is the job's future (``futures.JobFuture``).
+A task lives in the queue until a worker takes it and in the heap until it is
+resolved; a resolved task is skipped wherever it still sits (lazy deletion keeps
+every operation O(log n) or O(1)).
 
 Threads: callers append to the inbox and the queue and resolve the tasks they read
 answers for; ``mutex`` makes "who resolves a task" a single decision (the first
@@ -26,17 +28,16 @@ import heapq
 import threading
 import time
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
 from guardpool.policy import inputs
+from guardpool.runner.futures import JobFuture
 from guardpool.runner.results import JobResult, LimitName, Outcome
 
-if TYPE_CHECKING:
-    from guardpool.runner.futures import JobFuture
-    from guardpool.runner.worker_link import WorkerLink
-    from guardpool.worker import protocol
+# A job's record is its future (futures.py): one object per job, no reference cycle.
+Task = JobFuture
 
 _local = threading.local()
 
@@ -51,54 +52,6 @@ def encode_input(value: Any) -> bytes:
     if enc is None:  # one encoder per calling thread: encoding happens in the caller
         enc = _local.encoder = msgspec.msgpack.Encoder()
     return inputs.pack(enc, value)
-
-
-class Task:
-    future: JobFuture  # set by its creator
-
-    __slots__ = (
-        "deadline",
-        "done",
-        "frame",
-        "future",
-        "guard",
-        "id",
-        "msg",
-        "owner",
-        "quiet",
-        "started",
-        "submitted",
-        "watched",
-        "worker",
-    )
-
-    def __init__(
-        self,
-        task_id: int,
-        msg: protocol.CallJob | protocol.GuardJob,
-        frame: bytes,
-        deadline: float,
-        submitted: float,
-        owner: object,
-        guard: bool,
-    ) -> None:
-        self.id = task_id
-        self.msg = msg
-        self.frame = frame  # the job as sent to a worker (encoded once, in the caller)
-        self.deadline = deadline
-        self.submitted = submitted
-        # The GuardPool that took the job: a pool nobody else references stays alive
-        # until its pending jobs are answered (``GuardPool(...).submit(...).result()``).
-        self.owner = owner
-        self.guard = guard
-        self.worker: WorkerLink | None = None
-        self.started = False
-        self.done = False
-        # quiet: written by a caller thread, which will read the answer itself, so the
-        # manager does not watch the socket; watched: someone waits by callback instead
-        # (add_done_callback, asyncio, concurrent.futures.wait), so the manager must.
-        self.quiet = False
-        self.watched = False
 
 
 class Scheduler:
@@ -117,18 +70,18 @@ class Scheduler:
         inbox, heap = self.inbox, self.heap
         while inbox:
             task = inbox.popleft()
-            if not task.done:
+            if not task.answered:
                 heapq.heappush(heap, (task.deadline, task.id, task))
         if len(heap) > self.compact_at:
             # Answered tasks wait here for their (possibly distant) deadline; drop them
             # once they are half the heap: amortised O(1) per task, memory bounded.
-            heap[:] = [entry for entry in heap if not entry[2].done]
+            heap[:] = [entry for entry in heap if not entry[2].answered]
             heapq.heapify(heap)
             self.compact_at = max(1024, 2 * len(heap))
 
     def next_deadline(self) -> float | None:
         heap = self.heap
-        while heap and heap[0][2].done:
+        while heap and heap[0][2].answered:
             heapq.heappop(heap)
         return heap[0][0] if heap else None
 
@@ -136,9 +89,9 @@ class Scheduler:
         """Unresolved tasks whose deadline has passed, earliest first."""
         out: list[Task] = []
         heap = self.heap
-        while heap and (heap[0][0] <= now or heap[0][2].done):
+        while heap and (heap[0][0] <= now or heap[0][2].answered):
             task = heapq.heappop(heap)[2]
-            if not task.done:
+            if not task.answered:
                 out.append(task)
         return out
 
@@ -150,11 +103,11 @@ class Scheduler:
         queue = self.queue
         while queue:
             task = queue.popleft()
-            if task.done:
+            if task.answered:
                 continue
             if not task.started:
-                if not task.future.start_locked():
-                    task.done = True  # cancelled by the caller while queued
+                if not task.start_locked():
+                    task.answered = True  # cancelled by the caller while queued
                     task.owner = None
                     continue
                 task.started = True
@@ -165,7 +118,7 @@ class Scheduler:
         """Every unresolved task the scheduler still holds (inbox, queue, heap)."""
         seen: dict[int, Task] = {}
         for task in (*self.inbox, *self.queue, *(t for _, _, t in self.heap)):
-            if not task.done:
+            if not task.answered:
                 seen[task.id] = task
         return list(seen.values())
 
@@ -177,9 +130,9 @@ class Scheduler:
     def claim(self, task: Task) -> bool:
         """True for the one thread that gets to answer ``task``."""
         with self.mutex:
-            if task.done:
+            if task.answered:
                 return False
-            task.done = True
+            task.answered = True
             return True
 
     def resolve(
@@ -196,7 +149,7 @@ class Scheduler:
         worker_pid: int = 0,
     ) -> bool:
         """Answer ``task`` unless another thread did; True if this call answered it."""
-        if task.done:
+        if task.answered:
             return False  # the usual loser of a race needs no result object
         result = JobResult(
             outcome=outcome,
@@ -209,11 +162,11 @@ class Scheduler:
             signal=signal,
             worker_pid=worker_pid,
         )
-        future = task.future
+        future = task
         with self.mutex:
-            if task.done:
+            if task.answered:
                 return False
-            task.done = True
+            task.answered = True
             self.completed += 1
             # Nobody waits on the future's condition (it has none yet): set it here.
             finished = future.finish_locked(result)
@@ -232,8 +185,8 @@ class Scheduler:
         """Resolve with an exception (a broken pool): ``result()`` raises it."""
         if not self.claim(task):
             return
-        if task.started or task.future.set_running_or_notify_cancel():
-            task.future.set_exception(exc)
+        if task.started or task.set_running_or_notify_cancel():
+            task.set_exception(exc)
         task.owner = None
 
 
