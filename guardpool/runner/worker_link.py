@@ -41,6 +41,8 @@ class WorkerLink:
         "closed",
         "cpu_base",
         "doomed",
+        "eager_pause",
+        "eager_skip",
         "events",
         "fd",
         "gone",
@@ -90,6 +92,10 @@ class WorkerLink:
         self.rlock = threading.RLock()
         self.events = select.EPOLLIN  # the manager's epoll interest in ``fd``
         self.wfd = -1  # a dup of ``fd`` watched for EPOLLOUT while ``wbuf`` is pending
+        # Calls left that poll before reading, and the length of the last such pause
+        # (dispatch._read_until).
+        self.eager_skip = 0
+        self.eager_pause = 0
         self.missed = False  # the manager found the socket readable while rlock was held
         self.undelivered = False  # a job's frame could not be written at all (EPIPE)
         # A caller waiting on this worker polls its socket and its pidfd (death).
