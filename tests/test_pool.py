@@ -621,3 +621,21 @@ def test_stats_and_idempotent_start(pool: GuardPool) -> None:
     assert stats.workers == 3  # 2 + the pre-forked spare
     assert stats.spawned >= 2
     assert stats.queued == 0
+
+
+def test_cpu_budget_holds_when_trivial_jobs_leave_the_timer_armed() -> None:
+    # Trivial jobs with one budget leave the CPU timer armed (budget + a slack; armed
+    # again once half the slack has gone by): every job must still get its whole
+    # budget, also after jobs that used much of theirs, and a hang must end at it.
+    with make_pool(workers=1, job_timeout_ms=5000) as p:
+        for _ in range(50):
+            assert p.submit(G + "echo", 1, cpu_ms=500).result(timeout=10).outcome == "ok"
+        for _ in range(3):  # 180 of 500 ms each: a timer left from the last would fire
+            burnt = p.submit(G + "burn", 180, cpu_ms=500).result(timeout=10)
+            assert burnt.outcome == "ok", burnt
+        for _ in range(50):
+            assert p.submit(G + "echo", 1, cpu_ms=150).result(timeout=10).outcome == "ok"
+        started = time.monotonic()
+        result = p.submit(G + "native_hang", None, cpu_ms=150).result(timeout=10)
+        assert (result.outcome, result.limit) == ("timeout", "cpu"), result
+        assert time.monotonic() - started < 2.0

@@ -6,10 +6,12 @@ worker only arms the kernel CPU timer around each job, because ``ITIMER_PROF``
 with SIGPROF at its default disposition terminates the process even while it
 is inside a C call that never returns to the interpreter.
 
-Per job the worker makes five system calls: ``poll`` (sleep until a job comes;
-see ``_loop`` for why not in ``recv``), ``recv`` (the job), ``setitimer`` (arm the
-CPU budget), ``getrusage`` (CPU used and peak RSS) and ``send`` (the answer);
-each costs 1.5-3 µs, as much as a trivial job's Python work. So the
+Per job the worker makes four system calls: ``poll`` (sleep until a job comes;
+see ``_loop`` for why not in ``recv``), ``recv`` (the job), ``getrusage`` (CPU
+used and peak RSS) and ``send`` (the answer), plus ``setitimer`` (arm the CPU
+budget) when the job's budget differs from the last one or some milliseconds of
+CPU have gone by since it was armed (``ARM_SLACK_MS``). Each costs 1.5-3 µs
+between two context switches, as much as a trivial job's Python work. So the
 job's starting CPU reading is the previous job's ``getrusage``, a forked child is
 recognised by an at-fork hook rather than a ``getpid`` per job, and the timer is
 disarmed only when less than ``KEEP_ARMED_MS`` of the budget is left (see ``run``).
@@ -115,6 +117,16 @@ class ForwardingHandler(logging.Handler):
 # that fires while the worker waits for (or decodes) its next job.
 KEEP_ARMED_MS = 100.0
 
+# The timer is armed with the job's budget plus a slack (ARM_SLACK_MS, or a 32nd of a
+# smaller budget) and not armed again for a job with the same budget while less than
+# half that slack of CPU has gone by since: one system call less per trivial job. A job
+# thus gets at least its budget (the other half of the slack covers what runs between
+# our last CPU reading and the job's start: answering, reading, decoding) and at most
+# budget + slack; the kernel checks CPU timers only at its tick (4 ms here) anyway.
+# Frames above BIG_FRAME take long enough to decode or encode that the job re-arms.
+ARM_SLACK_MS = 4.0
+BIG_FRAME = 64 * 1024
+
 # Set in a process forked from the worker (os.fork in guard code runs at-fork hooks):
 # such a child must never come back into the job loop and answer on the worker's pipe.
 _forked = False
@@ -215,6 +227,12 @@ class Worker:
         context.install_alarm_handler()
         # CPU time used so far (ms), from the last ``getrusage``: where the next job starts.
         self.cpu_total = 0.0
+        # The CPU timer as last armed (see ARM_SLACK_MS): for which budget (-1: disarmed,
+        # or re-arm in any case), the CPU total after which it is armed again, and the
+        # earliest CPU total at which it fires.
+        self.armed_budget = -1
+        self.rearm_after = 0.0
+        self.fires_at = 0.0
         os.register_at_fork(after_in_child=_mark_forked)
 
     def warm_up(self) -> None:
@@ -283,8 +301,11 @@ class Worker:
             if not n:
                 return
             if n > 4 and not reader.buf and n == header(buf)[0] + 4:
+                if n > BIG_FRAME:
+                    self.armed_budget = -1  # its decoding counts: arm after it
                 run(decode(view[4:n]))  # one whole frame: the usual read
             else:
+                self.armed_budget = -1
                 pending.extend(reader.decode_chunk(view[:n], decoder))
 
     def _target(self, target: str) -> Callable[[Any], Any]:
@@ -326,8 +347,14 @@ class Worker:
             # It waited in our pipe behind a slow job and the host already answered it.
             self._fail(job.id, "deadline passed before start", "expired", 0.0, start, _rss_kb())
             return
-        # Replaces whatever is left of the previous job's timer (see KEEP_ARMED_MS).
-        signal.setitimer(signal.ITIMER_PROF, job.cpu_ms / 1000.0)
+        budget = job.cpu_ms
+        if budget != self.armed_budget or start > self.rearm_after:
+            # Replaces whatever is left of the previous job's timer (see ARM_SLACK_MS).
+            slack = min(ARM_SLACK_MS, budget / 32)
+            signal.setitimer(signal.ITIMER_PROF, (budget + slack) / 1000.0)
+            self.armed_budget = budget
+            self.rearm_after = start + slack / 2
+            self.fires_at = start + budget + slack
         error: str | None = None
         kind: protocol.FailKind = "error"
         try:
@@ -353,8 +380,9 @@ class Worker:
         total = (ru.ru_utime + ru.ru_stime) * 1000.0
         rss_kb = ru.ru_maxrss  # peak: memory a guard touched once is usually still held
         self.cpu_total = total
-        if job.cpu_ms - (total - start) < KEEP_ARMED_MS:
+        if self.fires_at - total < KEEP_ARMED_MS:
             signal.setitimer(signal.ITIMER_PROF, 0)
+            self.armed_budget = -1
         if error is None:
             try:
                 # inputs.pack: a rewrite of hostile text, or a reason quoting it, may hold
@@ -362,6 +390,8 @@ class Worker:
                 done = protocol.Done(job.id, value, total - start, total, rss_kb)
                 body = inputs.pack(self.channel.encoder, done)
                 frame = protocol.HEADER.pack(len(body)) + body
+                if len(frame) > BIG_FRAME:
+                    self.armed_budget = -1  # its encoding counted after our CPU reading
             except BaseException as exc:
                 # A list that contains itself, an object msgspec cannot encode:
                 # the job failed, not the worker.
