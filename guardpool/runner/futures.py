@@ -56,9 +56,15 @@ class JobFuture(Future[JobResult]):
     reference cycle per job, left for the cyclic GC (about 1 us per call).
     """
 
+    # Future's own attributes too: no instance dict is made for them.
     __slots__ = (
         "_cond",
         "_dispatcher",
+        "_done_callbacks",
+        "_exception",
+        "_result",
+        "_state",
+        "_waiters",
         "answered",
         "deadline",
         "frame",
