@@ -4,6 +4,7 @@
     .venv/bin/python bench/bench_pool.py --quick    # smaller samples (~30 s)
     .venv/bin/python bench/bench_pool.py --ratios 5 # sections 1-2 only, 5 times: medians
     .venv/bin/python bench/bench_pool.py --tails    # sections 3-4 only (the p99 goals)
+    .venv/bin/python bench/bench_pool.py --split 3  # section 1 only, each side's CPU per call
 
 1. one-at-a-time round trip, trivial function, 1 KB input: GuardPool vs a raw
    socketpair+msgspec floor (a forked child echoing length-framed messages), vs
@@ -41,7 +42,7 @@ from typing import Any
 
 import msgspec
 
-from guardpool import GuardPool
+from guardpool import GuardPool, JobResult
 
 HERE = "bench_pool"  # this file's module name inside the workers (bench/ is on sys.path)
 
@@ -94,8 +95,11 @@ def time_each(n: int, fn: Callable[[], object]) -> list[float]:
 # -- 1. round trip -------------------------------------------------------------------------
 
 
-def raw_floor(n: int, payload: bytes) -> list[float]:
-    """The floor: one forked child echoing 4-byte-length + msgpack frames on a socketpair."""
+def floor_echo(payload: bytes) -> tuple[Callable[[], object], int, Callable[[], None]]:
+    """The floor: one forked child echoing 4-byte-length + msgpack frames on a socketpair.
+
+    Returns one call's function, the child's pid and a function that ends the child.
+    """
     parent, child = socket.socketpair()
     pid = os.fork()
     if pid == 0:
@@ -125,11 +129,19 @@ def raw_floor(n: int, payload: bytes) -> list[float]:
             data += parent.recv(1 << 16)
         return dec.decode(data[4:])
 
+    def close() -> None:
+        parent.close()
+        os.waitpid(pid, 0)
+
+    return call, pid, close
+
+
+def raw_floor(n: int, payload: bytes) -> list[float]:
+    call, _pid, close = floor_echo(payload)
     try:
         return time_each(n, call)
     finally:
-        parent.close()
-        os.waitpid(pid, 0)
+        close()
 
 
 def thread_hop(n: int) -> list[float]:
@@ -389,6 +401,68 @@ def repeated_ratios(times: int) -> int:
     return 0
 
 
+def _schedstat(path: str) -> tuple[int, int]:
+    """A thread's or process's CPU time so far (ns, exact) and times it was scheduled in."""
+    with open(path) as f:
+        run_ns, _wait_ns, slices = f.read().split()
+    return int(run_ns), int(slices)
+
+
+def split_round_trip(times: int, n: int = 3000) -> int:
+    """Section 1 with where the time goes: per call, the CPU time of the calling thread
+    and of the process that answers (floor child or pool worker), and how often each
+    was scheduled in; floor and GuardPool alternating, ``times`` times.
+
+    CPU times come from /proc/.../schedstat (exact ns, not tick samples). The two sides
+    of a round trip usually share one CPU on a busy 2-core machine, so p50 is about the
+    sum of both sides' CPU, and both pay for the other's cache misses.
+    """
+    import threading
+
+    payload = b"x" * 1024
+    me = f"/proc/self/task/{threading.get_native_id()}/schedstat"
+    call, floor_pid, close = floor_echo(payload)
+    ratios: list[float] = []
+    try:
+        with GuardPool(workers=1, preload=[HERE], max_jobs_per_worker=1_000_000) as pool:
+
+            def gp() -> JobResult:
+                return pool.submit(f"{HERE}:echo", payload).result()
+
+            print(
+                f"   {'':10} {'p50 µs':>8} {'caller CPU':>11} {'answerer CPU':>13} "
+                f"{'caller in':>10} {'answerer in':>12}  (per call)"
+            )
+            for _ in range(times):
+                p50s = []
+                for name, fn, pid in (
+                    ("floor", call, floor_pid),
+                    ("GuardPool", gp, gp().worker_pid),
+                ):
+                    other = f"/proc/{pid}/schedstat"
+                    for _ in range(200):
+                        fn()
+                    h0, w0 = _schedstat(me), _schedstat(other)
+                    lat = []
+                    for _ in range(n):
+                        t = time.perf_counter()
+                        fn()
+                        lat.append((time.perf_counter() - t) * 1e6)
+                    h1, w1 = _schedstat(me), _schedstat(other)
+                    p50s.append(statistics.median(lat))
+                    print(
+                        f"   {name:10} {p50s[-1]:8.1f} {(h1[0] - h0[0]) / n / 1e3:9.1f}µs "
+                        f"{(w1[0] - w0[0]) / n / 1e3:11.1f}µs {(h1[1] - h0[1]) / n:10.2f} "
+                        f"{(w1[1] - w0[1]) / n:12.2f}"
+                    )
+                ratios.append(p50s[1] / p50s[0])
+                print(f"   GuardPool/floor {ratios[-1]:.2f}x  [{load()}]", flush=True)
+    finally:
+        close()
+    print(f"median of {times}: GuardPool/floor {statistics.median(ratios):.2f}x (goal <= 1.5x)")
+    return 0
+
+
 def load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -432,10 +506,18 @@ def main() -> int:
         "--ratios", type=int, metavar="N", help="only the round-trip and throughput ratios, N times"
     )
     parser.add_argument("--tails", action="store_true", help="only sections 3-4 (the p99 goals)")
+    parser.add_argument(
+        "--split",
+        type=int,
+        metavar="N",
+        help="only section 1, N times, with each side's CPU time per call (where it goes)",
+    )
     args = parser.parse_args()
     print(f"[{load()} at the start]")
     if args.ratios:
         return repeated_ratios(args.ratios)
+    if args.split:
+        return split_round_trip(args.split)
     # Overshoot and respawn p99 are the 2nd worst of 100 and the 3rd worst of 200 in a
     # full run (before: n=40 and 50, and a "p99" that was the single worst sample).
     rt_n, tp_n, os_n, rs_n = (300, 4000, 20, 50) if args.quick else (2000, 20000, 100, 200)
