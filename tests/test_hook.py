@@ -451,3 +451,19 @@ def test_the_http_routes_principal_is_checked(tmp_path: Path) -> None:
             timeout=30,
         )
         assert ok.status_code == 200 and ok.json() == {}, ok.text
+
+
+def test_a_post_payload_with_a_bad_field_is_blocked_in_posts_shape(tmp_path: Path) -> None:
+    # "duration_ms": 1e400 failed to decode, and the refusal came in PreToolUse's shape.
+    bad = json.dumps(payload("bash_git_push_post"))
+    bad = bad.replace('"duration_ms": ', '"duration_ms": 1e400, "ignored": ', 1).encode()
+    assert b"1e400" in bad
+    with Sidecar(write_policy(tmp_path)) as server:
+        r = httpx.post(
+            f"{server.url}/v1/hooks/claude-code",
+            content=bad,
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+            timeout=30,
+        )
+    assert r.status_code == 200 and r.json()["decision"] == "block", r.text
+    assert "duration_ms" in r.json()["reason"]

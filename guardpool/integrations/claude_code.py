@@ -115,6 +115,22 @@ def parse(payload: bytes | Mapping[str, Any]) -> HookCall:
         raise PayloadError(f"the hook payload is not acceptable: {exc}") from None
 
 
+class _Event(msgspec.Struct):
+    hook_event_name: str = PRE
+
+
+def event_of(payload: bytes) -> str:
+    """The hook event a payload names, read even when another of its fields is bad.
+
+    A refusal must have the event's own shape (``cannot_decide``); PreToolUse when
+    the payload names none or is not JSON at all.
+    """
+    try:
+        return msgspec.json.decode(payload, type=_Event).hook_event_name
+    except (msgspec.DecodeError, RecursionError):
+        return PRE
+
+
 def _segment(text: str) -> str:
     cleaned = "".join(c if c in _SEGMENT_OK else "-" for c in text).strip("-")[:64]
     return cleaned or "unknown"

@@ -71,7 +71,13 @@ class ClaudeCodeRoute:
         event = cc.PRE
         try:
             raw = await self._read(request)
-            call = cc.parse(raw)
+            try:
+                call = cc.parse(raw)
+            except cc.PayloadError:
+                # A PostToolUse with one bad field (a duration of 1e400) was answered
+                # in PreToolUse's shape, which Claude Code ignores for a PostToolUse.
+                event = cc.event_of(raw)
+                raise
             event = call.hook_event_name  # known before auth, so a refusal has the right shape
             try:
                 self.sidecar.authorise(request)
