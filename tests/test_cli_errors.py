@@ -374,3 +374,25 @@ def test_a_reader_that_goes_away_is_not_an_error(tmp_path: Path) -> None:
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == cli.EXIT_SIGPIPE == 141, err
     assert err == b"", err
+
+
+@pytest.mark.parametrize(
+    ("command", "flag", "target", "says"),
+    [
+        ("fuzz", "--findings", "file", "exists and is not a directory"),
+        ("fuzz", "--sarif", "missing/x.sarif", "does not exist"),
+        ("fuzz", "--sarif", "dir", "is a directory"),
+        ("bench", "--write", "missing/x.toml", "does not exist"),
+        ("bench", "--write", "dir", "is a directory"),
+    ],
+)
+def test_output_paths_are_checked_before_the_work(
+    tmp_path: Path, command: str, flag: str, target: str, says: str
+) -> None:
+    # These failed after the whole run (minutes of fuzzing or measuring), or, for a
+    # --findings that is a file, said "File exists" at the first finding.
+    (tmp_path / "file").write_text("")
+    (tmp_path / "dir").mkdir()
+    config = str(policy(tmp_path))
+    out = run(command, "--config", config, "--seconds", "1", flag, str(tmp_path / target))
+    one_line_exit_2(out, flag, says)  # one line: no progress, nothing was measured

@@ -28,7 +28,7 @@ from rich.table import Table
 from guardpool.analysis import benchmark as bm
 from guardpool.analysis import limits_file
 from guardpool.cli import EXIT_OK, UsageError, in_range
-from guardpool.commands.reporting import Steps, console
+from guardpool.commands.reporting import Steps, check_output, console
 from guardpool.policy.bounds import MAX_JOB_MS, MAX_MEMORY_MB, MIN_MEMORY_MB
 from guardpool.policy.errors import PolicyError
 from guardpool.policy.loader import Policy, load_policy
@@ -100,6 +100,8 @@ def main(args: argparse.Namespace) -> int:
     in_range("--adversarial", args.adversarial, 0, _MAX_ADVERSARIAL)
     if args.memory_cap_mb is not None:
         in_range("--memory-cap-mb", args.memory_cap_mb, MIN_MEMORY_MB, MAX_MEMORY_MB)
+    if args.write and args.write != "-":
+        check_output("--write", args.write)
     policy = load_policy(args.config)
     if not policy.guards:
         raise UsageError(f"{args.config} has no guards to measure")

@@ -29,7 +29,7 @@ from guardpool import __version__
 from guardpool.analysis import findings as fs
 from guardpool.analysis.fuzzing import KINDS, GuardFuzzer, default_labels
 from guardpool.cli import EXIT_DENIED, EXIT_OK, UsageError, in_range
-from guardpool.commands.reporting import Steps, console
+from guardpool.commands.reporting import Steps, check_output, console
 from guardpool.policy.loader import Policy, load_policy
 from guardpool.runner.pool import GuardPool
 
@@ -83,6 +83,9 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError("--config is required (or --replay FILE)")
     in_range("--seconds", args.seconds, 0, _WEEK_S, above=True)
     in_range("--minimise-seconds", args.minimise_seconds, 0, _WEEK_S)
+    check_output("--findings", args.findings, directory=True)
+    if args.sarif:
+        check_output("--sarif", args.sarif)
     policy = load_policy(args.config)
     names = args.guard or list(policy.guards)
     unknown = [n for n in names if n not in policy.guards]

@@ -12,10 +12,13 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 from types import TracebackType
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from guardpool.cli import UsageError
 
 
 def console(*, stderr: bool) -> Console:
@@ -88,3 +91,28 @@ class Steps:
             self.progress.console.print(text)
         else:
             self.err.print(text)
+
+
+def check_output(flag: str, value: str, *, directory: bool = False) -> None:
+    """Refuse, before any work, an output path the command could not write at its end.
+
+    ``fuzz`` and ``bench`` write their results after minutes of measuring; a
+    ``--sarif`` in a missing directory, or ``--findings`` naming a file, failed
+    only then and lost the run. ``directory``: the path is a directory that
+    will be created (with its parents) when missing.
+    """
+    path = Path(value)
+    if path.exists():
+        if directory and not path.is_dir():
+            raise UsageError(f"{flag} {value}: exists and is not a directory")
+        if not directory and path.is_dir():
+            raise UsageError(f"{flag} {value}: is a directory")
+        return
+    parent = path.parent
+    if directory:
+        while not parent.exists():  # mkdir(parents=True) creates the missing ones
+            parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {value}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {value}: cannot write in {parent}")
