@@ -396,3 +396,17 @@ def test_output_paths_are_checked_before_the_work(
     config = str(policy(tmp_path))
     out = run(command, "--config", config, "--seconds", "1", flag, str(tmp_path / target))
     one_line_exit_2(out, flag, says)  # one line: no progress, nothing was measured
+
+
+def test_a_case_with_more_labels_than_an_operation_may_carry(tmp_path: Path) -> None:
+    cases = tmp_path / "cases.toml"
+    labels = ", ".join(f'"op:x{i}"' for i in range(65))
+    cases.write_text(f'[[case]]\nname = "many"\nlabels = [{labels}]\nexpect = "allow"\n')
+    out = run("test", "--config", str(policy(tmp_path)), str(cases))
+    one_line_exit_2(out, "cases.toml", "case[1]", "at most 64")  # was exit 70
+
+
+def test_audit_on_a_directory_or_a_device_says_what_it_is(tmp_path: Path) -> None:
+    # Both said "no such file".
+    one_line_exit_2(run("audit", "verify", "--db", str(tmp_path)), "a directory")
+    one_line_exit_2(run("audit", "summary", "--db", os.devnull), "not a regular file")

@@ -313,6 +313,9 @@ def test_a_run_id_that_is_not_utf8_is_refused(server: Server) -> None:
             r = c.get(path)
             assert r.status_code == 422 and r.json()["field"] == "run_id", (path, r.text)
         assert c.get("/v1/runs/caf%C3%A9").json()["run_id"] == "caf\u00e9"
+        r = c.get("/v1/runs/r1?principal=%FF")
+        assert r.status_code == 422 and r.json()["field"] == "principal", r.text
+        assert c.get("/v1/runs/r1?principal=b%C3%B8b").json()["principal"] == "b\u00f8b"
 
 
 @pytest.mark.parametrize(

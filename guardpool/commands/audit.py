@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -80,6 +81,11 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError("--expect-head: one head for a SQLite ledger (it has one chain)")
     if heads is not None:
         heads = [check_head(heads[0])]
+    db = Path(args.db)
+    if db.exists() and not db.is_file():
+        # The ledger says "no such file" for anything but a file: say what it is.
+        kind = "a directory" if db.is_dir() else "not a regular file"
+        raise UsageError(f"--db {args.db}: {kind}, not a ledger file")
     try:
         with Ledger(args.db, create=False) as ledger:
             if args.action == "show":

@@ -238,15 +238,18 @@ class Sidecar:
     async def run_report(self, request: Request) -> Response:
         self.authorise(request)
         run_id = request.path_params["run_id"]
-        raw = request.scope.get("raw_path") or b""
-        try:
-            # The server decoded the path with errors replaced: %FF became U+FFFD, a
-            # report for another run id. The raw bytes say whether it was UTF-8.
-            urllib.parse.unquote_to_bytes(raw).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise HTTPError(
-                422, "invalid run_id", f"the path is not UTF-8 (byte {exc.start})", "run_id"
-            ) from None
+        # The server decoded the path and the query with errors replaced: %FF became
+        # U+FFFD, the report of another run (or principal). The raw bytes tell.
+        for name, raw in (
+            ("run_id", request.scope.get("raw_path") or b""),
+            ("principal", request.scope.get("query_string") or b""),
+        ):
+            try:
+                urllib.parse.unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise HTTPError(
+                    422, f"invalid {name}", f"not UTF-8 (byte {exc.start})", name
+                ) from None
         principal = request.query_params.get("principal", "")
         for name, value in (("run_id", run_id), ("principal", principal)):
             if len(value) > 256 or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):

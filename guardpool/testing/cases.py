@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from guardpool.policy.labels import validate_label
+from guardpool.policy.labels import MAX_LABELS, validate_label
 from guardpool.policy.loader import Policy
 from guardpool.policy.model import Decision, Operation, Usage
 from guardpool.runner.enforcer import Enforcer
@@ -99,6 +99,10 @@ def _check(path: Path, i: int, case: Case, policy: Policy) -> None:
     where = f"{path}: case[{i}] ({case.name!r})"
     if not case.labels:
         raise CasesError(f"{where}: labels: at least one label")
+    if len(case.labels) > MAX_LABELS:  # Operation refuses it: a traceback when the case ran
+        raise CasesError(
+            f"{where}: labels: at most {MAX_LABELS} per operation, not {len(case.labels)}"
+        )
     for label in case.labels:
         try:
             validate_label(label)
