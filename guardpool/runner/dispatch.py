@@ -6,7 +6,8 @@ Data flow of one call (the common case: ``pool.submit(...).result()``)::
   ─────────────                                                 ──────────────
   submit() ─ encode ─► place(): idle worker? ─ frame ─ socketpair ─► job loop
                           │ none: queue (the next worker to free up takes it)
-  result() ─► wait_direct(): poll(socket, pidfd) until the answer or the deadline
+  result() ─► wait_direct(): read (the answer is usually there), else
+              poll(socket, pidfd) until the answer or the deadline
                  ◄────────────────────────────────── Done / Failed ◄─┘
               finish(): worker back to idle (or straight to the next queued job),
                         resolve ─► JobResult
@@ -14,10 +15,10 @@ Data flow of one call (the common case: ``pool.submit(...).result()``)::
 
 The caller writes the job and reads the answer itself, so a call costs one process
 round trip and no thread hop. The manager thread (manager.py) is not woken on this
-path: it learns each deadline through ``Scheduler.inbox`` and sleeps towards the
-earliest; it reads a worker's socket itself whenever no caller is waiting on it
-(``add_done_callback``, asyncio, ``concurrent.futures.wait``) and kills at a deadline
-whether or not anybody waits.
+path: it learns a queued job's deadline through ``Scheduler.inbox`` (a running job's
+through its worker) and sleeps towards the earliest; it reads a worker's socket
+itself whenever no caller is waiting on it (``add_done_callback``, asyncio,
+``concurrent.futures.wait``) and kills at a deadline whether or not anybody waits.
 
 Who reads a socket is decided by the worker's ``rlock``: a waiting caller takes it
 and switches the manager's epoll interest off for that socket while it polls, so the
