@@ -69,7 +69,7 @@ def test_the_wal_stays_bounded_while_appends_go_on(tmp_path: Path) -> None:
     # commits go on (this grew to 10 MB before the inline finish existed).
     unbounded = wal_size_after(tmp_path / "a.db", 1000, 10**9, 10**9)
     bounded = wal_size_after(tmp_path / "b.db", 1000, 10, 50)
-    assert unbounded > 1000 * 4096  # at least a page per commit
+    assert unbounded > 1000 * PAGE_SIZE  # at least a page per commit
     assert bounded < unbounded // 2
 
 
