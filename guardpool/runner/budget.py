@@ -145,11 +145,12 @@ class Plan(msgspec.Struct, frozen=True):
     planned: tuple[PlannedItem, ...]
     items: tuple[ReserveItem, ...]  # planned[i].item: what the store is handed
     reserve_usage: dict[str, int]  # the ``reserve`` audit event's usage
-    # Per item: the counter total at which its warn_at mark lies (warn_at x limit),
-    # None without a mark; what ``crossed_warning`` computes, computed once.
-    marks: tuple[float | None, ...]
     # Per item: its LimitStatus with what does not depend on the counters filled in.
     statuses: tuple[LimitStatus, ...]
+    # Per item, what ``quiet_statuses`` reads: (its status template, item.check, the
+    # counter total at its warn_at mark (warn_at x limit, what ``crossed_warning``
+    # computes) or None without a mark, item.amount).
+    grant: tuple[tuple[LimitStatus, bool, float | None, int], ...]
 
 
 # Plans remembered per Planner; keys hold run ids, which come from hosts: bounded.
@@ -173,12 +174,16 @@ class Planner:
         if found is not None:
             return found
         planned = tuple(plan_reservation(match, estimate, run_id, principal))
+        statuses = tuple(limit_status(p, _blank(p.item), exceeded=False) for p in planned)
         made = Plan(
             planned=planned,
             items=tuple(p.item for p in planned),
             reserve_usage={f"{p.limit.pattern}:{p.item.dimension}": p.item.amount for p in planned},
-            marks=tuple(_mark(p) for p in planned),
-            statuses=tuple(limit_status(p, _blank(p.item), exceeded=False) for p in planned),
+            statuses=statuses,
+            grant=tuple(
+                (status, p.item.check, _mark(p), p.item.amount)
+                for status, p in zip(statuses, planned, strict=True)
+            ),
         )
         with self._lock:
             if len(self._plans) >= _PLANS_KEPT:
@@ -229,16 +234,14 @@ def quiet_statuses(plan: Plan, states: Sequence[CounterState]) -> tuple[LimitSta
     warn_at mark. Then the check records the statuses and the ``reserve`` event,
     and nothing else: the usual grant, in one pass over the items."""
     out = []
-    for p, mark, template, state in zip(
-        plan.planned, plan.marks, plan.statuses, states, strict=True
-    ):
-        used, reserved = state.used, state.reserved
+    for (template, check, mark, amount), state in zip(plan.grant, states, strict=True):
+        used, reserved, limit = state.used, state.reserved, state.limit
         total = used + reserved
-        if not p.item.check and total > state.limit:
+        if not check and total > limit:
             return None
-        if mark is not None and total >= mark > total - p.item.amount:
+        if mark is not None and total >= mark > total - amount:
             return None
-        out.append(replace(template, used=used, reserved=reserved, limit=state.limit))
+        out.append(replace(template, used=used, reserved=reserved, limit=limit))
     return tuple(out)
 
 

@@ -56,6 +56,8 @@ class GuardResult(msgspec.Struct, frozen=True, kw_only=True):
 
 def combine(effects: Iterable[Action]) -> Action:
     """The strongest effect; ``allow`` when there is none."""
+    if type(effects) is list and effects.count("allow") == len(effects):
+        return "allow"  # the usual answer, in C (an unknown effect still takes the loop)
     strongest = len(PRECEDENCE) - 1
     for effect in effects:
         rank = _RANK[effect]
