@@ -47,6 +47,13 @@ def test_a_rejection_without_a_known_rewrite_has_no_hint() -> None:
     assert str(err.value) == "RE2 rejects '(': missing ): ("
 
 
+def test_a_rejection_stays_on_one_line_when_the_pattern_holds_a_newline() -> None:
+    # Found by test_config_fuzz: RE2 quotes the fragment raw, newline and all.
+    with pytest.raises(ValueError) as err:
+        compile_pattern(")\n")
+    assert str(err.value) == "RE2 rejects ')\\n': unexpected ): )\\n"
+
+
 def test_policy_errors_name_the_guard_the_bank_and_the_index() -> None:
     with pytest.raises(PolicyError) as err:
         load_policy(

@@ -105,7 +105,13 @@ def rejection(pattern: str, exc: Exception) -> str:
     raw = exc.args[0] if exc.args else str(exc)
     message = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
     hint = _hint(pattern, message)
-    return f"RE2 rejects {pattern!r}: {message}" + (f" (hint: {hint})" if hint else "")
+    # RE2 quotes the offending fragment raw: a newline in the pattern would break the
+    # one-line error (``file: key: reason``), so control characters are escaped.
+    shown = _CONTROL.sub(lambda m: repr(m.group())[1:-1], message)
+    return f"RE2 rejects {pattern!r}: {shown}" + (f" (hint: {hint})" if hint else "")
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def compile_pattern(pattern: str, max_mem: int = DEFAULT_MAX_MEM) -> Pattern:
