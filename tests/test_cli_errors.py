@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -410,3 +411,30 @@ def test_audit_on_a_directory_or_a_device_says_what_it_is(tmp_path: Path) -> Non
     # Both said "no such file".
     one_line_exit_2(run("audit", "verify", "--db", str(tmp_path)), "a directory")
     one_line_exit_2(run("audit", "summary", "--db", os.devnull), "not a regular file")
+
+
+def _three_gib_of_address_space() -> None:
+    # Without the fix the child reads /dev/zero until memory runs out: keep that small.
+    resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+
+@pytest.mark.parametrize("command", ["check", "hook"])
+def test_endless_standard_input_is_refused_after_a_bounded_read(
+    tmp_path: Path, command: str
+) -> None:
+    config = str(policy(tmp_path))
+    args = {
+        "check": ["check", "--config", config, "--label", "x", "--input", "-"],
+        "hook": ["hook", "claude-code", "--config", config, "--state", str(tmp_path / "s")],
+    }[command]
+    with open("/dev/zero", "rb") as zero:
+        out = subprocess.run(
+            [sys.executable, "-m", "guardpool", *args],
+            cwd=ROOT,
+            stdin=zero,
+            capture_output=True,
+            timeout=120,
+            check=False,
+            preexec_fn=_three_gib_of_address_space,
+        )
+    one_line_exit_2(out, "larger than")

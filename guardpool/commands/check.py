@@ -2,10 +2,10 @@
 
 Exit codes: 0 allowed (a warning included), 1 denied, 2 bad input. The input
 comes from ``--input TEXT`` or, with ``--input -``, from standard input read as
-bytes and decoded strictly as UTF-8: non-UTF-8 input is refused with exit 2,
-not silently mangled. The same holds for every other argument: Python hands
-non-UTF-8 bytes in ``argv`` over as lone surrogates, which are refused here
-with the flag named.
+bytes (at most 256 MiB, the largest max_input_bytes) and decoded strictly as
+UTF-8: non-UTF-8 input is refused with exit 2, not silently mangled. The same
+holds for every other argument: Python hands non-UTF-8 bytes in ``argv`` over
+as lone surrogates, which are refused here with the flag named.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import msgspec
 
 from guardpool.cli import EXIT_DENIED, EXIT_OK, UsageError
 from guardpool.commands.text import printable
-from guardpool.policy.bounds import check_amount
+from guardpool.policy.bounds import MAX_INPUT_BYTES, check_amount
 from guardpool.policy.labels import validate_label
 from guardpool.policy.model import Decision, Operation, Usage
 from guardpool.policy.money import format_amount, parse_money
@@ -55,7 +55,13 @@ def utf8_arg(flag: str, value: str) -> str:
 def read_input(value: str) -> str:
     if value != "-":
         return utf8_arg("--input", value)
-    raw = sys.stdin.buffer.read()
+    # Bounded: `--input - < /dev/zero` read until the OOM killer came.
+    raw = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
+    if len(raw) > MAX_INPUT_BYTES:
+        raise UsageError(
+            f"standard input is larger than {MAX_INPUT_BYTES} bytes, more than any policy's "
+            "max_input_bytes accepts"
+        )
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -24,9 +24,11 @@ import msgspec
 
 from guardpool.cli import EXIT_OK, UsageError
 from guardpool.integrations import claude_code as cc
+from guardpool.policy.bounds import MAX_INPUT_BYTES
 from guardpool.policy.model import Decision, Operation, Usage
 
 _DEFAULT_STATE = Path.home() / ".cache" / "guardpool" / "hooks"
+_MAX_PAYLOAD = MAX_INPUT_BYTES + (64 << 10)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -170,7 +172,11 @@ def main(args: argparse.Namespace) -> int:
         return _print_settings(args)
     if not (args.config or args.server):
         raise UsageError("one of --config FILE or --server URL is required")
-    raw = sys.stdin.buffer.read()
+    # Bounded (`< /dev/zero` read until the OOM killer came): the largest input any
+    # policy accepts, and room for the payload's other fields. Exit 2 blocks the call.
+    raw = sys.stdin.buffer.read(_MAX_PAYLOAD + 1)
+    if len(raw) > _MAX_PAYLOAD:
+        raise UsageError(f"the hook payload is larger than {_MAX_PAYLOAD} bytes")
     try:
         call = cc.parse(raw)
     except cc.PayloadError as exc:
