@@ -438,3 +438,9 @@ def test_endless_standard_input_is_refused_after_a_bounded_read(
             preexec_fn=_three_gib_of_address_space,
         )
     one_line_exit_2(out, "larger than")
+
+
+def test_a_config_without_end_is_refused_not_read_to_the_end() -> None:
+    # /dev/zero as the policy: read until the OOM killer came (exit 137) before.
+    out = run("check", "--config", "/dev/zero", "--label", "a", "--input", "x")
+    one_line_exit_2(out, "/dev/zero", "larger than 64 MiB")
