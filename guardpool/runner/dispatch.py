@@ -110,9 +110,7 @@ class Dispatcher:
                 worker = self.idle.pop()
                 task.start_locked()  # nobody else has it yet
                 task.started = True
-                worker.task = task
-                task.worker = worker
-                self.busy += 1
+                self._assign(worker, task)
                 pairs = None
         if pairs is None:
             self.send(worker, task)
@@ -357,7 +355,7 @@ class Dispatcher:
         # Free the worker first: the next queued job starts while this one is resolved.
         action = ""
         nxt: Task | None = None
-        finished = False
+        answered = finished = False
         sched = self.sched
         with self.mutex:
             if worker.task is task:
@@ -379,17 +377,12 @@ class Dispatcher:
                 self.idle.append(worker)
             if result is not None and not task.answered:
                 # Answered in the same step (Scheduler.resolve, without a second lock).
-                task.answered = finished = True
-                sched.completed += 1
-                if task.finish_locked(result):
-                    result = None  # set: nobody waits on a condition
+                answered = True
+                finished = sched.answer_locked(task, result)
         if nxt is not None:
             self.send(worker, nxt)
-        if finished:
-            task.frame = b""
-            if result is not None:
-                task.set_result(result)  # somebody waits on its condition
-            task.owner = None  # last: may collect an unreferenced pool (see resolve)
+        if answered and result is not None:
+            sched.deliver(task, result, finished)
         elif done:
             self._done(task, msg, worker)  # type: ignore[arg-type]
         elif msg.kind == "expired":  # type: ignore[union-attr]

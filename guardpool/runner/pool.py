@@ -227,10 +227,7 @@ class GuardPool:
             return protocol.CallJob(task_id, target, value, cpu, deadline)
 
         timeout = timeout_ms if timeout_ms is not None else self._config.job_timeout_ms
-        manager = self._manager
-        if manager is None or manager.broken is not None:
-            manager = self._running()
-        return manager.submit(make, input, timeout, cpu, self, False)
+        return self._running().submit(make, input, timeout, cpu, self, False)
 
     async def asubmit(
         self,

@@ -162,24 +162,36 @@ class Scheduler:
             signal=signal,
             worker_pid=worker_pid,
         )
-        future = task
         with self.mutex:
             if task.answered:
                 return False
-            task.answered = True
-            self.completed += 1
-            # Nobody waits on the future's condition (it has none yet): set it here.
-            finished = future.finish_locked(result)
+            finished = self.answer_locked(task, result)
+        self.deliver(task, result, finished)
+        return True
+
+    def answer_locked(self, task: Task, result: JobResult) -> bool:
+        """Mark ``task`` answered with ``result`` (``mutex`` held, not answered yet).
+
+        True when the result is set already: nobody waits on the future's condition
+        (it has none yet), so it was set here. ``deliver`` finishes the answer after
+        the mutex is released.
+        """
+        task.answered = True
+        self.completed += 1
+        return task.finish_locked(result)
+
+    @staticmethod
+    def deliver(task: Task, result: JobResult, finished: bool) -> None:
+        """The rest of an answer ``answer_locked`` began, outside the mutex."""
         task.frame = b""
         if not finished:
-            if not task.started and not future.set_running_or_notify_cancel():
+            if not task.started and not task.set_running_or_notify_cancel():
                 task.owner = None
-                return True
-            future.set_result(result)
+                return
+            task.set_result(result)
         # Last: dropping the owner may collect an unreferenced pool right here, which
         # only asks the manager to stop after this turn.
         task.owner = None
-        return True
 
     def fail(self, task: Task, exc: BaseException) -> None:
         """Resolve with an exception (a broken pool): ``result()`` raises it."""
