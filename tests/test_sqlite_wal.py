@@ -203,17 +203,17 @@ def _page_size(path: Path) -> int:
 def test_new_files_get_small_pages_and_old_files_keep_theirs(tmp_path: Path) -> None:
     item = ReserveItem(key="k", dimension="calls", limit=10, amount=1)
     # A new file, whichever of store and ledger creates it: PAGE_SIZE pages.
-    for first in ("store", "ledger"):
-        path = tmp_path / f"{first}-first.db"
-        opened: list[SqliteStore | Ledger] = []
-        for which in (first, "ledger" if first == "store" else "store"):
-            opened.append(SqliteStore(path) if which == "store" else Ledger(path))
-        store = next(o for o in opened if isinstance(o, SqliteStore))
-        ledger = next(o for o in opened if isinstance(o, Ledger))
+    for store_first in (True, False):
+        path = tmp_path / f"{'store' if store_first else 'ledger'}-first.db"
+        if store_first:
+            store, ledger = SqliteStore(path), Ledger(path)
+        else:
+            ledger = Ledger(path)
+            store = SqliteStore(path)
         assert store.reserve("r1", [item], 60_000).ok
         ledger.append([AuditEvent(kind="check", run_id="r")])
-        for o in opened:
-            o.close()
+        store.close()
+        ledger.close()
         assert _page_size(path) == PAGE_SIZE != 4096
     # A file made by an older version (4,096-byte pages, WAL) keeps them and works.
     old = tmp_path / "old.db"
