@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import msgspec
 
 from guardpool.cli import EXIT_OK, UsageError
+from guardpool.commands import tokens
 from guardpool.integrations import claude_code as cc
 from guardpool.policy.bounds import MAX_INPUT_BYTES
 from guardpool.policy.model import Decision, Operation, Usage
@@ -37,7 +37,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--config", help="decide in-process with this policy")
     source.add_argument("--server", help="decide with a running guardpool serve (URL)")
     parser.add_argument(
-        "--token", default=None, help="bearer token for --server (default: env GUARDPOOL_TOKEN)"
+        "--token",
+        default=None,
+        metavar="T",
+        help="bearer token for --server (default: env GUARDPOOL_TOKEN); visible to other "
+        "local users in ps: prefer the environment or --token-file",
+    )
+    parser.add_argument(
+        "--token-file",
+        default=None,
+        metavar="PATH",
+        help="read the bearer token for --server from this file (one line, at most 4 KiB)",
     )
     parser.add_argument("--principal", default="", help="the principal budgets are charged to")
     parser.add_argument(
@@ -172,6 +182,9 @@ def main(args: argparse.Namespace) -> int:
         return _print_settings(args)
     if not (args.config or args.server):
         raise UsageError("one of --config FILE or --server URL is required")
+    # Read before the payload, so a bad token file is exit 2 (blocking) on every call;
+    # no warning for --token on argv: this stderr reaches the agent's screen each call.
+    token = tokens.resolve(args.token, args.token_file, warn=False) if args.server else None
     # Bounded (`< /dev/zero` read until the OOM killer came): the largest input any
     # policy accepts, and room for the payload's other fields. Exit 2 blocks the call.
     raw = sys.stdin.buffer.read(_MAX_PAYLOAD + 1)
@@ -187,7 +200,6 @@ def main(args: argparse.Namespace) -> int:
         )
     backend: cc.Backend
     if args.server:
-        token = args.token or os.environ.get("GUARDPOOL_TOKEN") or None
         backend = _Remote(args.server, token, args.principal)
     else:
         backend = _InProcess(args.config, args.principal)

@@ -1,8 +1,12 @@
 """``guardpool serve``: the HTTP sidecar.
 
-Binds 127.0.0.1 by default. A bearer token (``--token`` or ``GUARDPOOL_TOKEN``)
-is required unless ``--no-auth`` is given explicitly, or ``--unix PATH`` is used:
-the socket is created with mode 0600, so file permissions guard it.
+Binds 127.0.0.1 by default. A bearer token (``--token-file``, ``GUARDPOOL_TOKEN``
+or ``--token``, which ``ps`` shows to every local user: commands/tokens.py) is
+required unless ``--no-auth`` is given explicitly, or ``--unix PATH`` is used:
+the socket is created with mode 0600, so file permissions guard it. Without a
+token on TCP, only requests whose Host header names the sidecar are answered
+(``localhost``, its address, ``--allow-host`` names: server/hosts.py), which
+is what stops a web page that reached it through DNS rebinding.
 
 A connection that does not send its request headers within
 ``--header-timeout`` seconds, or its body within ``--body-timeout`` seconds
@@ -20,6 +24,7 @@ import socket
 from pathlib import Path
 
 from guardpool.cli import UsageError
+from guardpool.commands import tokens
 from guardpool.runner.enforcer import Enforcer
 
 # Room for JSON framing around an input of max_input_bytes.
@@ -30,9 +35,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="policy file (TOML or JSON)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8181)
-    parser.add_argument("--token", default=None, help="bearer token (or env GUARDPOOL_TOKEN)")
+    parser.add_argument(
+        "--token",
+        default=None,
+        metavar="T",
+        help="bearer token; visible to other local users in ps: prefer --token-file "
+        "or env GUARDPOOL_TOKEN",
+    )
+    parser.add_argument(
+        "--token-file",
+        default=None,
+        metavar="PATH",
+        help="read the bearer token from this file (one line, at most 4 KiB)",
+    )
     parser.add_argument("--unix", default=None, metavar="PATH", help="listen on a Unix socket")
-    parser.add_argument("--no-auth", action="store_true", help="serve without a token")
+    parser.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve without a token (TCP: only requests whose Host names this sidecar)",
+    )
+    parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME[:PORT]",
+        help="also answer requests whose Host is NAME (repeatable). Without a token the "
+        "sidecar answers only Host localhost:PORT or its own address (against DNS "
+        "rebinding); with a token, giving this turns the same check on",
+    )
     parser.add_argument(
         "--header-timeout",
         type=float,
@@ -109,14 +139,22 @@ def main(args: argparse.Namespace) -> int:
     import uvicorn
 
     from guardpool.server.app import build_app
+    from guardpool.server.hosts import HostCheck, allowed_name
     from guardpool.server.timeouts import protocol
 
-    token = args.token or os.environ.get("GUARDPOOL_TOKEN") or None
+    token = tokens.resolve(args.token, args.token_file, warn=True)
     if token is None and not args.no_auth and args.unix is None:
         raise UsageError(
-            "no token: pass --token T or set GUARDPOOL_TOKEN, listen on --unix PATH, "
+            "no token: pass --token-file PATH or set GUARDPOOL_TOKEN, listen on --unix PATH, "
             "or disable authentication explicitly with --no-auth"
         )
+    if args.unix and args.allow_host:
+        raise UsageError("--allow-host applies to TCP only: a browser cannot reach --unix")
+    for entry in args.allow_host:
+        try:
+            allowed_name(entry)
+        except ValueError as exc:
+            raise UsageError(f"--allow-host {entry!r}: {exc}") from None
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port} is not a port")
     for flag, value in (
@@ -134,7 +172,16 @@ def main(args: argparse.Namespace) -> int:
             Path(args.unix).unlink(missing_ok=True)
         raise
     max_body = enforcer.policy.config.pool.max_input_bytes + _BODY_SLACK
-    app = build_app(enforcer, token=token, max_body=max_body)
+    hosts = None
+    if args.unix is None and (token is None or args.allow_host):
+        # Without a token, the Host header is what tells a rebound web page
+        # (server/hosts.py); with one, only when the operator asks for it.
+        hosts = HostCheck(
+            addresses=(args.host, str(sock.getsockname()[0])),
+            port=args.port,
+            allowed=args.allow_host,
+        )
+    app = build_app(enforcer, token=token, max_body=max_body, hosts=hosts)
     config = uvicorn.Config(
         app,
         host=args.host,

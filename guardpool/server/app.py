@@ -9,14 +9,16 @@
                      ──► run.acheck / asettle / arelease ──► Decision JSON
                          (unknown decision id: 404; a denied one: 409)
 
-Every route but ``/healthz`` needs the bearer token unless the server was
-started with ``--no-auth`` (or on a Unix socket, where file permissions guard
-access). Bodies are read with a cap, so an oversized request costs at most the
-cap in memory. Every answer is JSON, errors included (``ErrorBody``: error,
-detail, field): a client error is a 4xx naming the field, and a 500 means a
-bug in guardpool, logged with its traceback. The Enforcer is started and
-closed by the app's lifespan, so SIGTERM lets in-flight checks finish, then
-stops the pool and the ledger.
+Every route but ``/healthz`` and ``/openapi.json`` needs the bearer token
+unless the server was started with ``--no-auth`` (or on a Unix socket, where
+file permissions guard access); without a token on TCP, those routes answer
+only a Host header that names the sidecar (``hosts.py``: DNS rebinding, 421)
+and refuse a web page's request (an Origin header, 403). Bodies are read with
+a cap, so an oversized request costs at most the cap in memory. Every answer
+is JSON, errors included (``ErrorBody``: error, detail, field): a client
+error is a 4xx naming the field, and a 500 means a bug in guardpool, logged
+with its traceback. The Enforcer is started and closed by the app's lifespan,
+so SIGTERM lets in-flight checks finish, then stops the pool and the ledger.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from guardpool.server.bodies import (
 )
 from guardpool.server.decisions import DecisionBook
 from guardpool.server.hooks import routes as hook_routes
+from guardpool.server.hosts import HostCheck, HostRefused
 from guardpool.server.metrics import Metrics
 from guardpool.server.openapi import render as render_openapi
 
@@ -103,8 +106,16 @@ def _json(value: Any, status: int = 200) -> Response:
 
 
 class Sidecar:
-    def __init__(self, enforcer: Enforcer, *, token: str | None, max_body: int) -> None:
+    def __init__(
+        self,
+        enforcer: Enforcer,
+        *,
+        token: str | None,
+        max_body: int,
+        hosts: HostCheck | None = None,
+    ) -> None:
         self.enforcer = enforcer
+        self.hosts = hosts
         self.policy = enforcer.policy
         self.local_store = enforcer.policy.config.store.backend in ("memory", "sqlite")
         self.token = token.encode() if token else None
@@ -117,6 +128,15 @@ class Sidecar:
     # -- plumbing
 
     def authorise(self, request: Request) -> None:
+        """The Host check (server/hosts.py: DNS rebinding), then the bearer token.
+
+        Every route a token protects calls this; /healthz and /openapi.json do not.
+        """
+        if self.hosts is not None:
+            try:
+                self.hosts.check(request.scope["headers"])
+            except HostRefused as exc:
+                raise HTTPError(421, "misdirected request", str(exc)) from None
         if self.token is None:
             return
         header = request.headers.get("authorization", "")
@@ -324,8 +344,10 @@ _INTERNAL = ErrorBody(
 )
 
 
-def build_app(enforcer: Enforcer, *, token: str | None, max_body: int) -> Starlette:
-    sidecar = Sidecar(enforcer, token=token, max_body=max_body)
+def build_app(
+    enforcer: Enforcer, *, token: str | None, max_body: int, hosts: HostCheck | None = None
+) -> Starlette:
+    sidecar = Sidecar(enforcer, token=token, max_body=max_body, hosts=hosts)
 
     def guarded(handler: Any) -> Any:
         async def endpoint(request: Request) -> Response:

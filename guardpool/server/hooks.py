@@ -81,8 +81,10 @@ class ClaudeCodeRoute:
             event = call.hook_event_name  # known before auth, so a refusal has the right shape
             try:
                 self.sidecar.authorise(request)
-            except Exception:  # HTTPError(401); no other failure is possible here
-                return _answer(cc.cannot_decide(event, "unauthorized: check the hook's headers"))
+            except Exception as exc:  # HTTPError(401, or 421 for a Host: hosts.py)
+                body = getattr(exc, "body", None)
+                why = f"{body.error}: {body.detail}" if body is not None else str(exc)
+                return _answer(cc.cannot_decide(event, why))
             backend = EnforcerBackend(self.sidecar.enforcer, _principal(request))
             answer = await asyncio.to_thread(cc.handle, call, backend, self.pending)
         except Exception as exc:  # fail closed, and in a form Claude Code obeys
