@@ -157,3 +157,77 @@ def test_bad_input_exits_2(tmp_path: Path) -> None:
     assert "Traceback" not in out.stderr
     out = guardpool("fuzz", "--config", "tests/planted/policy.toml", "--seconds", "0")
     assert out.returncode == 2 and "--seconds" in out.stderr
+
+
+def test_a_time_budget_that_runs_nothing_is_not_a_pass(tmp_path: Path) -> None:
+    # --seconds 1e-9 made 0 runs per guard and said "nothing found", exit 0.
+    policy = tmp_path / "p.toml"
+    policy.write_text(
+        "[[guard]]\nname = \"keys\"\ndeny_regex = ['AKIA[0-9A-Z]{16}']\n"
+        "[[guard]]\nname = \"plain\"\nrequire_regex = ['^[a-z ]*$']\n"
+    )
+    out = guardpool(
+        "fuzz", "--config", str(policy), "--seconds", "1e-9", "--findings", str(tmp_path / "f"),
+        "--json",
+    )
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "nothing found" not in out.stderr and "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("guardpool fuzz: error: nothing was tested: guard 'keys' ran"), last
+    assert "guard 'plain' ran on no input" in last and "give it more time" in last
+    report = json.loads(out.stdout)
+    assert set(report["untested"]) == {"keys", "plain"}
+    assert [g["runs"] for g in report["guards"]] == [0, 0]
+    for seconds in ("0", "-1", "nan", "inf", "1e400"):
+        bad = guardpool("fuzz", "--config", str(policy), "--seconds", seconds)
+        assert bad.returncode == 2 and "--seconds must be more than 0" in bad.stderr, seconds
+
+
+def _replay_file(tmp_path: Path, name: str, **fields: object) -> Path:
+    data: dict[str, object] = {
+        "format": "guardpool-fuzz-finding/1",
+        "guard": "trailing",
+        "kind": "timeout",
+        "policy": str(PLANTED),
+        "sys_path": [str(ROOT)],
+        "labels": ["op:x"],
+        "input": {"text": "aaa"},
+    }
+    data.update(fields)
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_hostile_replay_file_is_exit_2_naming_what_is_wrong(tmp_path: Path) -> None:
+    # Each of these was a worker killed by a label that is not a string, a traceback
+    # (sys_path: 5), a replay that went ahead with labels no operation may have, or a
+    # read of /dev/zero until MemoryError.
+    os.mkfifo(tmp_path / "fifo")
+    cases: list[tuple[Path, str]] = [
+        (_replay_file(tmp_path, "ints", labels=[1, 2]), "'labels' must be a list of strings"),
+        (_replay_file(tmp_path, "nl", labels=["op:x\n"]), "labels[0]: bad label"),
+        (_replay_file(tmp_path, "empty", labels=[]), "at least one label"),
+        (_replay_file(tmp_path, "many", labels=["x"] * 1000), "at most 64 labels"),
+        (_replay_file(tmp_path, "sp_int", sys_path=5), "'sys_path' must be a list"),
+        (_replay_file(tmp_path, "sp_str", sys_path="abc"), "'sys_path' must be a list"),
+        (_replay_file(tmp_path, "sp_rel", sys_path=["rel"]), "absolute directories"),
+        (_replay_file(tmp_path, "digest", policy_digest=5), "'policy_digest' is not a str"),
+        (Path("/dev/zero"), "is not a regular file"),
+        (tmp_path / "fifo", "is not a regular file"),
+        (tmp_path, "is not a regular file"),
+    ]
+    for path, says in cases:
+        out = guardpool("fuzz", "--replay", str(path))
+        assert out.returncode == 2, (path, out.stdout, out.stderr)
+        assert says in out.stderr and str(path) in out.stderr, (path, out.stderr)
+        assert "Traceback" not in out.stderr
+    # the same file with good fields replays (exit 0 or 1, never 2): the checks are not too strict
+    ok = guardpool("fuzz", "--replay", str(_replay_file(tmp_path, "ok")))
+    assert ok.returncode in (0, 1) and "trailing timeout" in ok.stdout, ok.stderr
+
+
+def test_the_help_says_a_replay_file_is_trusted() -> None:
+    out = guardpool("fuzz", "--help")
+    text = " ".join(out.stdout.split())
+    assert "Trusted like a policy file" in text and "exit 2" in text

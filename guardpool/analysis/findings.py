@@ -10,20 +10,28 @@ A reproducer holds everything a replay needs, with absolute paths, so that
 
 ``sys_path`` is the directory fuzz ran from: guard modules that were importable
 there (``tests.planted.bad_guards``) stay importable when replayed elsewhere.
+A reproducer is therefore trusted like a policy file: replaying one loads the
+policy it names, which imports and runs that policy's guard modules, found
+along ``sys_path``. ``read`` checks the file's shape (a hostile or broken one is
+BadReproducer, naming the field), not whether its author is to be trusted.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import shlex
+import stat
 from pathlib import Path
 from typing import Any
 
 from guardpool.analysis.astscan import module_file
 from guardpool.analysis.fuzzing import Finding, Kind, decode_value, encode_value
+from guardpool.policy.bounds import MAX_INPUT_BYTES
 from guardpool.policy.guards import CompiledGuard
+from guardpool.policy.labels import validate_labels
 
 FORMAT = "guardpool-fuzz-finding/1"
 
@@ -106,10 +114,31 @@ class BadReproducer(ValueError):
     pass
 
 
+# The largest reproducer read: the largest input a policy accepts (MAX_INPUT_BYTES),
+# base64-encoded, with room for the rest. `--replay /dev/zero` read until MemoryError.
+MAX_REPRODUCER_BYTES = 2 * MAX_INPUT_BYTES
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The file's bytes; BadReproducer for a device, a FIFO or a file over the cap."""
+    # O_NONBLOCK: opening a FIFO nobody writes to would wait forever.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BadReproducer(f"{path} is not a regular file (fuzz writes reproducers as files)")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            raw = f.read(MAX_REPRODUCER_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_REPRODUCER_BYTES:
+        raise BadReproducer(f"{path} is larger than {MAX_REPRODUCER_BYTES >> 20} MiB: not read")
+    return raw
+
+
 def read(path: Path) -> dict[str, Any]:
     """A reproducer, checked field by field; BadReproducer names what is wrong."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_read_bounded(path).decode("utf-8"))
     except OSError as exc:
         raise BadReproducer(f"cannot read {path}: {exc.strerror}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -121,6 +150,21 @@ def read(path: Path) -> dict[str, Any]:
             raise BadReproducer(f"{path}: {key!r} is missing or not a {kind.__name__}")
     if data["kind"] not in RULES:
         raise BadReproducer(f"{path}: unknown kind {data['kind']!r}")
+    # Checked here, not where they are used: a label that is not a string reached a
+    # worker and killed it, and a sys_path that is a number was a traceback.
+    if not all(isinstance(label, str) for label in data["labels"]):
+        raise BadReproducer(f"{path}: 'labels' must be a list of strings")
+    try:
+        data["labels"] = list(validate_labels(data["labels"]))
+    except ValueError as exc:
+        raise BadReproducer(f"{path}: {exc}") from None
+    sys_path = data.get("sys_path", [])
+    if not isinstance(sys_path, list) or not all(
+        isinstance(p, str) and Path(p).is_absolute() for p in sys_path
+    ):
+        raise BadReproducer(f"{path}: 'sys_path' must be a list of absolute directories")
+    if not isinstance(data.get("policy_digest", ""), str):
+        raise BadReproducer(f"{path}: 'policy_digest' is not a str")
     try:
         data["value"] = decode_value(data.get("input"))
     except ValueError as exc:

@@ -9,8 +9,15 @@ limits, so a finding is what an attacker would get in production. Findings
 minimised, confirmed and written as reproducers that replay from anywhere.
 
 Exit codes: 0 nothing found (or, with ``--replay``, no longer reproduces), 1
-something found (still reproduces), 2 bad input. Progress goes to stderr; the
-summary table to stdout, or to stderr with ``--json`` (stdout is then JSON).
+something found (still reproduces), 2 bad input — including a ``--seconds``
+too short for some guard to run on a single input: zero runs is not a pass
+(the report is printed, then one line naming the untested guards; JSON has
+them under ``untested``). Progress goes to stderr; the summary table to
+stdout, or to stderr with ``--json`` (stdout is then JSON).
+
+``--replay FILE`` is trusted like a policy file: it names the policy to load
+and directories to put on ``sys.path``, and loading that policy imports and
+runs the guard modules it names. Replay only files you (or your CI) wrote.
 """
 
 from __future__ import annotations
@@ -40,7 +47,11 @@ _WEEK_S = 7 * 24 * 3600
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="policy file (TOML or JSON)")
     parser.add_argument(
-        "--seconds", type=float, default=30.0, help="fuzzing time, shared by the guards (30)"
+        "--seconds",
+        type=float,
+        default=30.0,
+        help="fuzzing time, shared by the guards (30); when a guard runs on no input in "
+        "its share, nothing was tested: exit 2",
     )
     parser.add_argument("--guard", action="append", help="only this guard (repeatable)")
     parser.add_argument(
@@ -64,7 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--replay",
         metavar="FILE",
-        help="re-run one reproducer through the real pool; exit 1 while it still reproduces",
+        help="re-run one reproducer through the real pool; exit 1 while it still reproduces. "
+        "Trusted like a policy file: it names the policy to load and directories to import "
+        "guard modules from, so replay only files you or your CI wrote",
     )
 
 
@@ -142,20 +155,43 @@ def main(args: argparse.Namespace) -> int:
             encoding="utf-8",
         )
     report = _report(fuzzers, records, args)
+    untested = _untested(fuzzers, share)
+    report["untested"] = untested
     out = console(stderr=args.json)
     out.print(_table(report))
     if records:
         out.print(f"{len(records)} finding(s); reproducers in {out_dir}/:")
         for r in records:
             out.print(f"  {r['guard']} {r['kind']}: {r['detail']}\n    {r['replay']}")
-    else:
+    elif not untested:
         out.print(
             "nothing found: no guard timed out, crashed, ran out of memory, raised, "
             "or disagreed with re"
         )
     if args.json:
         sys.stdout.write(json.dumps(report, indent=2, ensure_ascii=True) + "\n")
-    return EXIT_DENIED if records else EXIT_OK
+    if records:
+        return EXIT_DENIED
+    if untested:
+        # Zero runs is not a pass: "nothing found" after fuzzing nothing read like one.
+        raise UsageError(
+            "nothing was tested: "
+            + "; ".join(f"guard {name!r} ran on no input ({why})" for name, why in untested.items())
+        )
+    return EXIT_OK
+
+
+def _untested(fuzzers: dict[str, GuardFuzzer], share: float) -> dict[str, str]:
+    """Guards the fuzzer never ran on an input, with why."""
+    untested = {}
+    for name, f in fuzzers.items():
+        if f.stats.runs:
+            continue
+        if f.stats.refused:
+            untested[name] = f"the enforcer refused all {f.stats.refused} inputs before it ran"
+        else:
+            untested[name] = f"its share of --seconds was {share:.3g} s: give it more time"
+    return untested
 
 
 def _percentile(ordered: list[float], q: float) -> float:
