@@ -14,8 +14,9 @@ Exit codes: 0 ok / allowed, 1 denied or something found, 2 bad input,
 
 User errors print one line on stderr and exit 2, never a traceback: a bad
 command line (``UsageError``), a bad policy (``PolicyError``), a budget store
-or audit ledger that cannot be opened or reached, a file or socket the OS
-refuses, text that is not UTF-8. Anything else is a bug: the traceback is
+or audit ledger that cannot be opened or reached (with PostgreSQL, the line
+ends with libpq's reason from the last connection attempt: ``PoolWarnings``),
+a file or socket the OS refuses, text that is not UTF-8. Anything else is a bug: the traceback is
 printed with a request to report it, and the exit code is 70 (EX_SOFTWARE),
 so that a script can tell "you did something wrong" from "guardpool did".
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -150,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     user_errors = user_error_types()
+    pg = None if name in _LONG_RUNNING else PoolWarnings.install()
     try:
         result: int = module.main(args)
     except ModuleNotFoundError as exc:
@@ -157,7 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return _reader_gone()
     except user_errors as exc:
-        print(f"guardpool {name}: error: {describe(exc)}", file=sys.stderr)
+        cause = pg.cause if pg is not None and _unreachable(exc) else None
+        tail = f" ({cause})" if cause else ""
+        print(f"guardpool {name}: error: {describe(exc)}{tail}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except RecursionError:
         print(f"guardpool {name}: error: input nested too deeply", file=sys.stderr)
@@ -167,7 +172,67 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception:
         return _bug(name)
+    if result != EXIT_OK and pg is not None and pg.cause:
+        # A store or ledger that went away mid-command: its denials say "unavailable",
+        # and the one line psycopg_pool had about why was kept back.
+        print(f"guardpool {name}: note: {pg.cause}", file=sys.stderr)
     return result
+
+
+# Commands that run until stopped: their pool warnings (a server that went away and
+# came back) are the operator's log, printed as they happen.
+_LONG_RUNNING = frozenset({"serve", "mcp-proxy"})
+
+
+class PoolWarnings(logging.Handler):
+    """psycopg_pool's connection warnings, kept back: the last one is the cause.
+
+    The pool logs "error connecting in 'guardpool-x': <libpq's message>" from its
+    background workers, two lines each, several times a second; with no logging
+    configured Python prints each on stderr, before guardpool's own one-line
+    error, which said only "no connection within 2000 ms". A command that runs
+    once keeps the last message's first line instead and puts it in its error.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.cause: str | None = None
+
+    @classmethod
+    def install(cls) -> PoolWarnings:
+        """Kept for the rest of the process: the pool's threads may still log after
+        the command's last line (a ledger that failed to open leaves its pool behind)."""
+        logger = logging.getLogger("psycopg.pool")
+        handler = next((h for h in logger.handlers if isinstance(h, cls)), None)
+        if handler is None:
+            handler = cls()
+            logger.addHandler(handler)
+        handler.cause = None
+        logger.propagate = False  # nothing reaches the last-resort printer
+        return handler
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args
+        if record.msg == "error connecting in %r: %s" and isinstance(args, tuple) and args:
+            lines = str(args[-1]).strip().splitlines()
+            text = lines[0] if lines else ""
+            # libpq's own words, without psycopg's "connection failed: " in front.
+            self.cause = "last connection attempt: " + text.removeprefix("connection failed: ")
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """A store or ledger that could not be reached: the pool's cause belongs in the line."""
+    from guardpool.audit.ledger import LedgerError
+    from guardpool.store.errors import StoreUnavailable
+
+    seen: BaseException | None = exc
+    for _ in range(8):  # a command may re-raise it as a UsageError (audit: ``from exc``)
+        if seen is None:
+            return False
+        if isinstance(seen, LedgerError | StoreUnavailable):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def _reader_gone() -> int:

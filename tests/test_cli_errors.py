@@ -22,6 +22,8 @@ import pytest
 
 from guardpool import cli
 
+from .conftest import PostgresServer, free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -444,3 +446,28 @@ def test_a_config_without_end_is_refused_not_read_to_the_end() -> None:
     # /dev/zero as the policy: read until the OOM killer came (exit 137) before.
     out = run("check", "--config", "/dev/zero", "--label", "a", "--input", "x")
     one_line_exit_2(out, "/dev/zero", "larger than 64 MiB")
+
+
+def test_an_unreachable_postgres_ledger_is_one_line_with_its_cause(tmp_path: Path) -> None:
+    # psycopg_pool printed "error connecting in 'guardpool-guardpool': ..." twice per
+    # attempt (a tab-indented hint line each) before guardpool's own line, which
+    # said only "no connection within 2000 ms": the reason was in the noise.
+    url = f"postgresql://nobody@127.0.0.1:{free_port()}/x"
+    out = run("audit", "verify", "--url", url)
+    err = one_line_exit_2(out, "audit ledger (postgres schema guardpool)", "Connection refused")
+    assert "error connecting in" not in err and "Is the server running" not in err
+    assert err.startswith("guardpool audit: error: ")
+    # A store that is down denies a check (exit 1); the reason follows as one note.
+    store = {"backend": "postgres", "url": url, "connect_timeout_ms": 300, "op_timeout_ms": 300}
+    denied = check(policy(tmp_path, {"store": store, "limits": {"exe:llm:*": {"calls": 5}}}))
+    lines = denied.stderr.decode().strip().splitlines()
+    assert denied.returncode == 1, denied.stderr
+    assert lines == [lines[0]] and lines[0].startswith("guardpool check: note: "), lines
+    assert "Connection refused" in lines[0]
+
+
+def test_a_postgres_ledger_that_refuses_the_login_says_why(postgres_server: PostgresServer) -> None:
+    # A real server, a role that does not exist: the cause is the server's answer.
+    url = f"postgresql://nobody@127.0.0.1:{postgres_server.port}/guardpool"
+    out = run("audit", "show", "r1", "--url", url)
+    one_line_exit_2(out, 'failed: FATAL:  password authentication failed for user "nobody"')
