@@ -1,9 +1,22 @@
 """Shared fixtures: real redis-server and PostgreSQL servers on free loopback ports, a fresh
-SQLite path."""
+SQLite path.
+
+The servers die with the test run. Each is started with a parent-death signal
+(``die_with_parent``: Linux's PR_SET_PDEATHSIG), so a pytest process that is
+SIGKILLed or cut short by a timeout takes its servers with it: a PostgreSQL
+server was found running with ppid 1, hours after the helper run that started it
+was cut short. The signal fires when the *thread* that forked the server exits,
+so servers are started from the main thread only (``_main_thread_only``; pytest
+runs fixtures and tests there). PostgreSQL's directory is made in /tmp (its
+``postgres`` OS user must reach it) and named after the pytest pid; a later run
+removes the directories of pids that are gone whose server is gone too
+(``sweep_stale_pg_dirs``).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import glob
 import os
 import shutil
@@ -11,12 +24,42 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the child only calls into it
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets ``sig`` when the thread that started it exits.
+
+    Runs in the child after fork (and after ``user=``'s setuid, which would clear
+    the setting), before exec; a non-setuid binary keeps it across exec. If the
+    parent died between fork and prctl, the child is already orphaned: it kills
+    itself rather than live on.
+    """
+    _main_thread_only()
+    parent = os.getpid()
+
+    def preexec() -> None:
+        if _LIBC.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+            os._exit(126)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), sig)
+
+    return preexec
+
+
+def _main_thread_only() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        # The parent-death signal would fire when this thread ends, not the run.
+        raise RuntimeError("test servers are started from the main thread only")
 
 
 def free_port() -> int:
@@ -54,6 +97,7 @@ class RedisServer:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent(),  # no state to keep: SIGKILL
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -177,7 +221,8 @@ class PostgresServer:
         self.bindir = bindir
         self.fast = fast
         self.port = free_port()
-        self.root = Path(tempfile.mkdtemp(prefix="guardpool-pg-"))
+        sweep_stale_pg_dirs()
+        self.root = Path(tempfile.mkdtemp(prefix=f"{PG_DIR_PREFIX}{os.getpid()}-"))
         self.data = self.root / "data"
         self.sockets = self.root / "sock"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -267,8 +312,15 @@ class PostgresServer:
             # loss; synchronous_commit stays on, or a kill could take back commits.
             argv += ["-c", "fsync=off"]
         with open(self.log, "ab") as log:
+            # SIGQUIT is PostgreSQL's immediate shutdown: the postmaster stops its
+            # backends and removes its shared memory, which a SIGKILL would leave.
             self.proc = subprocess.Popen(
-                argv, user=self.user, stdout=log, stderr=log, start_new_session=True
+                argv,
+                user=self.user,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                preexec_fn=die_with_parent(signal.SIGQUIT),
             )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -331,6 +383,40 @@ class PostgresServer:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+PG_DIR_PREFIX = "guardpool-pg-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_pg_dirs(tmp: str | None = None) -> list[Path]:
+    """Remove ``guardpool-pg-<pid>-*`` directories whose pytest and server are both gone.
+
+    Only directories named after a pid (older ones carry no pid: left alone), only
+    when that pid is dead and the ``postmaster.pid`` inside names no live process
+    (or there is none). Nothing is killed. Returns what was removed.
+    """
+    removed = []
+    for d in Path(tmp or tempfile.gettempdir()).glob(f"{PG_DIR_PREFIX}*-*"):
+        owner = d.name[len(PG_DIR_PREFIX) :].split("-", 1)[0]
+        if not owner.isdigit() or _alive(int(owner)):
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            server = int((d / "data" / "postmaster.pid").read_text().split("\n", 1)[0])
+            if _alive(server):
+                continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
 
 
 @pytest.fixture(scope="session")

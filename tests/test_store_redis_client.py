@@ -18,7 +18,7 @@ from guardpool.store.base import ReserveItem
 from guardpool.store.errors import StoreUnavailable
 from guardpool.store.redis import RedisStore
 
-from .conftest import RedisServer, free_port
+from .conftest import RedisServer, die_with_parent, free_port
 
 PASSWORD = "s3cret pass"  # a space: the URL form must quote it
 
@@ -49,6 +49,7 @@ class LockedServer:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent(),
         )
         self.client = redis.Redis(unix_socket_path=str(self.socket), password=PASSWORD)
         deadline = time.monotonic() + 10
@@ -303,6 +304,7 @@ def test_tls_with_a_private_ca_and_a_refusal_without_it(
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=die_with_parent(),
     )
     try:
         store = RedisStore(settings(f"rediss://localhost:{port}/0?ssl_ca_certs={ca}"))
