@@ -287,6 +287,8 @@ def test_lint_and_test_on_files_nested_too_deeply(tmp_path: Path) -> None:
         ("bench", "--cap-ms", str(10**14), str(10**14)),  # named pool.job_timeout_ms
         ("lint", "--deadline", "nan", "nan"),
         ("lint", "--deadline", "inf", "inf"),
+        ("lint", "--deadline", "1e-06", "1e-06"),  # confirmed nothing: dangers passed, exit 0
+        ("lint", "--deadline", "0.5", "0.5"),
     ],
 )
 def test_numeric_flags_out_of_range_name_the_flag(

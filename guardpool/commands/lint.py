@@ -36,6 +36,10 @@ from guardpool.policy.regex import compile_pattern, re_semantic_warnings
 
 _LONG_PRIVILEGED_MS = 5000
 _MAX_DEADLINE_S = 3600
+# A confirmation's child spends up to ~0.15 s starting and a slow size runs 0.3 s
+# before it stops: below this, nothing is ever confirmed (`--deadline 1e-6` turned
+# the planted ReDoS dangers, exit 1, into "suspected", exit 0).
+_MIN_DEADLINE_S = 1.0
 _HUGE_INPUT = 16 << 20
 EXIT_OK, EXIT_FOUND, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -56,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=3.0,
         metavar="SECONDS",
-        help="CPU-time budget for confirming one finding (default 3)",
+        help="CPU-time budget for confirming one finding (default 3, at least 1)",
     )
     parser.add_argument(
         "--jobs",
@@ -216,11 +220,13 @@ _PLURAL |= {"warning": "warnings", "info": "infos"}
 def main(args: argparse.Namespace) -> int:
     path = Path(args.config)
     confirm = not args.no_confirm
-    # `not 0 < x <= max` also refuses NaN; an infinite deadline never kills a confirmation.
-    if not (0 < args.deadline <= _MAX_DEADLINE_S and 1 <= args.jobs <= MAX_WORKERS):
+    # `not min <= x <= max` also refuses NaN; an infinite deadline never kills a confirmation.
+    if not (_MIN_DEADLINE_S <= args.deadline <= _MAX_DEADLINE_S and 1 <= args.jobs <= MAX_WORKERS):
         message = (
-            f"--deadline must be more than 0 and at most {_MAX_DEADLINE_S} seconds, and --jobs "
-            f"between 1 and {MAX_WORKERS} (given {args.deadline} and {args.jobs})"
+            f"--deadline must be at least {_MIN_DEADLINE_S:g} and at most {_MAX_DEADLINE_S} "
+            f"seconds, and --jobs between 1 and {MAX_WORKERS} (given {args.deadline} and "
+            f"{args.jobs}); a shorter deadline confirms nothing, so every danger would pass "
+            "as merely suspected"
         )
         _report([issue("GP001", "command line", message)], args.json, {"guards": 0, "limits": 0})
         if not args.json:
