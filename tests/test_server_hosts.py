@@ -230,7 +230,16 @@ def test_a_token_file_is_read_and_argv_tokens_are_warned_about(tmp_path: Path) -
     finally:
         assert s.stop() == 0
     assert s.proc.stderr is not None
-    assert "visible to other local users" not in s.proc.stderr.read().decode()
+    quiet = s.proc.stderr.read().decode()
+    assert "visible to other local users" not in quiet and "warning" not in quiet, quiet
+    secret.chmod(0o644)
+    (tmp_path / "open").mkdir()
+    s = Server(tmp_path / "open", "--token-file", str(secret))
+    s.wait_ready()
+    assert s.stop() == 0
+    assert s.proc.stderr is not None
+    loose = s.proc.stderr.read().decode()
+    assert f"--token-file {secret} is readable by other users (mode 0644)" in loose, loose
     (tmp_path / "argv").mkdir()
     s = Server(tmp_path / "argv", "--token", TOKEN)
     s.wait_ready()

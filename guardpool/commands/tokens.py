@@ -28,8 +28,12 @@ ARGV_WARNING = (
 )
 
 
-def read_token_file(path: str) -> str:
-    """The token held by ``path``; UsageError naming the file when it cannot be one."""
+def read_token_file(path: str, *, warn: bool = False) -> str:
+    """The token held by ``path``; UsageError naming the file when it cannot be one.
+
+    ``warn``: say on stderr when other users may read the file (its mode has
+    group or other bits), as ssh does for a private key; the token still works.
+    """
     where = f"--token-file {path}"
     try:
         # O_NONBLOCK: opening a FIFO nobody writes to would wait forever.
@@ -37,8 +41,16 @@ def read_token_file(path: str) -> str:
     except OSError as exc:
         raise UsageError(f"{where}: {exc.strerror or exc}") from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
             raise UsageError(f"{where}: not a regular file")
+        if warn and mode & 0o077:
+            print(
+                f"guardpool: warning: {where} is readable by other users "
+                f"(mode {stat.S_IMODE(mode):04o}): chmod 600 it",
+                file=sys.stderr,
+                flush=True,
+            )
         raw = os.read(fd, MAX_TOKEN_FILE + 1)
     except OSError as exc:
         raise UsageError(f"{where}: {exc.strerror or exc}") from None
@@ -68,13 +80,14 @@ def read_token_file(path: str) -> str:
 def resolve(token: str | None, token_file: str | None, *, warn: bool) -> str | None:
     """The token from ``--token-file``, ``--token`` or the environment, or None.
 
-    ``warn``: print ARGV_WARNING on stderr when ``--token`` was given (``serve``;
-    the hook's stderr reaches the agent's screen on every call, so it only documents it).
+    ``warn``: print ARGV_WARNING on stderr when ``--token`` was given, and say when
+    the token file is readable by others (``serve``; the hook's stderr reaches the
+    agent's screen on every call, so it only documents both).
     """
     if token is not None and token_file is not None:
         raise UsageError("--token and --token-file are mutually exclusive")
     if token_file is not None:
-        return read_token_file(token_file)
+        return read_token_file(token_file, warn=warn)
     if token is not None:
         if not token:
             raise UsageError("--token is empty")
