@@ -25,8 +25,17 @@ def _op(summary: str, request: str | None, response: str, *, by_id: bool = False
             "200": {"description": "ok", **_ref(response)},
             "400": {"description": "malformed JSON or not UTF-8", **_ref("ErrorBody")},
             "401": {"description": "missing or wrong bearer token", **_ref("ErrorBody")},
+            "403": {
+                "description": "without a token: a web page's request (an Origin header)",
+                **_ref("ErrorBody"),
+            },
             "408": {"description": "headers or body not received in time", **_ref("ErrorBody")},
             "413": {"description": "body too large", **_ref("ErrorBody")},
+            "421": {
+                "description": "without a token: a Host that does not name the sidecar "
+                "(DNS rebinding; --allow-host)",
+                **_ref("ErrorBody"),
+            },
             "422": {
                 "description": "a value is out of its schema or bounds (`field` names it)",
                 **_ref("ErrorBody"),
