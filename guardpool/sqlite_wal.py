@@ -121,11 +121,15 @@ class Checkpointer:
         self, path: str | Path, *, every: int = EVERY, finish_every: int = FINISH_EVERY
     ) -> None:
         self.path = Path(path)
-        self.every = every
-        self.finish_every = finish_every
+        self._every = every
+        self._finish_every = finish_every
         self._cond = threading.Condition(threading.Lock())
         self._commits = 0  # since the last checkpoint that reached the end of the WAL
         self._since_wake = 0  # since the thread was last asked
+        # Commits since the last one that took the lock, and how many may pass so
+        # before one has something to ask (_commits and _since_wake lag by _quiet).
+        self._quiet = 0
+        self._quiet_limit = min(every, finish_every)
         self._wanted = False  # the thread has been asked and has not finished yet
         self._finish_due = False  # ... and should leave little for an inline finish
         self._caught_up = False  # it did: the next commit finishes
@@ -135,19 +139,40 @@ class Checkpointer:
         self.finishes = 0  # small inline ones after the thread caught up
         self.inline = 0  # full inline ones, when the thread was far behind
 
+    @property
+    def every(self) -> int:
+        return self._every
+
+    @every.setter
+    def every(self, value: int) -> None:
+        self._every = value
+        self._quiet_limit = 1  # the next commit takes the lock and recounts
+
+    @property
+    def finish_every(self) -> int:
+        return self._finish_every
+
+    @finish_every.setter
+    def finish_every(self, value: int) -> None:
+        self._finish_every = value
+        self._quiet_limit = 1
+
     def committed(self, conn: sqlite3.Connection) -> None:
         """A writer committed a transaction on ``conn``: called right after COMMIT,
         still holding whatever lock serialises this process's writers of the file."""
-        commits, since = self._commits + 1, self._since_wake + 1
-        if since < self.every and commits < self.finish_every and not self._caught_up:
-            # Nearly every commit: nothing to ask of the thread, so no lock. The counts
-            # are only written by this file's writers, which that lock serialises; the
-            # thread only sets _caught_up, and a finish seen one commit late is harmless.
-            self._commits, self._since_wake = commits, since
+        quiet = self._quiet + 1
+        if quiet < self._quiet_limit and not self._caught_up:
+            # Nearly every commit: nothing to ask of the thread, so no lock and one
+            # count. The counts are only written by this file's writers, which that
+            # lock serialises; the thread only sets _caught_up, and a finish seen one
+            # commit late is harmless.
+            self._quiet = quiet
             return
         with self._cond:
-            self._commits += 1
-            self._since_wake += 1
+            # The quiet commits counted since the last time here, this one included.
+            self._commits += quiet
+            self._since_wake += quiet
+            self._quiet = 0
             if self._caught_up:
                 act = "finish"
             elif self._commits >= self.finish_every * BEHIND:
@@ -174,6 +199,11 @@ class Checkpointer:
             if act:
                 self._caught_up = False
                 self._commits = 0
+            # The next commit that has something to ask: the thread's turn (every)
+            # or a finish's (finish_every), whichever comes first; at least the next.
+            self._quiet_limit = max(
+                1, min(self.every - self._since_wake, self.finish_every - self._commits)
+            )
         if act == "finish":
             self.finishes += 1
             _checkpoint(conn, self.path)

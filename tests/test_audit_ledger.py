@@ -20,7 +20,7 @@ import msgspec
 import pytest
 
 from guardpool.audit import AuditEvent, Ledger, LedgerError, LedgerWriteError
-from guardpool.audit.chain import link
+from guardpool.audit.chain import encode_event, linked_rows
 from guardpool.audit.events import GENESIS_HASH
 from guardpool.audit.ledger import canonical_bytes, chain_hash
 
@@ -124,14 +124,26 @@ def test_canonical_bytes_are_the_sorted_json_encoding_byte_for_byte() -> None:
         assert canonical_bytes(seq, ts, payload) == generic
 
 
-def test_link_is_chain_hash_applied_event_after_event() -> None:
-    payloads = [msgspec.json.encode({"kind": k}) for k in ("check", "reserve", "decision")]
-    linked = link("ab" * 32, 41, 1_764_000_000_123, payloads)
+def test_linked_rows_are_chain_hash_applied_event_after_event() -> None:
+    """The rows hash the stored text encoded back to UTF-8: the payload's own bytes,
+    non-ASCII and escaped quotes included."""
+    events = [
+        AuditEvent(kind="check", run_id="r1"),
+        AuditEvent(kind="verdict", run_id="r1", reason='caf\u00e9 \U0001f600 "q" \\ \n'),
+        AuditEvent(kind="decision", run_id="", labels=("exe:llm",)),
+    ]
+    payloads = [encode_event(ev) for ev in events]
+    ts = 1_764_000_000_123
+    params, seq, head = linked_rows("ab" * 32, 41, ts, events, payloads)
+    assert len(params) == 7 * len(events)
     prev = "ab" * 32
-    for n, (payload, (seq, prev_hash, digest)) in enumerate(zip(payloads, linked, strict=True)):
-        assert (seq, prev_hash) == (42 + n, prev)
-        assert digest == chain_hash(prev, seq, 1_764_000_000_123, payload)
+    for n, (ev, payload) in enumerate(zip(events, payloads, strict=True)):
+        row = params[7 * n : 7 * n + 7]
+        digest = chain_hash(prev, 42 + n, ts, payload)
+        assert row == [42 + n, ts, ev.kind, ev.run_id, payload.decode(), prev, digest]
         prev = digest
+    assert (seq, head) == (44, prev)
+    assert linked_rows("cd" * 32, 7, ts, [], []) == ([], 7, "cd" * 32)
 
 
 def test_triggers_refuse_update_and_delete(ledger: Ledger, db: Path) -> None:

@@ -230,3 +230,28 @@ def test_new_files_get_small_pages_and_old_files_keep_theirs(tmp_path: Path) -> 
     store.close()
     ledger.close()
     assert _page_size(old) == 4096
+
+
+def test_the_thread_is_asked_on_the_every_th_commit_exactly(tmp_path: Path) -> None:
+    """Commits in between count without the lock (a countdown); the turn still comes
+    on the every-th commit, and a cadence set later applies from the next commit."""
+    path = tmp_path / "audit.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    ck = Checkpointer(path, every=7, finish_every=10**6)
+    try:
+        for _ in range(6):
+            ck.committed(conn)
+        assert ck._thread is None and not ck._wanted
+        ck.committed(conn)  # the 7th
+        assert ck._thread is not None
+        assert wait_for(lambda: ck.checkpoints == 1, timeout=10)
+        ck.every = 3  # set between commits, as tests and the cost bench do
+        for _ in range(2):
+            ck.committed(conn)
+        assert ck.checkpoints == 1 and not ck._wanted
+        ck.committed(conn)  # the 3rd since the thread was last asked
+        assert wait_for(lambda: ck.checkpoints == 2, timeout=10)
+    finally:
+        ck.close()
+        conn.close()

@@ -368,3 +368,27 @@ def test_counters_of_many_keys_are_each_found(store: BudgetStore, keys: int) -> 
     assert store.settle("r1", {"a": 5}).ok
     states = store.states(items)
     assert [s.used for s in states] == [5 if it.dimension == "a" else it.amount for it in items]
+
+
+def test_each_tuple_of_items_reads_its_own_counters(store: BudgetStore) -> None:
+    """A store may remember per-tuple facts (the memory store: each item's key, the
+    engine: whether keys repeat) by identity; another tuple, even of the same shape,
+    or a list, must read its own counters, and a windowed item its window."""
+    a = (item(3, key="a"), item(1, dimension="tokens", key="a"))
+    b = (item(5, key="b"), item(2, dimension="tokens", key="b"))
+    assert store.reserve("ra", a, 60_000).ok
+    assert store.settle("ra", {"calls": 3, "tokens": 1}).ok
+    got = store.reserve("rb", b, 60_000)
+    assert [(s.key, s.used, s.reserved) for s in got.states] == [("b", 0, 5), ("b", 0, 2)]
+    twice = (item(1, key="a"), item(1, key="a"))  # one counter named twice
+    assert [(s.used, s.reserved) for s in store.reserve("rt", twice, 60_000).states] == [
+        (3, 2),
+        (3, 2),
+    ]
+    # A windowed item counts the charges in its window: none (3 were lifetime charges).
+    windowed = [item(1, key="a", window_ms=1000), item(1, key="b")]
+    assert [(s.used, s.reserved) for s in store.reserve("rw", windowed, 60_000).states] == [
+        (0, 3),
+        (0, 6),
+    ]
+    assert [(s.used, s.reserved) for s in store.states(list(a))] == [(3, 3), (1, 0)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -128,23 +128,29 @@ def chain_hash(prev_hash: str, seq: int, ts: int, payload: bytes) -> str:
     return hashlib.sha256(prev_hash.encode("ascii") + canonical_bytes(seq, ts, payload)).hexdigest()
 
 
-def link(
-    prev_hash: str, seq: int, ts: int, payloads: Iterable[bytes]
-) -> list[tuple[int, str, str]]:
-    """``(seq, prev_hash, hash)`` of each payload appended after ``(seq, prev_hash)``.
+def linked_rows(
+    prev_hash: str, seq: int, ts: int, events: Sequence[AuditEvent], payloads: Sequence[bytes]
+) -> tuple[list[object], int, str]:
+    """The insert parameters of ``events`` appended after ``(seq, prev_hash)``, flat
+    (``seq, ts, kind, run_id, payload, prev_hash, hash`` per event, a ``Row``), and
+    the new head's seq and hash.
 
-    ``chain_hash`` for a batch, in one loop: the ledger links every event of
-    every decision, so the per-event calls are folded in here.
+    ``chain_hash`` for a batch, in the one loop that also lays out the rows: the
+    ledger links every event of every decision. The payload is hashed as the text
+    stored (``payload.decode()``, which the column holds anyway) encoded back to
+    UTF-8: the same bytes, since a payload is msgspec's UTF-8 JSON;
+    ``test_audit_ledger`` holds the two ways equal, non-ASCII text included.
     """
-    out = []
+    params: list[object] = []
     prev = prev_hash
-    for payload in payloads:
+    sha256 = hashlib.sha256
+    for ev, payload in zip(events, payloads, strict=True):
         seq += 1
-        framed = b'{"event":%b,"seq":%d,"ts":%d}' % (payload, seq, ts)
-        digest = hashlib.sha256(prev.encode("ascii") + framed).hexdigest()
-        out.append((seq, prev, digest))
+        text = payload.decode()
+        digest = sha256(f'{prev}{{"event":{text},"seq":{seq},"ts":{ts}}}'.encode()).hexdigest()
+        params += (seq, ts, ev.kind, ev.run_id, text, prev, digest)
         prev = digest
-    return out
+    return params, seq, prev
 
 
 def input_record(input: object, *, capture: bool) -> dict[str, Any]:

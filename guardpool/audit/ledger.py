@@ -41,7 +41,7 @@ from guardpool.audit.chain import (
     encode_event,
     event_depth,
     input_record,
-    link,
+    linked_rows,
     printable_event,
     summarize,
     walk,
@@ -104,23 +104,26 @@ def encode_events(events: Sequence[AuditEvent]) -> list[bytes]:
     ``LedgerWriteError`` for an event that cannot be encoded, or that nests more
     deeply than ``MAX_EVENT_DEPTH``: written, it could not be read back.
     """
-    for ev in events:
+    payloads = []
+    for ev in events:  # one pass: checked, then encoded
         if ev.kind not in KINDS:
             raise ValueError(f"unknown audit event kind {ev.kind!r}")
-        if event_depth(ev) > MAX_EVENT_DEPTH:
+        # An empty detail (most events) cannot nest: no depth walk.
+        if ev.detail and event_depth(ev) > MAX_EVENT_DEPTH:
             raise LedgerWriteError(
                 f"audit event {ev.kind!r} nests more than {MAX_EVENT_DEPTH} levels deep (in its "
                 "detail): `guardpool audit verify` and `show` could not read it back; not written"
             )
-    try:
         try:
-            return [encode_event(ev) for ev in events]
-        except UnicodeEncodeError:
-            # A guard's reason quoting hostile text with a lone surrogate: record it
-            # written out (a literal \udXXX), rather than fail the write and the check.
-            return [encode_event(printable_event(ev)) for ev in events]
-    except (TypeError, ValueError, RecursionError, msgspec.EncodeError) as exc:
-        raise LedgerWriteError(f"audit event cannot be encoded: {exc}") from exc
+            try:
+                payloads.append(encode_event(ev))
+            except UnicodeEncodeError:
+                # A guard's reason quoting hostile text with a lone surrogate: record it
+                # written out (a literal \udXXX), rather than fail the write and the check.
+                payloads.append(encode_event(printable_event(ev)))
+        except (TypeError, ValueError, RecursionError, msgspec.EncodeError) as exc:
+            raise LedgerWriteError(f"audit event cannot be encoded: {exc}") from exc
+    return payloads
 
 
 _HEAD_SQL: Final[str] = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
@@ -144,17 +147,18 @@ _ROWS_PER_INSERT: Final[int] = 256
 def _insert_after(
     conn: sqlite3.Connection, head: Head, events: Sequence[AuditEvent], payloads: list[bytes]
 ) -> Head:
-    """Insert ``events`` linked after ``head`` (``chain.link``); the new head."""
-    ts = time.time_ns() // 1_000_000
-    linked = link(head[1], head[0], ts, payloads)
-    params: list[object] = []
-    for ev, payload, (seq, prev, digest) in zip(events, payloads, linked, strict=True):
-        params += (seq, ts, ev.kind, ev.run_id, payload.decode(), prev, digest)
+    """Insert ``events`` linked after ``head`` (``chain.linked_rows``); the new head."""
+    params, seq, digest = linked_rows(
+        head[1], head[0], time.time_ns() // 1_000_000, events, payloads
+    )
+    if len(events) <= _ROWS_PER_INSERT:  # one statement: nearly every batch
+        conn.execute(_insert_sql(len(events)), params)
+        return seq, digest
     width = 7 * _ROWS_PER_INSERT
     for start in range(0, len(params), width):
         chunk = params[start : start + width]
         conn.execute(_insert_sql(len(chunk) // 7), chunk)
-    return (linked[-1][0], linked[-1][2]) if linked else head
+    return seq, digest
 
 
 class LedgerError(Exception):

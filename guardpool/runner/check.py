@@ -48,7 +48,7 @@ from guardpool.runner.pending import Pending
 from guardpool.runner.scope import Scope
 from guardpool.runner.services import Services
 from guardpool.runner.verdicts import GuardResult, combine, decide
-from guardpool.store.base import CounterState, StoreAnswer, refuses
+from guardpool.store.base import CounterState, StoreAnswer, refused_items
 from guardpool.store.errors import StoreUnavailable
 from guardpool.store.sqlite import Joint, SqliteStore
 
@@ -162,7 +162,7 @@ class _Check:
                 states = svc.store.states(plan.items)
             except StoreUnavailable as exc:
                 return self.finish([f"budget store unavailable: {exc}"], "deny")
-            if not any(refuses(p.item, s.used, s.reserved) for p, s in self.pairs(states)):
+            if not refused_items(plan.items, [(s.used, s.reserved) for s in states]):
                 return self.decide_joint(svc.joint, match, states)
             # Refused already: the usual path records the refusal.
         reasons: list[str] = []

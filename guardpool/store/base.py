@@ -131,17 +131,31 @@ class BudgetStore(Protocol):
 
 
 def refuses(item: ReserveItem, used: int, reserved: int) -> bool:
-    """The grant rule for one item, written once (``lua/common.lua`` has its Lua twin).
+    """The grant rule for one item (``refused_items`` for a whole reservation)."""
+    return bool(refused_items((item,), ((used, reserved),)))
+
+
+def refused_items(
+    items: Sequence[ReserveItem], counters: Sequence[tuple[int, int]]
+) -> tuple[int, ...]:
+    """The grant rule, written once (``lua/common.lua`` has its Lua twin): the indexes
+    of the items that refuse, given each counter's ``(used, reserved)``.
 
     ``used + reserved < limit`` makes a counter that stands at its limit refuse
     the next operation even when that operation carries no estimate. Past
     ``COUNTER_CAP`` every item refuses, checked or not: a counter that cannot
-    hold the reservation must not wrap.
+    hold the reservation must not wrap. (One loop for the whole reservation: a
+    call per item cost more than the rule.)
     """
-    total = used + reserved
-    if total + item.amount > COUNTER_CAP:
-        return True
-    return item.check and (total >= item.limit or total + item.amount + item.headroom > item.limit)
+    refused = []
+    for i, (item, (used, reserved)) in enumerate(zip(items, counters, strict=True)):
+        total = used + reserved
+        amount = item.amount
+        if total + amount > COUNTER_CAP or (
+            item.check and (total >= item.limit or total + amount + item.headroom > item.limit)
+        ):
+            refused.append(i)
+    return tuple(refused)
 
 
 def capped_charge(used: int, amount: int) -> int:

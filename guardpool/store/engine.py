@@ -25,7 +25,7 @@ from guardpool.store.base import (
     capped_charge,
     check_actual,
     check_items,
-    refuses,
+    refused_items,
 )
 
 State = Literal["live", "settled", "released", "expired", "refused"]
@@ -87,21 +87,34 @@ def capped(
     on the states before: one read of the counters, not two.
     """
     before = tx.counters(items)
+    if _distinct(items):
+        # The usual case, each counter once: its own charge moves it (one pass).
+        clamped = []
+        after = []
+        for item, amount, (used, reserved) in zip(items, amounts, before, strict=True):
+            amount = capped_charge(used, amount)
+            clamped.append((item, amount))
+            after.append(
+                CounterState(
+                    key=item.key,
+                    dimension=item.dimension,
+                    used=used + amount,
+                    reserved=reserved - item.amount,
+                    limit=item.limit,
+                )
+            )
+        return clamped, tuple(after)
     clamped = [
         (item, capped_charge(used, amount))
         for item, amount, (used, _) in zip(items, amounts, before, strict=True)
     ]
-    if _distinct(items):
-        # The usual case, each counter once: its own charge moves it.
-        moves = [(amount, item.amount) for item, amount in clamped]
-    else:
-        totals: dict[tuple[str, str], tuple[int, int]] = {}
-        for item, amount in clamped:
-            k = (item.key, item.dimension)
-            used_by, reserved_by = totals.get(k, (0, 0))
-            totals[k] = (used_by + amount, reserved_by + item.amount)
-        moves = [totals[(item.key, item.dimension)] for item in items]
-    after = tuple(
+    totals: dict[tuple[str, str], tuple[int, int]] = {}
+    for item, amount in clamped:
+        k = (item.key, item.dimension)
+        used_by, reserved_by = totals.get(k, (0, 0))
+        totals[k] = (used_by + amount, reserved_by + item.amount)
+    moves = [totals[(item.key, item.dimension)] for item in items]
+    states = tuple(
         CounterState(
             key=item.key,
             dimension=item.dimension,
@@ -111,7 +124,7 @@ def capped(
         )
         for item, (used, reserved), (used_by, reserved_by) in zip(items, before, moves, strict=True)
     )
-    return clamped, after
+    return clamped, states
 
 
 # Item tuples known to name each counter once, by identity: a store sees the same
@@ -167,11 +180,7 @@ def reserve(
         return previous.result
     expired = expire(tx)
     counters = tx.counters(items)
-    refused = tuple(
-        i
-        for i, (item, (used, reserved)) in enumerate(zip(items, counters, strict=True))
-        if refuses(item, used, reserved)
-    )
+    refused = refused_items(items, counters)
     if refused:
         before = _states(items, counters)
         result = StoreAnswer(ok=False, states=before, refused=refused, expired=expired)
@@ -180,10 +189,16 @@ def reserve(
         tx.add_reserved([(item, item.amount) for item in items])
         # Nothing else can run inside the transaction: the states after are arithmetic.
         if _distinct(items):  # the usual case, each counter once: its own amount moves it
-            moved = [
-                (used, reserved + item.amount)
+            after = tuple(
+                CounterState(
+                    key=item.key,
+                    dimension=item.dimension,
+                    used=used,
+                    reserved=reserved + item.amount,
+                    limit=item.limit,
+                )
                 for item, (used, reserved) in zip(items, counters, strict=True)
-            ]
+            )
         else:
             added: dict[tuple[str, str], int] = {}
             for item in items:
@@ -193,7 +208,7 @@ def reserve(
                 (used, reserved + added[(item.key, item.dimension)])
                 for item, (used, reserved) in zip(items, counters, strict=True)
             ]
-        after = _states(items, moved)
+            after = _states(items, moved)
         result = StoreAnswer(ok=True, states=after, expired=expired)
         state = "live"
     tx.put(

@@ -97,7 +97,7 @@ local function items_of(packed, wkeys)
   return {a = a, n = n, win = win}
 end
 
--- The grant rule: the twin of refuses() in store/base.py (the conformance suite
+-- The grant rule: the twin of refused_items() in store/base.py (the conformance suite
 -- holds both to the same answers). b = base(n, i) of the item.
 local function refuses(a, b, used, reserved)
   local total = used + reserved
