@@ -63,6 +63,12 @@ _LEFT_FOR_FINISH = 32
 _ROUNDS = 4
 
 
+# What runs a statement: a connection, or inside a write transaction the one cursor
+# its owner keeps for that (Connection.execute makes, registers and frees a cursor
+# per statement). Only where a transaction follows: a SELECT left unfinished on a
+# kept cursor would hold its read snapshot until the cursor's next statement.
+Executor = sqlite3.Connection | sqlite3.Cursor
+
 # Waits between tries of enable_wal(), doubling up to the last.
 _WAL_RETRY_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
 

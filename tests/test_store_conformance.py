@@ -8,6 +8,7 @@ A new backend joins by adding its name to BACKENDS and a branch to
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,15 @@ import pytest
 
 from guardpool.policy.config import StoreConfig
 from guardpool.store import open_store
-from guardpool.store.base import BudgetStore, ReserveItem, refuses
+from guardpool.store.base import (
+    BudgetStore,
+    CounterState,
+    Expired,
+    ReserveItem,
+    StoreAnswer,
+    refuses,
+)
+from guardpool.store.engine import Reservation
 
 from .conftest import ManualClock
 
@@ -392,3 +401,15 @@ def test_each_tuple_of_items_reads_its_own_counters(store: BudgetStore) -> None:
         (0, 6),
     ]
     assert [(s.used, s.reserved) for s in store.states(list(a))] == [(3, 3), (1, 0)]
+
+
+def test_reservation_records_are_not_tracked_by_the_cyclic_gc() -> None:
+    """The memory store keeps up to 100,000 finished reservations: tracked, each full
+    collection walked them all (a reservation and its answer hold only strings, ints,
+    frozen items and states: no cycle can pass through them)."""
+    state = CounterState(key="k", dimension="calls", used=1, reserved=2, limit=3)
+    expired = (Expired(reservation_id="x", charged={"calls": 1}),)
+    answer = StoreAnswer(ok=True, states=(state,), expired=expired)
+    r = Reservation(id="a", state="live", deadline_ms=1, items=(item(),), result=answer)
+    assert not gc.is_tracked(answer)
+    assert not gc.is_tracked(r)

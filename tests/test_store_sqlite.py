@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from guardpool.audit import AuditEvent, Ledger
 from guardpool.store.base import ReserveItem
 from guardpool.store.errors import StoreUnavailable
-from guardpool.store.sqlite import SqliteStore, _select_counters
+from guardpool.store.sqlite import Joint, SqliteStore, _select_counters
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -182,3 +183,32 @@ def test_counters_are_read_by_primary_key_search_not_a_table_scan(sqlite_path: P
     got = store.states([ReserveItem(key="exe:llm:*|run:7", dimension="tokens", limit=9, amount=0)])
     assert (got[0].used, got[0].reserved) == (0, 1)
     store.close()
+
+
+def test_kept_cursors_hold_no_read_snapshot_between_steps(sqlite_path: Path) -> None:
+    """Store and ledger run their write transactions on kept cursors: nothing may stay
+    open on them after a step (an unfinished SELECT would pin a WAL snapshot, so no
+    checkpoint could ever reach the end of the WAL)."""
+    store = SqliteStore(sqlite_path)
+    ledger = Ledger(sqlite_path)
+    try:
+        assert store.reserve("a", [CALLS], 60_000).ok
+        assert store.settle("a", {"calls": 1}).ok
+        assert not store.settle("a", {"calls": 1}).ok  # the record read, nothing after it
+        ledger.append([AuditEvent(kind="check", run_id="r")])
+
+        def step(j: Joint) -> None:
+            assert j.reserve("b", [CALLS], 60_000).ok
+            ledger.append_in(j.conn, [AuditEvent(kind="check", run_id="r")])
+
+        store.joint(step)
+        store.states([CALLS])
+        other = sqlite3.connect(sqlite_path, timeout=1)
+        try:
+            busy, frames, copied = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            other.close()
+        assert (busy, frames, copied) == (0, 0, 0)
+    finally:
+        ledger.close()
+        store.close()

@@ -145,7 +145,7 @@ _ROWS_PER_INSERT: Final[int] = 256
 
 
 def _insert_after(
-    conn: sqlite3.Connection, head: Head, events: Sequence[AuditEvent], payloads: list[bytes]
+    conn: sqlite_wal.Executor, head: Head, events: Sequence[AuditEvent], payloads: list[bytes]
 ) -> Head:
     """Insert ``events`` linked after ``head`` (``chain.linked_rows``); the new head."""
     params, seq, digest = linked_rows(
@@ -226,6 +226,7 @@ class Ledger:
                     self._writer.execute(stmt)
                 self._writer.execute("COMMIT")
                 self._check_format(self._writer)
+                self._wcur = self._writer.cursor()  # the appends' (sqlite_wal.Executor)
             except (sqlite3.Error, LedgerError) as exc:
                 raise LedgerWriteError(f"cannot open audit ledger {self.path}: {exc}") from exc
         else:
@@ -234,6 +235,7 @@ class Ledger:
             try:
                 self._writer = self._connect()
                 self._check_format(self._writer)
+                self._wcur = self._writer.cursor()
             except sqlite3.Error as exc:
                 raise LedgerError(f"{self.path}: not a guardpool audit ledger ({exc})") from exc
 
@@ -284,22 +286,22 @@ class Ledger:
         with self._wlock:
             if self._closed:
                 raise LedgerWriteError(f"audit ledger {self.path} is closed")
-            conn = self._writer
+            cur = self._wcur
             try:
                 try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    head = self._insert_cached(conn, events, payloads)
-                    conn.execute("COMMIT")
+                    cur.execute("BEGIN IMMEDIATE")
+                    head = self._insert_cached(cur, events, payloads)
+                    cur.execute("COMMIT")
                 except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
+                    if self._writer.in_transaction:
+                        cur.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
                 raise LedgerWriteError(f"audit ledger {self.path}: {exc}") from exc
             self.committed(head)
-            self._checkpointer.committed(conn)
+            self._checkpointer.committed(self._writer)
 
-    def append_in(self, conn: sqlite3.Connection, events: Sequence[AuditEvent]) -> Head | None:
+    def append_in(self, conn: sqlite_wal.Executor, events: Sequence[AuditEvent]) -> Head | None:
         """Append inside a write transaction the caller holds on ``conn`` (same file).
 
         The caller commits or rolls back: the budget store's step and the events
@@ -327,7 +329,7 @@ class Ledger:
             self._head = head
 
     def _insert_cached(
-        self, conn: sqlite3.Connection, events: Sequence[AuditEvent], payloads: list[bytes]
+        self, conn: sqlite_wal.Executor, events: Sequence[AuditEvent], payloads: list[bytes]
     ) -> Head:
         """Insert after the head this process last committed, without reading it back.
 
@@ -350,7 +352,7 @@ class Ledger:
 
     @staticmethod
     def _insert(
-        conn: sqlite3.Connection, events: Sequence[AuditEvent], payloads: list[bytes]
+        conn: sqlite_wal.Executor, events: Sequence[AuditEvent], payloads: list[bytes]
     ) -> Head:
         # Inside an IMMEDIATE transaction: no other writer can append between
         # this read and our inserts, so the chain cannot fork.

@@ -82,7 +82,7 @@ class Expired(msgspec.Struct, frozen=True, kw_only=True):
     charged: dict[str, int]
 
 
-class StoreAnswer(msgspec.Struct, frozen=True, kw_only=True):
+class StoreAnswer(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The answer of reserve and of settle: one shape for both.
 
     - ``ok``: reserve — granted; settle — applied (False when the reservation
@@ -93,6 +93,9 @@ class StoreAnswer(msgspec.Struct, frozen=True, kw_only=True):
     - ``refused``: indexes of the items that refused (reserve only).
     - ``expired``: other reservations this step found overdue and charged at
       their estimate; the caller audits them.
+
+    ``gc=False``: a reservation record keeps its reserve's answer (engine.Reservation);
+    an answer holds only states, ints and expiries, so no cycle can pass through it.
     """
 
     ok: bool

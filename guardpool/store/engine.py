@@ -31,7 +31,10 @@ from guardpool.store.base import (
 State = Literal["live", "settled", "released", "expired", "refused"]
 
 
-class Reservation(msgspec.Struct, kw_only=True):
+class Reservation(msgspec.Struct, kw_only=True, gc=False):
+    # gc=False: the memory store keeps up to 100,000 of these (finished ones answer
+    # retries), which every full collection of the cyclic GC walked; they hold only
+    # strings, ints, frozen items and an answer, so no cycle can pass through one.
     id: str
     state: State
     deadline_ms: int
@@ -87,7 +90,7 @@ def capped(
     on the states before: one read of the counters, not two.
     """
     before = tx.counters(items)
-    if _distinct(items):
+    if shape(items).distinct:
         # The usual case, each counter once: its own charge moves it (one pass).
         clamped = []
         after = []
@@ -127,24 +130,39 @@ def capped(
     return clamped, states
 
 
-# Item tuples known to name each counter once, by identity: a store sees the same
-# few tuples (the enforcer's cached plans, the reservations made from them) again and again.
-_DISTINCT: dict[int, tuple[tuple[ReserveItem, ...], bool]] = {}
-_DISTINCT_KEPT = 256
+class Shape(msgspec.Struct, frozen=True):
+    """What a tuple of items is, apart from the amounts: computed once per tuple."""
+
+    counters: tuple[tuple[str, str], ...]  # each item's counter (key, dimension)
+    keys: tuple[str, ...]  # the distinct keys, in first-seen order
+    distinct: bool  # no two items share a counter
+    windowed: bool  # some item counts over a window
 
 
-def _distinct(items: Sequence[ReserveItem]) -> bool:
-    """True when no two items share a counter (key, dimension)."""
-    found = _DISTINCT.get(id(items))
+# Shapes of item tuples, by identity: a store sees the same few tuples (the enforcer's
+# cached plans, the reservations made from them) again and again.
+_SHAPES: dict[int, tuple[tuple[ReserveItem, ...], Shape]] = {}
+_SHAPES_KEPT = 256
+
+
+def shape(items: Sequence[ReserveItem]) -> Shape:
+    """``items``' Shape; remembered for a tuple (a tuple of frozen items cannot change)."""
+    found = _SHAPES.get(id(items))
     if found is not None and found[0] is items:
         return found[1]
-    answer = len({(item.key, item.dimension) for item in items}) == len(items)
+    counters = tuple((item.key, item.dimension) for item in items)
+    made = Shape(
+        counters=counters,
+        keys=tuple(dict.fromkeys(item.key for item in items)),
+        distinct=len(set(counters)) == len(counters),
+        windowed=any(item.window_ms for item in items),
+    )
     if type(items) is tuple:
-        if len(_DISTINCT) >= _DISTINCT_KEPT:
-            _DISTINCT.clear()
-        # The tuple is kept with its answer, so its id cannot be reused meanwhile.
-        _DISTINCT[id(items)] = (items, answer)
-    return answer
+        if len(_SHAPES) >= _SHAPES_KEPT:
+            _SHAPES.clear()
+        # The tuple is kept with its shape, so its id cannot be reused meanwhile.
+        _SHAPES[id(items)] = (items, made)
+    return made
 
 
 def expire(tx: Transaction) -> tuple[Expired, ...]:
@@ -188,7 +206,7 @@ def reserve(
     else:
         tx.add_reserved([(item, item.amount) for item in items])
         # Nothing else can run inside the transaction: the states after are arithmetic.
-        if _distinct(items):  # the usual case, each counter once: its own amount moves it
+        if shape(items).distinct:  # the usual case, each counter once: its own amount moves it
             after = tuple(
                 CounterState(
                     key=item.key,

@@ -35,7 +35,6 @@ class MemoryStore:
         self._charges: dict[tuple[str, str], deque[tuple[int, int]]] = {}
         self._reservations: OrderedDict[str, engine.Reservation] = OrderedDict()
         self._deadlines: list[tuple[int, str]] = []
-        self._last_keys: tuple[Sequence[ReserveItem], list[tuple[str, str]], bool] = ((), [], False)
         self.now_ms = 0
 
     # -- engine.Transaction (called with the lock held)
@@ -52,31 +51,14 @@ class MemoryStore:
             charges.popleft()
         return sum(amount for _, amount in charges)
 
-    def _keys(self, items: Sequence[ReserveItem]) -> tuple[list[tuple[str, str]], bool]:
-        """Each item's counter key, and whether any item is windowed.
-
-        Remembered for the last tuple of items by identity: the enforcer hands the
-        same tuple (its cached plan, then the reservation made from it) step after
-        step, and a tuple of frozen items cannot change. The tuple is kept with
-        its keys, so its id cannot be reused meanwhile.
-        """
-        last = self._last_keys
-        if last[0] is items:
-            return last[1], last[2]
-        keys = [(item.key, item.dimension) for item in items]
-        windowed = any(item.window_ms for item in items)
-        if type(items) is tuple:
-            self._last_keys = (items, keys, windowed)
-        return keys, windowed
-
     def counters(self, items: Sequence[ReserveItem]) -> list[tuple[int, int]]:
         used, reserved = self._used, self._reserved
-        keys, windowed = self._keys(items)
-        if not windowed:
-            return [(used.get(k, 0), reserved.get(k, 0)) for k in keys]
+        shape = engine.shape(items)
+        if not shape.windowed:
+            return [(used.get(k, 0), reserved.get(k, 0)) for k in shape.counters]
         return [
             (self.used(item) if item.window_ms else used.get(k, 0), reserved.get(k, 0))
-            for item, k in zip(items, keys, strict=True)
+            for item, k in zip(items, shape.counters, strict=True)
         ]
 
     def add_reserved(self, deltas: Sequence[tuple[ReserveItem, int]]) -> None:

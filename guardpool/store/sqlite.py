@@ -64,7 +64,7 @@ class _Tx:
     """
 
     def __init__(
-        self, store: SqliteStore, conn: sqlite3.Connection, now_ms: int, scan: bool
+        self, store: SqliteStore, conn: sqlite_wal.Executor, now_ms: int, scan: bool
     ) -> None:
         self.store = store
         self.conn = conn
@@ -79,13 +79,16 @@ class _Tx:
         # A primary-key search per key (_select_counters); the row-value form
         # `(key, dimension) IN (VALUES ...)` made SQLite scan the whole table
         # (one row per limit, dimension and run), slower with every run.
-        keys = list({it.key: None for it in items})
+        shape = engine.shape(items)
         found: dict[tuple[str, str], tuple[int, int]] = {
-            (k, d): (u, r) for k, d, u, r in self.conn.execute(_select_counters(len(keys)), keys)
+            (k, d): (u, r)
+            for k, d, u, r in self.conn.execute(_select_counters(len(shape.keys)), shape.keys)
         }
+        if not shape.windowed:
+            return [found.get(counter, (0, 0)) for counter in shape.counters]
         out: list[tuple[int, int]] = []
-        for item in items:
-            state = found.get((item.key, item.dimension), (0, 0))
+        for item, counter in zip(items, shape.counters, strict=True):
+            state = found.get(counter, (0, 0))
             if item.window_ms:
                 # Windowed counters keep their charges in budget_charges, not in `used`.
                 (used,) = self.conn.execute(
@@ -144,6 +147,10 @@ class _Tx:
         self._stored.add(reservation_id)
         r = _decode(row[1])
         r.state = row[0]  # the column is the truth: a state change rewrites only it
+        if r.items == self.store._last_items:
+            # The items this process last reserved (a settle after its check): the
+            # same tuple, so what is remembered of it (engine.shape) serves again.
+            r.items = self.store._last_items
         return r
 
     def put(self, reservation: engine.Reservation) -> None:
@@ -160,6 +167,7 @@ class _Tx:
                 (reservation.id, reservation.state, reservation.deadline_ms, _encode(reservation)),
             )
             self._stored.add(reservation.id)
+            self.store._last_items = reservation.items
         if reservation.state == "live":
             self.store._scan_at = min(self.store._scan_at, reservation.deadline_ms)
 
@@ -293,6 +301,8 @@ class SqliteStore:
         self._reserves = 0
         # Before this store-clock time no reservation can be due (see _Tx.overdue).
         self._scan_at = -(2**62)
+        # The items of the last reservation this process inserted (see _Tx.get).
+        self._last_items: tuple[ReserveItem, ...] = ()
         self._closed = False
         conn = self._conn()
         try:
@@ -327,26 +337,39 @@ class SqliteStore:
                 self._all.append(conn)
         return conn
 
-    def _atomic(self, step: Callable[[_Tx], T], *, scan: bool = False) -> T:
-        conn = self._conn()
-        with self._write:
-            return self._transaction(conn, step, scan)
+    def _cursor(self) -> sqlite3.Cursor:
+        """The cursor this thread's write transactions run on (sqlite_wal.Executor:
+        only inside BEGIN ... COMMIT, which leaves no statement open on it)."""
+        cur: sqlite3.Cursor | None = getattr(self._local, "cur", None)
+        if cur is None:
+            conn = self._conn()
+            try:
+                cur = conn.cursor()
+            except sqlite3.Error as exc:  # closed meanwhile
+                raise StoreUnavailable(f"budget store unavailable: {self.path}: {exc}") from None
+            self._local.cur = cur
+        return cur
 
-    def _transaction(self, conn: sqlite3.Connection, step: Callable[[_Tx], T], scan: bool) -> T:
+    def _atomic(self, step: Callable[[_Tx], T], *, scan: bool = False) -> T:
+        cur = self._cursor()
+        with self._write:
+            return self._transaction(cur, step, scan)
+
+    def _transaction(self, cur: sqlite3.Cursor, step: Callable[[_Tx], T], scan: bool) -> T:
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            tx = _Tx(self, conn, self._clock(), scan)
+            cur.execute("BEGIN IMMEDIATE")
+            tx = _Tx(self, cur, self._clock(), scan)
             try:
                 result = step(tx)
             except BaseException:
-                conn.execute("ROLLBACK")
+                cur.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
+            cur.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"budget store unavailable: {self.path}: {exc}") from None
         for callback in tx.after_commit:
             callback()
-        self._checkpointer.committed(conn)
+        self._checkpointer.committed(cur.connection)
         return result
 
     def reserve(
