@@ -39,7 +39,9 @@ class Reservation(msgspec.Struct, kw_only=True, gc=False):
     state: State
     deadline_ms: int
     items: tuple[ReserveItem, ...]
-    result: StoreAnswer  # the reserve's answer, repeated to a retry
+    # The reserve's answer, repeated to a retry; for a fresh id (no retry can come)
+    # only its grant and refused items.
+    result: StoreAnswer
 
 
 class Transaction(Protocol):
@@ -235,7 +237,9 @@ def reserve(
             state=state,
             deadline_ms=tx.now_ms + ttl_ms,
             items=tuple(items),
-            result=result,
+            # A fresh id can have no retry: the record keeps the grant and the refused
+            # items but not the states (half the record's bytes, written on every check).
+            result=StoreAnswer(ok=result.ok, refused=result.refused) if fresh else result,
         )
     )
     return result
