@@ -165,6 +165,10 @@ def guard_regex(value: Any, ctx: Any) -> Verdict:
     return Verdict.allow()
 
 
+def guard_rewrite(value: Any, ctx: Any) -> Verdict:
+    return Verdict.rewrite({"was": value, "nested": [1, 2.5, None, {"k": b"\x00"}]}, "redacted")
+
+
 def guard_slow(value: Any, ctx: Any) -> Verdict:
     time.sleep(5)
     return Verdict.allow()

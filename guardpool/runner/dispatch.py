@@ -43,13 +43,14 @@ from select import EPOLLIN
 from socket import MSG_NOSIGNAL
 from threading import get_ident
 from time import monotonic
+from typing import Any
 
 import msgspec
 
 from guardpool.policy.verdict import Verdict
 from guardpool.runner.results import JobResult
 from guardpool.runner.scheduler import Scheduler, Task
-from guardpool.runner.worker_link import DECODER, WorkerLink, reemit
+from guardpool.runner.worker_link import DECODER, GUARD_DECODER, WorkerLink, reemit
 from guardpool.worker import procfs, protocol
 from guardpool.worker.protocol import HEADER, Done
 
@@ -59,6 +60,23 @@ DIRECT_MAX = 64 * 1024
 
 # ("ready" | "retire" | "killed" | "check" | "send" | "spawn" | "violation:<what>", worker)
 Notice = tuple[str, WorkerLink]
+
+_frame_len = HEADER.unpack_from
+
+
+def _guard_answer(value: object, cpu_ms: float, wall_ms: float, pid: int) -> JobResult:
+    """A guard job's answer that did not decode as a Verdict: converted, or an ``error``
+    saying what is wrong with it."""
+    try:
+        verdict = msgspec.convert(value, Verdict)
+    except msgspec.ValidationError as exc:
+        return JobResult(
+            outcome="error",
+            error=f"bad verdict from worker: {exc}",
+            wall_ms=wall_ms,
+            worker_pid=pid,
+        )
+    return JobResult(outcome="ok", value=verdict, wall_ms=wall_ms, cpu_ms=cpu_ms, worker_pid=pid)
 
 
 class Dispatcher:
@@ -110,7 +128,9 @@ class Dispatcher:
                 worker = self.idle.pop()
                 task.start_locked()  # nobody else has it yet
                 task.started = True
-                self._assign(worker, task)
+                worker.task = task
+                task.worker = worker
+                self.busy += 1
                 pairs = None
         if pairs is None:
             self.send(worker, task)
@@ -239,7 +259,9 @@ class Dispatcher:
                 self._read_until(worker, task, end)
             finally:
                 if not worker.gone:
-                    want = self.wanted(worker)
+                    # The manager's interest now (``wanted``, inline: this is every call).
+                    nxt = worker.task
+                    want = 0 if nxt is None or (nxt.quiet and not nxt.watched) else EPOLLIN
                     if worker.events != want:
                         self.set_read(worker, want)
             if not task.answered and monotonic() >= task.deadline:
@@ -252,21 +274,17 @@ class Dispatcher:
                 self.post(("check", worker))
 
     def _read_until(self, worker: WorkerLink, task: Task, end: float) -> None:
-        poll = worker.poller.poll
-        fd = worker.fd
         recv_into = worker.sock.recv_into
         rbuf = worker.rbuf
-        reader = worker.reader
         # Read before sleeping in poll: a worker woken on this thread's CPU takes it at
         # once and has answered by the time we get here (the usual case on a busy
         # machine), so poll would only cost a system call. A read that finds nothing
         # costs one too: after each such miss the next 1, 3, 7 ... 31 calls poll first,
         # and a hit starts over (on an idle machine the worker runs on the other CPU
         # and the answer is rarely there yet).
-        eager = worker.eager_skip == 0
+        tried = eager = worker.eager_skip == 0
         if not eager:
             worker.eager_skip -= 1
-        tried = eager
         while not task.answered:
             dead = False
             if eager:
@@ -275,8 +293,8 @@ class Dispatcher:
                 wait = end - monotonic()
                 if wait <= 0:
                     return
-                for efd, _ in poll(wait * 1000):
-                    if efd != fd:
+                for efd, _ in worker.poller.poll(wait * 1000):
+                    if efd != worker.fd:
                         dead = True  # the pidfd: the worker has died
             try:
                 n = recv_into(rbuf)
@@ -284,9 +302,17 @@ class Dispatcher:
                 n = -1
             except OSError:
                 n = 0
-            if n > 4 and not reader.buf and n == HEADER.unpack_from(rbuf)[0] + 4:
-                # One whole frame: by far the usual read.
-                msg = DECODER.decode(worker.rview[4:n])
+            if n > 4 and n == _frame_len(rbuf)[0] + 4 and not worker.reader.buf:
+                # One whole frame: by far the usual read. A guard job's answer is
+                # decoded straight into its Verdict (see GUARD_DECODER).
+                view = worker.rview[4:n]
+                if task.guard:
+                    try:
+                        msg = GUARD_DECODER.decode(view)
+                    except msgspec.ValidationError:
+                        msg = DECODER.decode(view)  # _finish says what is wrong with it
+                else:
+                    msg = DECODER.decode(view)
                 if tried:
                     tried = False
                     worker.eager_pause = 0  # the read before poll found the answer
@@ -295,6 +321,7 @@ class Dispatcher:
                         action = self._finish(worker, task, msg)
                         if action:
                             self.post((action, worker))
+                        return
                     continue
                 msgs: list[protocol.WorkerMsg] = [msg]
                 alive = True
@@ -308,7 +335,7 @@ class Dispatcher:
             elif n == 0:
                 msgs, alive = [], False
             else:
-                msgs = reader.decode_chunk(worker.rview[:n], DECODER)
+                msgs = worker.reader.decode_chunk(worker.rview[:n], DECODER)
                 alive = True
                 if n == len(rbuf):  # maybe more waiting: the general reader drains it
                     more, alive = worker.read()
@@ -336,22 +363,30 @@ class Dispatcher:
             return f"violation:answered job {msg.id}, which it was not running"
         return self._finish(worker, task, msg)
 
-    def _finish(self, worker: WorkerLink, task: Task, msg: protocol.Done | protocol.Failed) -> str:
+    def _finish(
+        self, worker: WorkerLink, task: Task, msg: protocol.Done[Any] | protocol.Failed
+    ) -> str:
         worker.jobs += 1
         worker.cpu_base = msg.cpu_total_ms
-        done = type(msg) is Done
-        memory = not done and msg.kind == "memory"  # type: ignore[union-attr]
-        retire = memory or msg.rss_kb > self.max_rss_kb or worker.jobs >= self.max_jobs
+        retire = msg.rss_kb > self.max_rss_kb or worker.jobs >= self.max_jobs
         result: JobResult | None = None
-        if done and not task.guard:
-            # Built before taking the mutex: a plain call's answer is its value as is.
-            result = JobResult(
-                outcome="ok",
-                value=msg.value,  # type: ignore[union-attr]
-                wall_ms=(monotonic() - task.submitted) * 1000,
-                cpu_ms=msg.cpu_ms,
-                worker_pid=worker.pid,
-            )
+        if type(msg) is Done:
+            # Built before taking the mutex: the answer is the worker's value as is (a
+            # guard job's was decoded as a Verdict already, see _read_until).
+            value = msg.value
+            if task.guard and type(value) is not Verdict:
+                wall_ms = (monotonic() - task.submitted) * 1000
+                result = _guard_answer(value, msg.cpu_ms, wall_ms, worker.pid)
+            else:
+                result = JobResult(
+                    outcome="ok",
+                    value=value,
+                    wall_ms=(monotonic() - task.submitted) * 1000,
+                    cpu_ms=msg.cpu_ms,
+                    worker_pid=worker.pid,
+                )
+        elif msg.kind == "memory":  # type: ignore[union-attr]
+            retire = True
         # Free the worker first: the next queued job starts while this one is resolved.
         action = ""
         nxt: Task | None = None
@@ -381,41 +416,34 @@ class Dispatcher:
                 finished = sched.answer_locked(task, result)
         if nxt is not None:
             self.send(worker, nxt)
-        if answered and result is not None:
-            sched.deliver(task, result, finished)
-        elif done:
-            self._done(task, msg, worker)  # type: ignore[arg-type]
-        elif msg.kind == "expired":  # type: ignore[union-attr]
-            if sched.resolve(
-                task, "timeout", error="deadline passed before the job started", limit="wall"
-            ):
-                self.count("timeouts")
-        else:
-            sched.resolve(
-                task,
-                "error",
-                error=msg.error,  # type: ignore[union-attr]
-                limit="memory" if memory else "",
-                cpu_ms=msg.cpu_ms,
-                worker_pid=worker.pid,
-            )
+        if finished:
+            task.frame = b""  # Scheduler.deliver's common case, inline
+            task.owner = None
+        elif answered:
+            sched.deliver(task, result, finished)  # type: ignore[arg-type]
+        elif result is None:
+            self._failed(worker, task, msg)  # type: ignore[arg-type]
         if self.spawn_wanted:
             # The answer is out: now a killed worker's replacement may take the CPU.
             self.spawn_wanted = False
             self.post(("spawn", worker))
         return action
 
-    def _done(self, task: Task, msg: protocol.Done, worker: WorkerLink) -> None:
-        value = msg.value
-        if task.guard:
-            try:
-                value = msgspec.convert(value, Verdict)
-            except msgspec.ValidationError as exc:
-                self.sched.resolve(
-                    task, "error", error=f"bad verdict from worker: {exc}", worker_pid=worker.pid
-                )
-                return
-        self.sched.resolve(task, "ok", value=value, cpu_ms=msg.cpu_ms, worker_pid=worker.pid)
+    def _failed(self, worker: WorkerLink, task: Task, msg: protocol.Failed) -> None:
+        if msg.kind == "expired":
+            if self.sched.resolve(
+                task, "timeout", error="deadline passed before the job started", limit="wall"
+            ):
+                self.count("timeouts")
+        else:
+            self.sched.resolve(
+                task,
+                "error",
+                error=msg.error,
+                limit="memory" if msg.kind == "memory" else "",
+                cpu_ms=msg.cpu_ms,
+                worker_pid=worker.pid,
+            )
 
     # -- deadlines --------------------------------------------------------------------------
 

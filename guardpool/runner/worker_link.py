@@ -26,12 +26,20 @@ import threading
 import msgspec
 
 from guardpool.policy import inputs
+from guardpool.policy.verdict import Verdict
 from guardpool.runner.scheduler import Task
 from guardpool.worker import cgroups, procfs, protocol
 
 log = logging.getLogger("guardpool.pool")
 # ext_hook: a result may carry text with a lone surrogate (policy/inputs.pack).
 DECODER = msgspec.msgpack.Decoder(protocol.WorkerMsg, ext_hook=inputs.unpack_ext)
+# A guard job's answer, its value decoded straight into a Verdict (half the work of a
+# dict then ``msgspec.convert``). What fails this falls back to DECODER, and the
+# dispatcher says what is wrong with the verdict.
+GUARD_DECODER = msgspec.msgpack.Decoder(
+    protocol.Ready | protocol.Done[Verdict] | protocol.Failed | protocol.Log,
+    ext_hook=inputs.unpack_ext,
+)
 _CHUNK = 1 << 18
 
 

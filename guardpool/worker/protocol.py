@@ -18,7 +18,7 @@ when decoding a union, and array encoding keeps the hot path small and fast.
 from __future__ import annotations
 
 import struct
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 
@@ -67,11 +67,15 @@ class Ready(msgspec.Struct, tag=True, array_like=True, frozen=True):
     unreadable: list[str] = []  # sys.path entries this worker's uid cannot read
 
 
-class Done(msgspec.Struct, tag=True, array_like=True, frozen=True):
-    """A job finished; ``value`` is the function's result (a Verdict for guard jobs)."""
+class Done(msgspec.Struct, Generic[T], tag=True, array_like=True, frozen=True):
+    """A job finished; ``value`` is the function's result (a Verdict for guard jobs).
+
+    Generic so that the host can decode a guard job's answer straight into its
+    ``Verdict`` (``Done[Verdict]``, see ``runner/worker_link.py``); the bytes are the same.
+    """
 
     id: int
-    value: Any
+    value: T
     cpu_ms: float
     cpu_total_ms: float
     rss_kb: int
@@ -103,7 +107,7 @@ class Log(msgspec.Struct, tag=True, array_like=True, frozen=True):
     pid: int
 
 
-WorkerMsg = Ready | Done | Failed | Log
+WorkerMsg = Ready | Done[Any] | Failed | Log
 
 
 # -- host <-> zygote -----------------------------------------------------------------------

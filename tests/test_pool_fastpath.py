@@ -1,0 +1,161 @@
+"""The one-at-a-time path of ``GuardPool``: what its shortcuts must not give up.
+
+The caller writes a job and reads its answer itself, a guard's answer is decoded
+straight into its ``Verdict``, and a worker counts a short job's CPU time at its wall
+time instead of a ``getrusage`` per job (``worker/main.py``, ``FAST_JOB_MS``). Real
+workers, real signals; no wall-clock bounds beyond generous ones.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from guardpool import GuardPool, Verdict
+from guardpool.runner.dispatch import _guard_answer
+from guardpool.runner.worker_link import DECODER, GUARD_DECODER
+from guardpool.worker import protocol
+
+ROOT = str(Path(__file__).resolve().parent.parent)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+G = "tests.pool_guards:"
+PRELOAD = ["tests.pool_guards"]
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[GuardPool]:
+    with GuardPool(
+        workers=1, job_timeout_ms=5000, job_cpu_ms=5000, preload=PRELOAD, max_jobs_per_worker=10**6
+    ) as p:
+        yield p
+
+
+def test_short_jobs_cost_at_most_their_time_and_a_long_one_is_counted_exactly(
+    pool: GuardPool,
+) -> None:
+    # Enough short jobs to pass several exact readings (every 15th job) and the
+    # estimated ones in between. (An estimate is the job's wall time in the worker,
+    # an exact reading also counts what the worker did between jobs: neither is
+    # bounded by the host's wall time, but neither is ever negative.)
+    pids = set()
+    for i in range(40):
+        result = pool.submit(G + "double", i).result(timeout=10)
+        assert (result.outcome, result.value) == ("ok", 2 * i)
+        assert result.cpu_ms >= 0.0
+        pids.add(result.worker_pid)
+    # A job that burns 80 ms of CPU (the kernel's count, process_time) is read with
+    # getrusage: at most the short jobs' estimates (15 x 0.2 ms) below what it used.
+    burnt = pool.submit(G + "burn", 80).result(timeout=10)
+    assert burnt.outcome == "ok"
+    assert burnt.cpu_ms >= 80 - 15 * 0.2, burnt
+    pids.add(burnt.worker_pid)
+    assert len(pids) == 1  # one worker served them all: no crash, no recycling
+
+
+def test_memory_recycling_still_sees_growth_made_of_short_jobs() -> None:
+    # Each job keeps 1 MiB more resident (quick enough to be counted at its wall time
+    # on an idle machine); the peak RSS is still read at least every 15th job, so the
+    # worker that grows past max_rss_mb is recycled.
+    with GuardPool(workers=1, memory_mb=512, max_rss_mb=60, preload=PRELOAD) as p:
+        pids = [p.submit(G + "hold", 1).result(timeout=10).value for _ in range(120)]
+        assert None not in pids
+        assert p.stats().recycled >= 1
+        assert len(set(pids)) >= 2
+
+
+def test_threads_racing_for_the_one_idle_worker_all_get_their_own_answer(
+    pool: GuardPool,
+) -> None:
+    # One worker, eight threads each calling one at a time: at most one of them finds
+    # the worker idle, the others queue; every caller gets exactly its own answer.
+    errors: list[str] = []
+    got: dict[int, list[Any]] = {}
+    start = threading.Barrier(8)
+
+    def client(n: int) -> None:
+        start.wait()
+        out = []
+        for i in range(60):
+            result = pool.submit(G + "double", n * 1000 + i).result(timeout=30)
+            if result.outcome != "ok":
+                errors.append(f"{n}/{i}: {result}")
+            out.append(result.value)
+        got[n] = out
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert got == {n: [2 * (n * 1000 + i) for i in range(60)] for n in range(8)}
+    assert pool.stats().busy == 0
+
+
+def test_a_timeout_on_the_direct_path_kills_and_the_next_call_is_served(
+    pool: GuardPool,
+) -> None:
+    before = pool.stats()
+    for _ in range(3):
+        fast = pool.submit(G + "double", 4).result(timeout=10)
+        hung = pool.submit(G + "spin", None, timeout_ms=150).result(timeout=10)
+        assert (hung.outcome, hung.limit) == ("timeout", "wall"), hung
+        assert hung.worker_pid == fast.worker_pid  # it ran on the worker the caller wrote to
+        after = pool.submit(G + "double", 5).result(timeout=10)
+        assert (after.outcome, after.value) == ("ok", 10)
+        assert after.worker_pid != hung.worker_pid  # the spare (or the replacement) serves
+    stats = pool.stats()
+    assert stats.killed - before.killed == 3
+    assert stats.timeouts - before.timeouts == 3
+
+
+GUARDS: dict[str, Any] = {
+    "pool": {"workers": 1, "job_timeout_ms": 2000, "preload": PRELOAD},
+    "guard": [
+        {"name": "rewrite", "call": G + "guard_rewrite"},
+        {"name": "ctx", "call": G + "guard_context"},
+        {"name": "none", "call": G + "guard_none"},
+    ],
+}
+
+
+def test_a_guards_verdict_arrives_whole_through_the_typed_decoder() -> None:
+    with GuardPool.from_config(GUARDS) as p:
+        for _ in range(3):  # the caller's direct read and the general one alike
+            result = p.submit_guard("rewrite", "secret").result(timeout=10)
+            assert result.outcome == "ok", result
+            assert type(result.value) is Verdict
+            assert result.value == Verdict.rewrite(
+                {"was": "secret", "nested": [1, 2.5, None, {"k": b"\x00"}]}, "redacted"
+            )
+        watched = p.submit_guard("ctx", "x", run_id="r", principal="p")
+        done = threading.Event()
+        watched.add_done_callback(lambda _: done.set())  # the manager reads this one
+        assert done.wait(10)
+        assert watched.result().value == Verdict.deny("r|p|before|")
+        assert p.submit_guard("none", "x").result(timeout=10).outcome == "error"
+
+
+def test_an_answer_that_is_no_verdict_is_an_error_naming_what_is_wrong() -> None:
+    # What a broken worker could send for a guard job: the typed decoder refuses it,
+    # the general one reads it, and the answer is an error, never a bypass.
+    enc = msgspec.msgpack.Encoder()
+    body = enc.encode(protocol.Done(7, {"type": "verdict", "action": "yes"}, 0.1, 5.0, 1000))
+    with pytest.raises(msgspec.ValidationError):
+        GUARD_DECODER.decode(body)
+    msg = DECODER.decode(body)
+    assert type(msg) is protocol.Done
+    result = _guard_answer(msg.value, msg.cpu_ms, 1.0, 42)
+    assert result.outcome == "error"
+    assert result.error.startswith("bad verdict from worker: Invalid enum value 'yes'")
+    assert result.worker_pid == 42
+    ok = _guard_answer({"type": "verdict", "action": "allow"}, 0.1, 1.0, 42)
+    assert (ok.outcome, ok.value) == ("ok", Verdict.allow())
