@@ -15,7 +15,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from guardpool import Enforcer, Operation
+from guardpool import Enforcer, Operation, Usage
 from guardpool.store.base import ReserveItem
 from guardpool.store.errors import StoreUnavailable
 from guardpool.store.redis import RedisStore
@@ -98,14 +98,23 @@ def test_an_outage_denies_within_the_timeout_and_recovery_is_automatic(
     op = Operation(labels=("exe:llm:x",), input="hi")
     with Enforcer.from_config(cfg) as e:
         run = e.run("outage")
-        assert run.check(op).allowed
+        granted = run.check(op)
+        assert granted.allowed
         redis_server.stop()
         try:
             start = time.monotonic()
             down = run.check(op)
             assert time.monotonic() - start < 2.0
             assert not down.allowed
-            assert down.reasons[0].startswith("budget store unavailable")
+            assert down.reasons[0].startswith("budget store unavailable: redis")
+            assert down.reasons[0].count("budget store unavailable") == 1
+            # A settle the store cannot take warns, naming the store once.
+            settled = run.settle(granted, Usage(tokens=1))
+            warned = [r for r in settled.reasons if "budget store unavailable" in r]
+            assert len(warned) == 1, settled.reasons
+            assert warned[0].startswith("budget store unavailable: redis")
+            assert warned[0].endswith("(at settle)")
+            assert warned[0].count("budget store unavailable") == 1
         finally:
             redis_server.start()
         assert run.check(op).allowed  # the same enforcer, reconnected by itself

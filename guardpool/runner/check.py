@@ -161,7 +161,7 @@ class _Check:
             try:
                 states = svc.store.states(plan.items)
             except StoreUnavailable as exc:
-                return self.finish([f"budget store unavailable: {exc}"], "deny")
+                return self.finish([str(exc)], "deny")
             if not refused_items(plan.items, [(s.used, s.reserved) for s in states]):
                 return self.decide_joint(svc.joint, match, states)
             # Refused already: the usual path records the refusal.
@@ -171,7 +171,7 @@ class _Check:
             try:
                 answer = svc.store.reserve(scope.decision_id, plan.items, svc.ttl_ms)
             except StoreUnavailable as exc:
-                return self.finish([f"budget store unavailable: {exc}"], "deny")
+                return self.finish([str(exc)], "deny")
             self.reservation.extend(svc.expired(answer.expired))
             refusals, notes = self.read_reservation(answer)
             if not answer.ok:
@@ -229,7 +229,7 @@ class _Check:
         except StoreUnavailable as exc:  # rolled back: nothing reserved, nothing recorded
             self.reservation.clear()
             self.hooks.clear()
-            return self.finish([f"budget store unavailable: {exc}"], "deny")
+            return self.finish([str(exc)], "deny")
         except LedgerWriteError as exc:  # rolled back with the reservation
             svc.audit.failed(exc)
             self.hooks.clear()

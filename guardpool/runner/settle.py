@@ -136,7 +136,7 @@ class _Settle:
 
     def store_down(self, exc: StoreUnavailable) -> None:
         # The reservation stays and expires at its estimate; say so loudly.
-        self.reasons.append(f"budget store unavailable at settle: {exc}")
+        self.reasons.append(f"{exc} (at settle)")
         self.effects.append("warn")
 
     def build(self, value: Any) -> Decision:

@@ -2,4 +2,9 @@
 
 
 class StoreUnavailable(Exception):
-    """The budget store cannot be reached or written right now."""
+    """The budget store cannot be reached or written right now.
+
+    Its message starts with "budget store unavailable: " and names the store
+    and the cause: every store raises it so, and a decision's reason is the
+    message itself (an enforcer that added the prefix again printed it twice).
+    """
