@@ -289,6 +289,8 @@ def test_lint_and_test_on_files_nested_too_deeply(tmp_path: Path) -> None:
         ("lint", "--deadline", "inf", "inf"),
         ("lint", "--deadline", "1e-06", "1e-06"),  # confirmed nothing: dangers passed, exit 0
         ("lint", "--deadline", "0.5", "0.5"),
+        ("lint", "--jobs", "0", "0"),
+        ("lint", "--jobs", "100000", "100000"),
     ],
 )
 def test_numeric_flags_out_of_range_name_the_flag(
@@ -296,6 +298,9 @@ def test_numeric_flags_out_of_range_name_the_flag(
 ) -> None:
     out = run(command, "--config", str(policy(tmp_path)), f"{flag}={value}")
     one_line_exit_2(out, flag, shown)
+    if command == "lint":  # the other flag was fine: not named (it once was)
+        other = "--jobs" if flag == "--deadline" else "--deadline"
+        assert other.encode() not in out.stderr, out.stderr
 
 
 def _serve_unix(config: Path, sock: Path) -> subprocess.Popen[bytes]:

@@ -221,13 +221,18 @@ def main(args: argparse.Namespace) -> int:
     path = Path(args.config)
     confirm = not args.no_confirm
     # `not min <= x <= max` also refuses NaN; an infinite deadline never kills a confirmation.
-    if not (_MIN_DEADLINE_S <= args.deadline <= _MAX_DEADLINE_S and 1 <= args.jobs <= MAX_WORKERS):
+    # Each flag's message names that flag only (one message for both named --jobs when
+    # only --deadline was wrong).
+    message = ""
+    if not _MIN_DEADLINE_S <= args.deadline <= _MAX_DEADLINE_S:
         message = (
             f"--deadline must be at least {_MIN_DEADLINE_S:g} and at most {_MAX_DEADLINE_S} "
-            f"seconds, and --jobs between 1 and {MAX_WORKERS} (given {args.deadline} and "
-            f"{args.jobs}); a shorter deadline confirms nothing, so every danger would pass "
-            "as merely suspected"
+            f"seconds (given {args.deadline}); a shorter deadline confirms nothing, so every "
+            "danger would pass as merely suspected"
         )
+    elif not 1 <= args.jobs <= MAX_WORKERS:
+        message = f"--jobs must be between 1 and {MAX_WORKERS} (given {args.jobs})"
+    if message:
         _report([issue("GP001", "command line", message)], args.json, {"guards": 0, "limits": 0})
         if not args.json:
             print(f"guardpool lint: error: {message}", file=sys.stderr)
