@@ -374,14 +374,14 @@ class Dispatcher:
             # Built before taking the mutex: the answer is the worker's value as is (a
             # guard job's was decoded as a Verdict already, see _read_until).
             value = msg.value
+            wall_ms = (monotonic() - task.submitted) * 1000
             if task.guard and type(value) is not Verdict:
-                wall_ms = (monotonic() - task.submitted) * 1000
                 result = _guard_answer(value, msg.cpu_ms, wall_ms, worker.pid)
             else:
                 result = JobResult(
                     outcome="ok",
                     value=value,
-                    wall_ms=(monotonic() - task.submitted) * 1000,
+                    wall_ms=wall_ms,
                     cpu_ms=msg.cpu_ms,
                     worker_pid=worker.pid,
                 )
@@ -416,10 +416,7 @@ class Dispatcher:
                 finished = sched.answer_locked(task, result)
         if nxt is not None:
             self.send(worker, nxt)
-        if finished:
-            task.frame = b""  # Scheduler.deliver's common case, inline
-            task.owner = None
-        elif answered:
+        if answered:
             sched.deliver(task, result, finished)  # type: ignore[arg-type]
         elif result is None:
             self._failed(worker, task, msg)  # type: ignore[arg-type]
