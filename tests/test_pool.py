@@ -215,26 +215,45 @@ def test_a_worker_that_left_its_process_group_is_still_killed(pool: GuardPool) -
     assert run(pool, "double", 2).value == 4
 
 
-def test_a_killed_workers_replacement_waits_for_the_spares_first_answer(
+def test_a_killed_workers_cleanup_and_replacement_wait_while_the_spare_serves(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from guardpool.runner import lifecycle
 
-    # No fallback timer within the test: only an answer can start the replacement.
-    monkeypatch.setattr(lifecycle, "SPAWN_DEFER_S", 600.0)
+    # A second instead of 10 ms, so the wait can be seen.
+    monkeypatch.setattr(lifecycle, "SPAWN_DEFER_S", 1.0)
     with make_pool(workers=1) as p:
         assert wait_for(lambda: p.stats().workers == 2)  # 1 + the spare
         spawned = p.stats().spawned
-        assert run(p, "spin", timeout_ms=100).outcome == "timeout"
-        # The spare takes the next job at once, maybe before the manager has even
-        # cleaned up after the kill: busy, not idle, it still counts as the worker.
-        slow = p.submit(G + "sleep", 0.4)
-        time.sleep(0.3)
-        assert p.stats().spawned == spawned  # not while the spare has not answered yet
-        assert slow.result(timeout=10).outcome == "ok"
+        manager = p._manager
+        assert manager is not None
+        tid = manager.thread.native_id
+        cpu_before = _thread_cpu_ns(tid)
+        killed = run(p, "spin", timeout_ms=100)
+        assert killed.outcome == "timeout"
+        # The SIGKILL is not deferred: the worker dies at once.
+        assert wait_for(lambda: gone(killed.worker_pid), timeout=2)
+        # The spare serves the next job at once, on another worker.
+        served = run(p, "double", 2)
+        assert served.value == 4 and served.worker_pid != killed.worker_pid
+        time.sleep(0.2)
+        # Neither the fork of a replacement nor the cleanup has happened yet ...
+        assert p.stats().spawned == spawned
+        assert killed.worker_pid in {w.pid for w in manager.dying}
+        # ... and the dead worker's descriptors are no longer watched: a level-triggered
+        # epoll would otherwise wake the manager again and again meanwhile.
+        assert _thread_cpu_ns(tid) - cpu_before < 100_000_000
+        # Then both come.
         assert wait_for(lambda: p.stats().spawned == spawned + 1)
         assert wait_for(lambda: p.stats().workers == 2)
-        assert run(p, "double", 2).value == 4
+        assert not manager.dying
+        assert run(p, "double", 3).value == 6
+
+
+def _thread_cpu_ns(tid: int | None) -> int:
+    """A thread of this process's CPU time so far (exact, from schedstat)."""
+    with open(f"/proc/self/task/{tid}/schedstat") as f:
+        return int(f.read().split()[0])
 
 
 def test_with_no_spare_left_a_killed_worker_is_replaced_at_once(
@@ -245,7 +264,7 @@ def test_with_no_spare_left_a_killed_worker_is_replaced_at_once(
     monkeypatch.setattr(lifecycle, "SPAWN_DEFER_S", 600.0)
     with make_pool(workers=1) as p:
         assert wait_for(lambda: p.stats().workers == 2)
-        # The first kill leaves the spare idle (its replacement waits for an answer);
+        # The first kill leaves the spare idle (its replacement waits SPAWN_DEFER_S);
         # the second kills the spare: nobody is left to answer, so both come at once.
         assert run(p, "spin", timeout_ms=100).outcome == "timeout"
         assert run(p, "spin", timeout_ms=100).outcome == "timeout"

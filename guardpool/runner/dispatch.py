@@ -58,7 +58,7 @@ from guardpool.worker.protocol import HEADER, Done
 # an empty socket buffer); larger ones go through the manager's non-blocking writer.
 DIRECT_MAX = 64 * 1024
 
-# ("ready" | "retire" | "killed" | "check" | "send" | "spawn" | "violation:<what>", worker)
+# ("ready" | "retire" | "killed" | "check" | "send" | "violation:<what>", worker)
 Notice = tuple[str, WorkerLink]
 
 _frame_len = HEADER.unpack_from
@@ -104,8 +104,6 @@ class Dispatcher:
         self.counts = collections.Counter[str]()
         self.manager_ident = 0  # the manager thread's ident, once it runs
         self.healing = False  # the zygote is being restarted (said in timeout reasons)
-        # A killed worker's replacement waits for the next answer (lifecycle._after_kill).
-        self.spawn_wanted = False
 
     def count(self, name: str) -> None:
         with self.mutex:
@@ -420,10 +418,6 @@ class Dispatcher:
             sched.deliver(task, result, finished)  # type: ignore[arg-type]
         elif result is None:
             self._failed(worker, task, msg)  # type: ignore[arg-type]
-        if self.spawn_wanted:
-            # The answer is out: now a killed worker's replacement may take the CPU.
-            self.spawn_wanted = False
-            self.post(("spawn", worker))
         return action
 
     def _failed(self, worker: WorkerLink, task: Task, msg: protocol.Failed) -> None:

@@ -73,6 +73,8 @@ class ZygoteSupervision:
 
         def _forget(self, worker: WorkerLink) -> None: ...
 
+        def _bury(self) -> None: ...
+
         def _on_gone(self, worker: WorkerLink) -> None: ...
 
         def _on_spawned(self, msg: protocol.Spawned) -> None: ...
@@ -235,6 +237,7 @@ class ZygoteSupervision:
         for task in self.sched.pending():
             self.sched.resolve(task, "error", error="pool shut down")
         self.sched.clear()
+        self._bury()
         workers = list(self.by_pid.values())
         for worker in workers:
             if worker.task is not None:

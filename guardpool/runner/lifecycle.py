@@ -10,7 +10,8 @@ Data flow (manager thread only)::
         violation ─► _protocol_violation: kill, crash verdict, replace
   queued jobs + idle workers ─► _dispatch ─► _send (non-blocking; a dup'ed fd carries
                      EPOLLOUT while a large job is still being written)
-  deadline kill (any thread) ─► _after_kill: v1 cgroup kill, close, replace
+  deadline kill (any thread) ─► _after_kill: unwatched; SPAWN_DEFER_S later _bury
+                     (v1 cgroup kill, close) and replace
   pidfd readable / EOF ─► _on_gone: last answers read, closed, replaced; the job's
                      verdict waits for the zygote's Exited (healing.py)
 
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("guardpool.pool")
 
 MAX_FAILED_STARTS = 5  # workers dying before Ready, in a row: a configuration error
-# The longest a deadline kill's replacement waits for the spare's first answer.
+# How long a deadline kill's cleanup and replacement wait while the spare serves.
 SPAWN_DEFER_S = 0.010
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
@@ -59,6 +60,7 @@ class WorkerLifecycle:
     zygote: ZygoteLink
     by_pid: dict[int, WorkerLink]
     pending_spawns: dict[int, socket.socket]
+    dying: list[WorkerLink]
     spawn_tokens: itertools.count[int]
     live: int
     n_processes: int
@@ -158,35 +160,48 @@ class WorkerLifecycle:
         """After a deadline kill's verdict is out: the v1 cgroup kill, close, replace.
 
         While ``workers`` ready workers are left (the spare idle, or already serving the
-        next job), the replacement waits until some worker has answered a job (or
-        ``SPAWN_DEFER_S``): the fork and the new worker's set-up cost ~10 ms of CPU
-        (zygote and worker, measured on a 2-core VM) that would otherwise compete with
-        the spare serving the first job after the kill. With fewer left the pool is
-        short of a worker, and the replacement is asked for at once.
+        next job), all of it waits ``SPAWN_DEFER_S``. The first job after a kill runs on
+        the spare while the killed worker's address space is torn down on one CPU of the
+        2-core VM this was measured on; the manager's cleanup (a cgroup read, closing
+        descriptors: 0.3-0.9 ms of a CPU, and of the GIL the caller needs) and the
+        replacement's fork and set-up (~10 ms of CPU, zygote and worker) took the
+        other CPU from that job. Measured with ``bench/bench_pool.py --tails`` (spare
+        ready): cleanup at once, fork at the spare's first answer gave p50 0.7 ms,
+        p99 2.9 ms; both deferred 0.33 ms, 1.7 ms. (Forking at the first answer made
+        the caller that reads it wait behind the fork.) With fewer left the pool is
+        short of a worker: cleanup and replacement happen now. The SIGKILL itself
+        (process group, pidfd, v2 ``cgroup.kill``) went out before the verdict
+        (``Dispatcher.expire``); what waits is the v1 sweep for processes that left
+        the group.
         """
-        worker.kill_cgroup()
-        self._forget(worker)
-        self._replace(worker)
-
-    def _replace(self, worker: WorkerLink) -> None:
-        """Ask for a gone worker's replacement: later for one killed at a deadline while
-        ``workers`` ready workers are left (see ``_after_kill``), else now."""
+        if worker.gone or worker.burying:
+            return
+        worker.burying = True
+        # Stop hearing from it now: its death would wake the level-triggered epoll
+        # again and again until it is buried.
+        self._unregister(worker.fd)
+        if worker.pidfd is not None:
+            self._unregister(worker.pidfd)
+        self.dying.append(worker)
         disp = self.disp
-        if (
-            worker.doomed
-            and len(disp.idle) + disp.busy >= disp.n_workers
-            and self.live < self.n_processes
-        ):
-            disp.spawn_wanted = True
+        if len(disp.idle) + disp.busy >= disp.n_workers:
             if self.spawn_due is None:
                 self.spawn_due = time.monotonic() + SPAWN_DEFER_S
         else:
             self._spawn_now()
 
+    def _bury(self) -> None:
+        """Killed workers' cleanup, deferred by ``_after_kill``: v1 cgroup kill, close."""
+        dying, self.dying = self.dying, []
+        for worker in dying:
+            worker.kill_cgroup()
+            self._forget(worker)
+
     def _spawn_now(self) -> None:
-        """A replacement asked for by ``_after_kill``, now."""
+        """Deferred cleanup and replacement (``_after_kill``), now."""
         self.spawn_due = None
-        self.disp.spawn_wanted = False
+        if self.dying:
+            self._bury()
         self._spawn()
 
     def _spawn(self) -> None:
@@ -307,7 +322,12 @@ class WorkerLifecycle:
 
     def _on_gone(self, worker: WorkerLink) -> None:
         """The worker died on its own (pidfd readable or EOF); its job waits for Exited."""
-        if worker.gone:
+        if worker.gone or worker.burying:
+            return
+        if worker.doomed:
+            # Killed at its deadline (its job answered): died before the manager handled
+            # the kill notice. Cleaned up and replaced as after any deadline kill.
+            self._after_kill(worker)
             return
         self._read_worker(worker)  # a Done written just before death still counts
         if worker.gone:
@@ -320,8 +340,6 @@ class WorkerLifecycle:
                     f"workers die before they are ready ({self.failed_starts} in a row; see stderr)"
                 )
                 return
-        # A worker killed at its deadline may die (pidfd, Exited) before the manager
-        # has handled the kill: its replacement is deferred all the same.
-        self._replace(worker)
+        self._spawn_now()
         if worker.task is None or worker.task.answered:
             self.by_pid.pop(worker.pid, None)

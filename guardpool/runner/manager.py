@@ -95,9 +95,9 @@ class Manager(ZygoteSupervision, WorkerLifecycle):
         self.state: PoolState = "starting"
         self.broken: PoolBroken | None = None
         self.restart_at: float | None = None
-        # A deadline kill's replacement is forked once the spare has answered a job
-        # (Dispatcher.spawn_wanted) or at this time, whichever comes first (lifecycle.py).
+        # A deadline kill's cleanup and replacement wait until this time (lifecycle.py).
         self.spawn_due: float | None = None
+        self.dying: list[WorkerLink] = []  # killed at a deadline, cleanup deferred
         self.backoff = Backoff()
         self.stale_layouts: list[cgroups.Layout] = []  # dead zygotes' cgroups to remove
         self.encoder = msgspec.msgpack.Encoder()
@@ -273,9 +273,7 @@ class Manager(ZygoteSupervision, WorkerLifecycle):
         if self.restart_at is not None and time.monotonic() >= self.restart_at:
             self.restart_at = None
             self._launch_zygote()
-        if self.spawn_due is not None and (
-            not self.disp.spawn_wanted or time.monotonic() >= self.spawn_due
-        ):
+        if self.spawn_due is not None and time.monotonic() >= self.spawn_due:
             self._spawn_now()
         self._dispatch()
 
@@ -305,8 +303,6 @@ class Manager(ZygoteSupervision, WorkerLifecycle):
                 self._on_gone(worker)
         elif kind == "killed":
             self._after_kill(worker)
-        elif kind == "spawn":
-            self._spawn_now()
         elif kind == "send":
             task = worker.task
             if task is not None and not worker.gone:

@@ -45,6 +45,7 @@ _CHUNK = 1 << 18
 
 class WorkerLink:
     __slots__ = (
+        "burying",
         "cgroup",
         "closed",
         "cpu_base",
@@ -93,6 +94,7 @@ class WorkerLink:
         self.gone = False  # ended (died, killed or recycled); set by the manager
         self.ready = False
         self.doomed = False  # being killed at a deadline: it takes no further job
+        self.burying = False  # killed; its cleanup waits for the spare (lifecycle.py)
         self.closed = False
         self.fd = sock.fileno()
         # Held by the one thread reading the socket (re-entrant: a caller that reads an
@@ -207,11 +209,14 @@ class WorkerLink:
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
         if self.cgroup.mode == "v2":
             cgroups.kill(self.cgroup)
+        # Then the least CPU weight: the dying worker tears down its address space
+        # (milliseconds of CPU) in its cgroup, and at that weight yields to the spare
+        # serving the next job (see lifecycle._after_kill).
+        cgroups.lower_weight(self.cgroup)
 
     def kill_cgroup(self) -> None:
         """After the verdict is out: the cgroup's CPU weight to the minimum (the dying
         worker's teardown yields to the spare), and on v1 the cgroup kill."""
-        cgroups.lower_weight(self.cgroup)
         if self.cgroup.mode == "v1":
             leader = 0
             if self.pidfd is not None and not self.closed:
