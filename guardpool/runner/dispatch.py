@@ -4,24 +4,27 @@ Data flow of one call (the common case: ``pool.submit(...).result()``)::
 
   caller thread                                                 worker process
   ─────────────                                                 ──────────────
-  submit() ─ encode ─► place(): idle worker? ─ frame ─ socketpair ─► job loop
-                          │ none: queue (the next worker to free up takes it)
-  result() ─► wait_direct(): read (the answer is usually there), else
-              poll(socket, pidfd) until the answer or the deadline
-                 ◄────────────────────────────────── Done / Failed ◄─┘
+  submit() ─ encode ─► place(): idle worker? ─ frame ─ jobs socketpair ─► job loop
+                          │ none: queue (the next worker to free up takes it)      │
+  result() ─► wait_direct(): recv, asleep until the answer, EOF or the manager's   │
+              wake-up at the deadline                                              │
+                 ◄───────────────────────────── answers socketpair ─ Done / Failed ◄┘
               finish(): worker back to idle (or straight to the next queued job),
                         resolve ─► JobResult
-              deadline reached first: expire(): SIGKILL, verdict, manager cleans up
+              deadline reached first: the manager's expire(): SIGKILL, verdict,
+                        wake_reader(); the caller returns with the verdict
 
 The caller writes the job and reads the answer itself, so a call costs one process
-round trip and no thread hop. The manager thread (manager.py) is not woken on this
-path: it learns a queued job's deadline through ``Scheduler.inbox`` (a running job's
-through its worker) and sleeps towards the earliest; it reads a worker's socket
+round trip, no thread hop and two system calls (send, recv), as does the worker.
+The manager thread (manager.py) is not woken on this path: it learns a queued job's
+deadline through ``Scheduler.inbox`` (a running job's through its worker) and sleeps
+towards the earliest; it reads a worker's socket
 itself whenever no caller is waiting on it (``add_done_callback``, asyncio,
-``concurrent.futures.wait``) and kills at a deadline whether or not anybody waits.
+``concurrent.futures.wait``) and kills at a deadline whether or not anybody waits
+(a caller woken by its own backstop first kills too: ``expire`` is for any thread).
 
 Who reads a socket is decided by the worker's ``rlock``: a waiting caller takes it
-and switches the manager's epoll interest off for that socket while it polls, so the
+and switches the manager's epoll interest off for that socket while it waits, so the
 answer wakes exactly one thread. If the manager still finds the socket readable while
 the lock is held it sets ``missed`` and the caller hands the socket back with a
 notice when it lets go. ``Scheduler.mutex`` covers the O(1) bookkeeping (idle
@@ -37,10 +40,11 @@ import contextlib
 import select
 import signal
 import socket
+import struct
 import time
 from collections.abc import Callable
 from select import EPOLLIN
-from socket import MSG_NOSIGNAL
+from socket import MSG_DONTWAIT, MSG_NOSIGNAL, SO_RCVTIMEO, SOL_SOCKET
 from threading import get_ident
 from time import monotonic
 from typing import Any
@@ -62,6 +66,17 @@ DIRECT_MAX = 64 * 1024
 Notice = tuple[str, WorkerLink]
 
 _frame_len = HEADER.unpack_from
+
+# A caller asleep in recv until its job's deadline is woken by the manager's kill; its
+# own receive time limit, a backstop, is set this far past the deadline, and left as
+# it is while it stays within _BACKSTOP_MAX_S of the wait (see _read_until).
+_BACKSTOP_S = 0.020
+_BACKSTOP_MAX_S = 0.050
+_TIMEVAL = struct.Struct("@ll")
+
+
+def _timeval(seconds: float) -> bytes:
+    return _TIMEVAL.pack(int(seconds), int(seconds % 1 * 1_000_000))
 
 
 def _guard_answer(value: object, cpu_ms: float, wall_ms: float, pid: int) -> JobResult:
@@ -179,7 +194,7 @@ class Dispatcher:
                 if worker.events != (EPOLLIN if task.watched else 0):
                     self.set_read(worker, self.wanted(worker))
         try:
-            sent = worker.sock.send(frame, MSG_NOSIGNAL)
+            sent = worker.jobs.send(frame, MSG_NOSIGNAL)
         except BlockingIOError:
             sent = 0
         except OSError:
@@ -220,13 +235,13 @@ class Dispatcher:
         # A worker reads its whole job before any guard code runs, so this ends
         # quickly unless the worker dies (EPIPE) or the deadline comes (it is killed).
         poller = select.poll()
-        poller.register(worker.fd, select.POLLOUT)
+        poller.register(worker.jfd, select.POLLOUT)
         while rest:
             wait = deadline - time.monotonic()
             if wait <= 0 or not poller.poll(wait * 1000):
                 return
             try:
-                rest = rest[worker.sock.send(rest, socket.MSG_NOSIGNAL) :]
+                rest = rest[worker.jobs.send(rest, socket.MSG_NOSIGNAL) :]
             except BlockingIOError:
                 continue
             except OSError:
@@ -237,8 +252,9 @@ class Dispatcher:
     def wait_direct(self, task: Task, end: float) -> None:
         """Read ``task``'s answer in this (caller) thread until it comes or ``end``.
 
-        Returns without waiting when another thread reads this worker; at the task's
-        deadline the job is killed here (``expire``) and the manager only cleans up.
+        Returns without waiting when another thread reads this worker. At the task's
+        deadline the manager kills the job and wakes this thread (``expire``); should
+        the manager be late past the backstop, the job is killed here.
         The common case (one whole ``Done`` frame per read, the job this thread waits
         for) is decoded and answered without the general message handling.
         """
@@ -272,32 +288,44 @@ class Dispatcher:
                 self.post(("check", worker))
 
     def _read_until(self, worker: WorkerLink, task: Task, end: float) -> None:
-        recv_into = worker.sock.recv_into
+        sock = worker.sock
+        recv_into = sock.recv_into
         rbuf = worker.rbuf
-        # Read before sleeping in poll: a worker woken on this thread's CPU takes it at
-        # once and has answered by the time we get here (the usual case on a busy
-        # machine), so poll would only cost a system call. A read that finds nothing
-        # costs one too: after each such miss the next 1, 3, 7 ... 31 calls poll first,
-        # and a hit starts over (on an idle machine the worker runs on the other CPU
-        # and the answer is rarely there yet).
-        tried = eager = worker.eager_skip == 0
-        if not eager:
-            worker.eager_skip -= 1
+        # Waiting until the job's deadline (the usual ``result()``), this thread sleeps
+        # in recv itself: the answer, the worker's death (EOF) or the manager's kill at
+        # the deadline (``wake_reader``) ends it. One system call where poll + recv
+        # took two. SO_RCVTIMEO is only a backstop should the manager never come: it
+        # counts in ticks (5-11 ms late here), and is set only when the wait changes.
+        # Waiting less (``result(timeout)``, ``wait``): poll, whose limit is exact.
+        blocking = end >= task.deadline
+        poller: select.poll | None = None
         while not task.answered:
+            wait = end - monotonic()
+            if wait <= 0:
+                return
             dead = False
-            if eager:
-                eager = False
+            flags = 0
+            if blocking:
+                if not wait <= worker.rcvtimeo <= wait + _BACKSTOP_MAX_S:
+                    timeo = wait + _BACKSTOP_S
+                    sock.setsockopt(SOL_SOCKET, SO_RCVTIMEO, _timeval(timeo))
+                    worker.rcvtimeo = timeo
             else:
-                wait = end - monotonic()
-                if wait <= 0:
-                    return
-                for efd, _ in worker.poller.poll(wait * 1000):
+                if poller is None:
+                    poller = select.poll()
+                    poller.register(worker.fd, select.POLLIN)
+                    if worker.pidfd is not None:
+                        poller.register(worker.pidfd, select.POLLIN)
+                for efd, _ in poller.poll(wait * 1000):
                     if efd != worker.fd:
                         dead = True  # the pidfd: the worker has died
+                flags = MSG_DONTWAIT
             try:
-                n = recv_into(rbuf)
+                n = recv_into(rbuf, 0, flags)
             except (BlockingIOError, InterruptedError):
-                n = -1
+                if dead:
+                    return  # the manager hears it too (pidfd, Exited) and answers the job
+                continue  # nothing yet (poll's limit, or the backstop): look at the time
             except OSError:
                 n = 0
             if n > 4 and n == _frame_len(rbuf)[0] + 4 and not worker.reader.buf:
@@ -311,9 +339,6 @@ class Dispatcher:
                         msg = DECODER.decode(view)  # _finish says what is wrong with it
                 else:
                     msg = DECODER.decode(view)
-                if tried:
-                    tried = False
-                    worker.eager_pause = 0  # the read before poll found the answer
                 if type(msg) is Done and msg.id == task.id and worker.task is task:
                     if not worker.doomed:
                         action = self._finish(worker, task, msg)
@@ -323,13 +348,6 @@ class Dispatcher:
                     continue
                 msgs: list[protocol.WorkerMsg] = [msg]
                 alive = True
-            elif n < 0:
-                if dead:
-                    return  # the manager hears it too (pidfd, Exited) and answers the job
-                if tried:
-                    tried = False  # the read before poll found nothing: back off
-                    worker.eager_skip = worker.eager_pause = min(2 * worker.eager_pause + 1, 31)
-                continue  # nothing to read (yet)
             elif n == 0:
                 msgs, alive = [], False
             else:
@@ -364,9 +382,9 @@ class Dispatcher:
     def _finish(
         self, worker: WorkerLink, task: Task, msg: protocol.Done[Any] | protocol.Failed
     ) -> str:
-        worker.jobs += 1
+        worker.jobs_done += 1
         worker.cpu_base = msg.cpu_total_ms
-        retire = msg.rss_kb > self.max_rss_kb or worker.jobs >= self.max_jobs
+        retire = msg.rss_kb > self.max_rss_kb or worker.jobs_done >= self.max_jobs
         result: JobResult | None = None
         if type(msg) is Done:
             # Built before taking the mutex: the answer is the worker's value as is (a
@@ -468,6 +486,7 @@ class Dispatcher:
             return None
         # Kill first, look later: the SIGKILL goes out before anything else.
         worker.kill()
+        worker.wake_reader()  # a caller asleep in recv on it (not this thread) lets go
         cpu_ms = procfs.stat_cpu_ms(worker.statfd) - worker.cpu_base
         self.count("killed")
         if self.sched.resolve(

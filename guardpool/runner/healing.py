@@ -51,7 +51,7 @@ class ZygoteSupervision:
     ep: select.epoll
     zygote: ZygoteLink
     by_pid: dict[int, WorkerLink]
-    pending_spawns: dict[int, socket.socket]
+    pending_spawns: dict[int, tuple[socket.socket, socket.socket]]
     live: int
     state: PoolState
     broken: PoolBroken | None
@@ -162,8 +162,9 @@ class ZygoteSupervision:
                     error=f"the worker zygote died ({detail}); worker {worker.pid} died with it",
                     worker_pid=worker.pid,
                 )
-        for sock in self.pending_spawns.values():
-            sock.close()
+        for pair in self.pending_spawns.values():
+            for sock in pair:
+                sock.close()
         self.pending_spawns.clear()
         self.live = 0
         # The dead zygote cannot remove its cgroups: we do, now or on a later turn.
@@ -250,8 +251,9 @@ class ZygoteSupervision:
             if worker.rlock.acquire(timeout=5):
                 worker.close_fds()
                 worker.rlock.release()
-        for sock in self.pending_spawns.values():
-            sock.close()
+        for pair in self.pending_spawns.values():
+            for sock in pair:
+                sock.close()
         self.pending_spawns.clear()
         # EOF on the control socket: the zygote kills whatever is left, reaps and exits.
         if self.zygote.ctrl is not None:

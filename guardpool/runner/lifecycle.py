@@ -59,7 +59,7 @@ class WorkerLifecycle:
     ep: select.epoll
     zygote: ZygoteLink
     by_pid: dict[int, WorkerLink]
-    pending_spawns: dict[int, socket.socket]
+    pending_spawns: dict[int, tuple[socket.socket, socket.socket]]
     dying: list[WorkerLink]
     spawn_tokens: itertools.count[int]
     live: int
@@ -98,7 +98,7 @@ class WorkerLifecycle:
         if worker.write(task.frame):
             # A dup of the socket carries the EPOLLOUT interest, so the read interest
             # (switched by waiting callers, see dispatch.py) is never disturbed.
-            worker.wfd = os.dup(worker.fd)
+            worker.wfd = os.dup(worker.jfd)
             self._register(worker.wfd, _OUT, "wsock", worker)
 
     def _flush(self, worker: WorkerLink) -> None:
@@ -211,26 +211,33 @@ class WorkerLifecycle:
             and not self.stopping
             and self.broken is None
         ):
-            host, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            # Two socketpairs, one per direction, so that each side sleeps in a plain
+            # recv (see worker/main.py, Channel).
+            jobs, child_jobs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            answers, child_answers = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             token = next(self.spawn_tokens)
             try:
-                self.zygote.spawn(token, child.fileno())
+                self.zygote.spawn(token, child_jobs.fileno(), child_answers.fileno())
             except OSError:
-                host.close()
+                jobs.close()
+                answers.close()
                 return  # the zygote is gone: EOF on its socket starts the healing
             finally:
-                child.close()
-            host.setblocking(False)
-            self.pending_spawns[token] = host
+                child_jobs.close()
+                child_answers.close()
+            jobs.setblocking(False)  # written with MSG_NOSIGNAL, never blocking
+            answers.setblocking(True)  # a waiting caller sleeps in recv (dispatch.py)
+            self.pending_spawns[token] = (jobs, answers)
             self.live += 1
             self.disp.count("spawned")
 
     def _on_spawned(self, msg: protocol.Spawned) -> None:
-        sock = self.pending_spawns.pop(msg.token, None)
-        if sock is None:
+        pair = self.pending_spawns.pop(msg.token, None)
+        if pair is None:
             return  # from a zygote generation we already gave up on
         if msg.error or not msg.pid:
-            sock.close()
+            for sock in pair:
+                sock.close()
             self.live -= 1
             log.error("guardpool: worker spawn failed: %s", msg.error)
             return
@@ -238,7 +245,7 @@ class WorkerLifecycle:
             pidfd: int | None = os.pidfd_open(msg.pid)
         except ProcessLookupError:
             pidfd = None  # already dead and reaped: its socket's EOF and Exited will tell
-        worker = WorkerLink(msg.pid, pidfd, sock, msg.cgroup)
+        worker = WorkerLink(msg.pid, pidfd, pair[0], pair[1], msg.cgroup)
         self.by_pid[msg.pid] = worker
         self._register(worker.fd, _IN, "sock", worker)
         if pidfd is not None:
@@ -284,6 +291,7 @@ class WorkerLifecycle:
 
     def _close_worker(self, worker: WorkerLink) -> None:
         unread = worker.unread()  # before the socket closes
+        worker.wake_reader()  # a caller asleep in recv on it lets go (and sends "check")
         requeue: Task | None = None
         with self.sched.mutex:
             if worker.gone:

@@ -85,7 +85,8 @@ class Manager(ZygoteSupervision, WorkerLifecycle):
         )
         self.counts = self.disp.counts
         self.by_pid: dict[int, WorkerLink] = {}
-        self.pending_spawns: dict[int, socket.socket] = {}
+        # token -> the host's ends (jobs, answers) of a worker being forked
+        self.pending_spawns: dict[int, tuple[socket.socket, socket.socket]] = {}
         self.spawn_tokens = itertools.count(1)
         self.live = 0
         self.ready_event = threading.Event()

@@ -1,4 +1,9 @@
-"""The host's end of one worker: its socket, buffers, pidfd, cgroup, and how to kill it.
+"""The host's end of one worker: its sockets, buffers, pidfd, cgroup, and how to kill it.
+
+Two socketpairs per worker, one per direction (see worker/main.py, ``Channel``): the
+host writes jobs to ``jobs`` (non-blocking) and reads answers from ``sock`` (a
+blocking descriptor: a waiting caller sleeps in ``recv`` on it; everyone else reads it
+with ``MSG_DONTWAIT``).
 
 Frames are ``protocol.FrameReader``'s (the same reader the worker uses). The manager
 writes non-blocking with a pending-output buffer, so a large job never blocks its
@@ -50,17 +55,17 @@ class WorkerLink:
         "closed",
         "cpu_base",
         "doomed",
-        "eager_pause",
-        "eager_skip",
         "events",
         "fd",
         "gone",
+        "jfd",
         "jobs",
+        "jobs_done",
         "missed",
         "pid",
         "pidfd",
-        "poller",
         "rbuf",
+        "rcvtimeo",
         "reader",
         "ready",
         "retiring",
@@ -75,11 +80,18 @@ class WorkerLink:
     )
 
     def __init__(
-        self, pid: int, pidfd: int | None, sock: socket.socket, cgroup: cgroups.WorkerCgroup
+        self,
+        pid: int,
+        pidfd: int | None,
+        jobs: socket.socket,
+        answers: socket.socket,
+        cgroup: cgroups.WorkerCgroup,
     ) -> None:
         self.pid = pid
         self.pidfd = pidfd
-        self.sock = sock
+        self.jobs = jobs
+        self.jfd = jobs.fileno()
+        self.sock = answers
         self.cgroup = cgroup
         self.reader = protocol.FrameReader()
         self.rbuf = bytearray(_CHUNK)  # reused: no fresh 256 KiB bytes per recv
@@ -89,30 +101,23 @@ class WorkerLink:
         # busy worker's pipe could wait behind a hang while another worker is free.
         self.task: Task | None = None
         self.retiring = False
-        self.jobs = 0
+        self.jobs_done = 0
         self.cpu_base = 0.0
         self.gone = False  # ended (died, killed or recycled); set by the manager
         self.ready = False
         self.doomed = False  # being killed at a deadline: it takes no further job
         self.burying = False  # killed; its cleanup waits for the spare (lifecycle.py)
         self.closed = False
-        self.fd = sock.fileno()
+        self.fd = answers.fileno()
         # Held by the one thread reading the socket (re-entrant: a caller that reads an
         # answer may hand the worker its next job and re-arm it in the same breath).
         self.rlock = threading.RLock()
         self.events = select.EPOLLIN  # the manager's epoll interest in ``fd``
-        self.wfd = -1  # a dup of ``fd`` watched for EPOLLOUT while ``wbuf`` is pending
-        # Calls left that poll before reading, and the length of the last such pause
-        # (dispatch._read_until).
-        self.eager_skip = 0
-        self.eager_pause = 0
+        self.wfd = -1  # a dup of ``jfd`` watched for EPOLLOUT while ``wbuf`` is pending
+        # The receive time limit (SO_RCVTIMEO, seconds) last set on ``sock``; 0: none.
+        self.rcvtimeo = 0.0
         self.missed = False  # the manager found the socket readable while rlock was held
         self.undelivered = False  # a job's frame could not be written at all (EPIPE)
-        # A caller waiting on this worker polls its socket and its pidfd (death).
-        self.poller = select.poll()
-        self.poller.register(self.fd, select.POLLIN)
-        if pidfd is not None:
-            self.poller.register(pidfd, select.POLLIN)
         # Its /proc/PID/stat, opened now: read for the CPU time of a job killed at its
         # deadline, where opening the path of a dying process is slow (procfs.py).
         self.statfd = procfs.open_stat(pid)
@@ -123,7 +128,7 @@ class WorkerLink:
             self.wbuf += data
             return True
         try:
-            sent = self.sock.send(data, socket.MSG_NOSIGNAL)
+            sent = self.jobs.send(data, socket.MSG_NOSIGNAL)
         except BlockingIOError:
             sent = 0
         except OSError:
@@ -137,7 +142,7 @@ class WorkerLink:
     def flush(self) -> bool:
         """Send pending output; True while some is still left."""
         try:
-            sent = self.sock.send(self.wbuf, socket.MSG_NOSIGNAL)
+            sent = self.jobs.send(self.wbuf, socket.MSG_NOSIGNAL)
         except BlockingIOError:
             return True
         except OSError:
@@ -155,7 +160,7 @@ class WorkerLink:
         out: list[protocol.WorkerMsg] = []
         while True:
             try:
-                n = self.sock.recv_into(self.rbuf)
+                n = self.sock.recv_into(self.rbuf, 0, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return out, True
             except OSError:
@@ -173,17 +178,27 @@ class WorkerLink:
         if self.closed:
             return False
         try:
-            raw = fcntl.ioctl(self.fd, termios.TIOCOUTQ, b"\0\0\0\0")
+            raw = fcntl.ioctl(self.jfd, termios.TIOCOUTQ, b"\0\0\0\0")
         except OSError:
             return False
         return int.from_bytes(raw, sys.byteorder, signed=True) > 0
 
+    def wake_reader(self) -> None:
+        """Wake a caller asleep in ``recv`` on ``sock``: the worker died or was killed,
+        and a process it forked may still hold its end, so no EOF would come. (A
+        shut-down socket still hands out what was sent before.) Any thread: ``sock``
+        is closed only by the manager holding ``rlock``, never while it sleeps here."""
+        if not self.closed:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RD)
+
     def close_fds(self) -> None:
-        """Close the socket and pidfd (manager thread, holding ``rlock``); idempotent."""
+        """Close the sockets and pidfd (manager thread, holding ``rlock``); idempotent."""
         if self.closed:
             return
         self.closed = True
         self.sock.close()
+        self.jobs.close()
         if self.wfd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self.wfd)

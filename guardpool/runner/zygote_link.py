@@ -79,10 +79,12 @@ class ZygoteLink:
                 return out, False
             out.append(_DECODER.decode(data))
 
-    def spawn(self, token: int, fd: int) -> None:
-        """Ask for one worker whose socket is ``fd``; raises OSError if the zygote is gone."""
+    def spawn(self, token: int, jobs_fd: int, answers_fd: int) -> None:
+        """Ask for one worker with these socket ends (it reads jobs from the first and
+        writes answers to the second); raises OSError if the zygote is gone."""
         assert self.ctrl is not None
-        socket.send_fds(self.ctrl, [_ENCODER.encode(protocol.Spawn(token))], [fd])
+        msg = _ENCODER.encode(protocol.Spawn(token))
+        socket.send_fds(self.ctrl, [msg], [jobs_fd, answers_fd])
 
     def close(self) -> int | None:
         """Close the control socket (the zygote kills its workers and exits); its status."""

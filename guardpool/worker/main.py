@@ -6,8 +6,8 @@ worker only arms the kernel CPU timer around each job, because ``ITIMER_PROF``
 with SIGPROF at its default disposition terminates the process even while it
 is inside a C call that never returns to the interpreter.
 
-Per job the worker makes three system calls: ``poll`` (sleep until a job comes;
-see ``_loop`` for why not in ``recv``), ``recv`` (the job) and ``send`` (the
+Per job the worker makes two system calls: ``recv`` (sleep until the job comes,
+and read it; see ``Channel`` for why that needs two socketpairs) and ``send`` (the
 answer), plus ``getrusage`` (CPU used and peak RSS) for every job that took
 ``FAST_JOB_MS`` or more and every ``SYNC_EVERY``-th short one, and ``setitimer``
 (arm the CPU budget) when the job's budget differs from the last one or some
@@ -28,7 +28,6 @@ import importlib
 import logging
 import os
 import resource
-import select
 import signal
 import socket
 import sys
@@ -48,10 +47,20 @@ if TYPE_CHECKING:
 
 
 class Channel:
-    """Blocking, length-framed reads and writes on the worker's socket."""
+    """Blocking, length-framed reads and writes on the worker's two sockets.
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+    Jobs come in on one socketpair and answers go out on another. With one pair for
+    both, the host reading an answer frees room in the worker's send buffer, and the
+    kernel wakes whoever sleeps in ``recv`` on that socket ("room to write"): the worker
+    had to sleep in ``poll`` (which filters that wake-up) and then ``recv``, two system
+    calls per job; and the host could not sleep in ``recv`` either, since the worker
+    reading a job woke it the same way. With two pairs each side sleeps in one
+    ``recv`` (see dispatch.py).
+    """
+
+    def __init__(self, jobs: socket.socket, answers: socket.socket) -> None:
+        self.sock = jobs
+        self.out = answers
         self.reader = protocol.FrameReader()
         # ext_hook: a job's input may carry text with a lone surrogate (policy/inputs.pack).
         self.decoder = msgspec.msgpack.Decoder(protocol.HostMsg, ext_hook=inputs.unpack_ext)
@@ -64,7 +73,7 @@ class Channel:
         self.rview = memoryview(self.rbuf)
 
     def send(self, msg: msgspec.Struct) -> None:
-        self.sock.sendall(protocol.frame(self.encoder, msg))
+        self.out.sendall(protocol.frame(self.encoder, msg))
 
     def recv(self) -> protocol.HostMsg | None:
         """The next job, or None at EOF (the host closed our pipe: stop)."""
@@ -168,13 +177,14 @@ def _usage() -> tuple[float, int]:
 
 
 def setup_worker(
-    sock_fd: int,
+    fds: tuple[int, ...],
     workdir: str,
     setup: protocol.Setup,
     seccomp: bool,
     cgroup: cgroups.WorkerCgroup,
-) -> socket.socket:
-    """Make this freshly forked process a sandboxed worker; returns its socket.
+) -> tuple[socket.socket, socket.socket]:
+    """Make this freshly forked process a sandboxed worker; returns its two sockets
+    (jobs in, answers out), from the host's ``fds``.
 
     Everything that needs root (the cgroup, rlimits) happens first, then the privilege
     drop, then the measures that must outlive it; no guard code has run yet.
@@ -187,10 +197,14 @@ def setup_worker(
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the host's to handle
     signal.set_wakeup_fd(-1)
-    # Only fds 0-2 and the worker's socket survive: no zygote control socket, no
+    # Only fds 0-2 and the worker's two sockets survive: no zygote control socket, no
     # neighbour's pipe (each worker's pipe reaches exactly one worker).
-    os.dup2(sock_fd, 3)
-    os.closerange(4, 1 << 16)
+    jobs_fd, answers_fd = fds
+    if answers_fd == 3:
+        answers_fd = os.dup(answers_fd)  # not overwritten by the first dup2
+    os.dup2(jobs_fd, 3)
+    os.dup2(answers_fd, 4)
+    os.closerange(5, 1 << 16)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
@@ -219,20 +233,23 @@ def setup_worker(
             sandbox.install_seccomp()
         except OSError as exc:  # reported by the doctor; the other measures still hold
             sandbox.STATUS["seccomp"] = str(exc)
-    sock = socket.socket(fileno=3)
-    sock.setblocking(True)
-    return sock
+    jobs = socket.socket(fileno=3)
+    jobs.setblocking(True)
+    answers = socket.socket(fileno=4)
+    answers.setblocking(True)
+    return jobs, answers
 
 
 class Worker:
     def __init__(
         self,
-        sock: socket.socket,
+        jobs: socket.socket,
+        answers: socket.socket,
         guards: Mapping[str, CompiledGuard],
         regex_max_mem: int,
         log_level: int,
     ) -> None:
-        self.channel = Channel(sock)
+        self.channel = Channel(jobs, answers)
         self.pid = os.getpid()
         self.guards = guards
         self.regex_max_mem = regex_max_mem
@@ -306,23 +323,13 @@ class Worker:
         pending = channel.pending
         run = self.run
         header = protocol.HEADER.unpack_from
-        # The worker sleeps in poll(POLLIN), not in recv: when the host reads an answer it
-        # frees our buffer and the kernel wakes whoever sleeps on our socket "there is
-        # room to write". A recv sleeper wakes for that and finds nothing, and, woken on
-        # the host's CPU, takes it from the host in the middle of its call (1.45 of our
-        # context switches per job instead of 1.00; the host thread's CPU per call
-        # 39 -> 30 us). A poll waiter for POLLIN is not woken by it.
-        wait = select.poll()
-        wait.register(channel.sock.fileno(), select.POLLIN)
-        sleep = wait.poll
         clock = time.monotonic
         while True:
             if pending:
                 run(pending.popleft(), clock())
                 continue
-            sleep()
+            n = recv_into(buf)  # sleeps here until a job comes (see Channel)
             woke = clock()  # the job's wall time counts from here (see FAST_JOB_MS)
-            n = recv_into(buf)
             if not n:
                 return
             if n > 4 and not reader.buf and n == header(buf)[0] + 4:
@@ -443,7 +450,7 @@ class Worker:
                 # the job failed, not the worker.
                 error = f"result is not serialisable: {_describe(exc, where=False)}"
             else:
-                self.channel.sock.sendall(out)
+                self.channel.out.sendall(out)
                 if len(out) > BIG_FRAME:
                     self.out = bytearray(4)  # do not keep a large answer's memory
                 return

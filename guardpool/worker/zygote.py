@@ -83,7 +83,7 @@ class Zygote:
         self.cgroup = cgroups.Layout("")
         self.forked = 0
         # Spawn requests waiting for a fork to succeed again (EAGAIN/ENOMEM).
-        self.retry: collections.deque[tuple[int, int]] = collections.deque()
+        self.retry: collections.deque[tuple[int, tuple[int, ...]]] = collections.deque()
         self.retry_at = 0.0
         self.backoff = 0.0
         self.guards: dict[str, CompiledGuard] = {}
@@ -181,7 +181,7 @@ class Zygote:
 
     def _on_control(self) -> bool:
         try:
-            data, fds, _flags, _addr = socket.recv_fds(self.ctrl, 4096, 1)
+            data, fds, _flags, _addr = socket.recv_fds(self.ctrl, 4096, 2)
         except InterruptedError:
             return True
         except ConnectionError:
@@ -189,22 +189,25 @@ class Zygote:
         if not data:
             return False  # host gone
         msg = self.decoder.decode(data)
-        if not fds:
-            self.send(protocol.Spawned(msg.token, 0, "spawn request carried no socket"))
+        if len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            self.send(protocol.Spawned(msg.token, 0, "spawn request did not carry two sockets"))
             return True
+        pair = (fds[0], fds[1])  # the worker's ends: jobs in, answers out
         if self.retry:
-            self.retry.append((msg.token, fds[0]))  # keep the order; the timer retries
+            self.retry.append((msg.token, pair))  # keep the order; the timer retries
         else:
-            self._fork(msg.token, fds[0])
+            self._fork(msg.token, pair)
         return True
 
     def _retry_forks(self) -> None:
         while self.retry and not self.host_gone:
-            token, fd = self.retry.popleft()
-            if not self._fork(token, fd):
+            token, fds = self.retry.popleft()
+            if not self._fork(token, fds):
                 return
 
-    def _fork(self, token: int, sock_fd: int) -> bool:
+    def _fork(self, token: int, fds: tuple[int, ...]) -> bool:
         """Fork one worker; False (request queued for a retry) when the kernel refuses."""
         workdir = ""
         cgroup = cgroups.NONE
@@ -222,14 +225,16 @@ class Zygote:
                 shutil.rmtree(workdir, ignore_errors=True)
             if cgroup.mode:
                 cgroups.remove(cgroup)
-            self._fork_failed(token, sock_fd, exc)
+            self._fork_failed(token, fds, exc)
             return False
         if pid == 0:
             code = 0
             try:
-                sock = worker_main.setup_worker(sock_fd, workdir, self.setup, self.seccomp, cgroup)
+                jobs, answers = worker_main.setup_worker(
+                    fds, workdir, self.setup, self.seccomp, cgroup
+                )
                 worker_main.Worker(
-                    sock, self.guards, self.regex_max_mem, self.setup.log_level
+                    jobs, answers, self.guards, self.regex_max_mem, self.setup.log_level
                 ).serve()
             except BaseException:
                 traceback.print_exc()
@@ -237,7 +242,8 @@ class Zygote:
             finally:
                 os._exit(code)
         self.backoff = 0.0
-        os.close(sock_fd)
+        for fd in fds:
+            os.close(fd)
         # Also from the parent, so the group exists before the host can ever killpg it.
         # (OSError: the child already did it, or already died: Exited will say which.)
         with contextlib.suppress(OSError):
@@ -246,12 +252,12 @@ class Zygote:
         self.send(protocol.Spawned(token, pid, "", cgroup))
         return True
 
-    def _fork_failed(self, token: int, sock_fd: int, exc: OSError) -> None:
+    def _fork_failed(self, token: int, fds: tuple[int, ...], exc: OSError) -> None:
         # EAGAIN (pids cgroup or pid space full) and ENOMEM heal when the guard that
         # caused them is killed: wait and retry rather than die and break the pool.
         self.backoff = min(max(self.backoff * 2, 0.002), 0.5)
         self.retry_at = time.monotonic() + self.backoff
-        self.retry.appendleft((token, sock_fd))
+        self.retry.appendleft((token, fds))
         name = errno.errorcode.get(exc.errno or 0, "error")
         self.send(protocol.ForkFailed(token, f"{name}: {exc.strerror or exc}", self.backoff * 1000))
 
@@ -304,8 +310,9 @@ class Zygote:
                 os.waitpid(-1, 0)
             except ChildProcessError:
                 break
-        for _token, fd in self.retry:
-            os.close(fd)
+        for _token, fds in self.retry:
+            for fd in fds:
+                os.close(fd)
         for cgroup in self.stale:
             _remove_quietly(cgroup)
         cgroups.remove_pool(self.cgroup)

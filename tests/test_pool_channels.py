@@ -1,0 +1,176 @@
+"""Two socketpairs per worker, and a caller asleep in ``recv`` (dispatch._read_until).
+
+Real workers, real sockets and threads. What must hold: the caller wakes for the
+answer, for the manager's kill at the deadline, for the worker's death, and on its own
+(the backstop) should the manager never come; a shorter ``result(timeout)`` still
+returns on time; the worker sleeps in one ``recv`` per job.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from guardpool import GuardPool, JobResult
+from guardpool.runner import dispatch, lifecycle
+from guardpool.runner.manager import Manager
+from guardpool.runner.worker_link import WorkerLink
+from guardpool.worker import cgroups
+from tests.waiting import wait_for
+
+G = "tests.pool_guards:"
+
+
+def make_pool(**kw: Any) -> GuardPool:
+    kw.setdefault("workers", 1)
+    kw.setdefault("preload", ["tests.pool_guards"])
+    return GuardPool(**kw)
+
+
+def in_thread(fn: Any, limit: float = 30.0) -> JobResult:
+    """``fn()`` in a thread; fails (instead of hanging the suite) if it does not return."""
+    out: list[JobResult] = []
+    thread = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    thread.start()
+    thread.join(limit)
+    assert not thread.is_alive(), "the caller never woke up"
+    return out[0]
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory the workers can write to: as root they run as an unprivileged uid."""
+    path = Path(tempfile.mkdtemp(prefix="guardpool-test-"))
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_wake_reader_wakes_a_thread_asleep_in_recv() -> None:
+    jobs, worker_jobs = socket.socketpair()
+    answers, worker_answers = socket.socketpair()
+    link = WorkerLink(os.getpid(), None, jobs, answers, cgroups.NONE)
+    got: list[bytes] = []
+    try:
+        worker_answers.sendall(b"sent before")
+        reader = threading.Thread(target=lambda: got.append(answers.recv(100)), daemon=True)
+        reader.start()
+        reader.join(5)
+        assert got == [b"sent before"]  # what was sent is still read
+        # The other end stays open (as when a process the worker forked holds it): no
+        # EOF would ever come. wake_reader must end the wait.
+        reader = threading.Thread(target=lambda: got.append(answers.recv(100)), daemon=True)
+        reader.start()
+        reader.join(0.2)
+        assert reader.is_alive()  # asleep in recv
+        link.wake_reader()
+        reader.join(10)
+        assert not reader.is_alive()
+        assert got[-1] == b""
+    finally:
+        link.close_fds()
+        worker_jobs.close()
+        worker_answers.close()
+
+
+def test_each_worker_has_two_sockets_one_per_direction() -> None:
+    with make_pool() as p:
+        assert p.submit(G + "double", 2).result().value == 4
+        manager = p._manager
+        assert manager is not None
+        for link in manager.by_pid.values():
+            assert link.jfd != link.fd
+            assert link.jobs.getblocking() is False  # jobs: written, never blocking
+            assert link.sock.getblocking() is True  # answers: a caller sleeps in recv
+
+
+def test_a_killed_job_whose_grandchild_holds_the_socket_still_answers(
+    monkeypatch: pytest.MonkeyPatch, shared_dir: Path
+) -> None:
+    # The grandchild (a new session: out of the worker's process group) keeps the
+    # worker's answer socket open, so killing the worker brings no EOF until the
+    # grandchild dies too (the zygote removes the dead worker's cgroup, where it has
+    # one); the manager's own cleanup and the caller's backstop are pushed far away.
+    # The caller must still get its verdict (wake_reader, tested alone above).
+    monkeypatch.setattr(lifecycle, "SPAWN_DEFER_S", 600.0)
+    monkeypatch.setattr(dispatch, "_BACKSTOP_S", 600.0)
+    monkeypatch.setattr(dispatch, "_BACKSTOP_MAX_S", 1200.0)
+    pidfile = shared_dir / "pid"
+    with make_pool() as p:
+        future = p.submit(G + "escaping_grandchild", str(pidfile), timeout_ms=500)
+        result = in_thread(future.result)
+        assert result.outcome == "timeout"
+        assert "killed" in result.error
+        assert p.submit(G + "double", 3).result().value == 6  # the spare serves
+    assert wait_for(lambda: gone(int(pidfile.read_text())))  # the pool's end kills it
+
+
+def test_a_worker_that_dies_wakes_its_caller_with_a_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dispatch, "_BACKSTOP_S", 600.0)
+    monkeypatch.setattr(dispatch, "_BACKSTOP_MAX_S", 1200.0)
+    with make_pool() as p:
+        # A deadline far away: the verdict must come from the death, not the deadline.
+        future = p.submit(G + "segfault", None, timeout_ms=60_000)
+        result = in_thread(future.result)
+        assert result.outcome == "crash"
+        assert p.submit(G + "double", 4).result().value == 8
+
+
+def test_the_caller_kills_on_its_own_if_the_manager_misses_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Fail closed even with a manager that never expires anything: the caller's
+    # receive limit (the backstop) wakes it past the deadline, and it kills the job.
+    monkeypatch.setattr(Manager, "_expire", lambda self: None)
+    with make_pool() as p:
+        future = p.submit(G + "spin", None, timeout_ms=200)
+        result = in_thread(future.result)
+        assert result.outcome == "timeout"
+        assert "killed" in result.error
+        assert wait_for(lambda: gone(result.worker_pid or 0))
+        assert p.submit(G + "double", 5).result().value == 10
+
+
+def test_a_shorter_result_timeout_returns_before_the_deadline() -> None:
+    import concurrent.futures
+
+    with make_pool() as p:
+        future = p.submit(G + "spin", None, timeout_ms=3000)
+        with pytest.raises(concurrent.futures.TimeoutError):
+            future.result(timeout=0.2)
+        assert not future.done()  # still running: the deadline is later
+        assert future.result().outcome == "timeout"
+
+
+def test_the_worker_sleeps_in_one_recv_per_job() -> None:
+    # Between jobs the worker is asleep in recvfrom on its jobs socket (fd 3), not in
+    # poll: /proc/PID/syscall names the system call it sleeps in.
+    with make_pool() as p:
+        pid = p.submit(G + "pid", None).result().value
+        assert isinstance(pid, int)
+
+        def sleeping_in() -> str:
+            with open(f"/proc/{pid}/syscall") as f:
+                return f.read().split()[0]
+
+        # x86-64: 45 recvfrom (recv_into), 7 poll; aarch64: 207 recvfrom, 73 ppoll.
+        assert wait_for(lambda: sleeping_in() in {"45", "207"})
+        assert sleeping_in() not in {"7", "73"}
