@@ -136,14 +136,6 @@ def floor_echo(payload: bytes) -> tuple[Callable[[], object], int, Callable[[], 
     return call, pid, close
 
 
-def raw_floor(n: int, payload: bytes) -> list[float]:
-    call, _pid, close = floor_echo(payload)
-    try:
-        return time_each(n, call)
-    finally:
-        close()
-
-
 def thread_hop(n: int) -> list[float]:
     """What any design with a supervising thread pays on top of the floor: a caller
     hands a Future to another thread through an eventfd and waits for it (no I/O)."""
@@ -185,11 +177,51 @@ def thread_hop(n: int) -> list[float]:
         os.close(wake)
 
 
+def interleaved(
+    n: int, fns: dict[str, Callable[[], object]], chunks: int = 10
+) -> dict[str, list[float]]:
+    """Per-call latencies (µs) of several ways to make a call, measured in turns.
+
+    Each gets 500 warm-up calls, then ``chunks`` turns of n/chunks calls each, the order
+    of the ways rotating every turn. Measured one after the other instead (floor first,
+    then a freshly started pool), the ratio depended on the moment more than on the
+    code: on this 2-vCPU VM a pair of processes runs either on one CPU (the floor at
+    17-18 µs) or on two (26-36 µs, an idle vCPU woken for each message), the state
+    lasts for a while, and a freshly started pool measured at once was still warming
+    up (docs/pool.md, "Sixth pass"). In turns, both see the same moments.
+    """
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        for _ in range(500):
+            fn()
+    names = list(fns)
+    per = max(1, n // chunks)
+    for turn in range(chunks):
+        for name in names[turn % len(names) :] + names[: turn % len(names)]:
+            fn = fns[name]
+            samples = out[name]
+            for _ in range(per):
+                t = time.perf_counter()
+                fn()
+                samples.append((time.perf_counter() - t) * 1e6)
+    return out
+
+
 def bench_round_trip(n: int) -> dict[str, list[float]]:
     payload = b"x" * 1024
-    res: dict[str, list[float]] = {"floor": raw_floor(n, payload), "thread hop only": thread_hop(n)}
-    with GuardPool(workers=1, preload=[HERE]) as pool:
-        res["GuardPool"] = time_each(n, lambda: pool.submit(f"{HERE}:echo", payload).result())
+    call, _pid, close = floor_echo(payload)
+    try:
+        with GuardPool(workers=1, preload=[HERE]) as pool:
+            res = interleaved(
+                n,
+                {
+                    "floor": call,
+                    "GuardPool": lambda: pool.submit(f"{HERE}:echo", payload).result(),
+                },
+            )
+    finally:
+        close()
+    res["thread hop only"] = thread_hop(n)
     import pebble  # here, not at the top: workers preload this module and fork it
 
     with concurrent.futures.ProcessPoolExecutor(max_workers=1) as ppe:
