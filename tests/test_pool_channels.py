@@ -174,3 +174,30 @@ def test_the_worker_sleeps_in_one_recv_per_job() -> None:
         # x86-64: 45 recvfrom (recv_into), 7 poll; aarch64: 207 recvfrom, 73 ppoll.
         assert wait_for(lambda: sleeping_in() in {"45", "207"})
         assert sleeping_in() not in {"7", "73"}
+
+
+def test_a_host_with_a_thousand_descriptors_open_still_meets_deadlines() -> None:
+    # The manager sleeps in select() for microsecond deadlines, which takes descriptors
+    # below FD_SETSIZE (1024) only; with the epoll descriptor above that it falls back
+    # to epoll's own millisecond limit instead of failing (a broken pool).
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < 1200: cannot open enough")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held: list[int] = []
+    try:
+        while not held or held[-1] < 1030:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        with make_pool() as p:
+            manager = p._manager
+            assert manager is not None
+            assert manager.ep.fileno() >= 1024 and manager.ep_fds == []
+            result = in_thread(lambda: p.submit(G + "spin", None, timeout_ms=200).result())
+            assert result.outcome == "timeout"
+            assert p.submit(G + "double", 6).result().value == 12
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

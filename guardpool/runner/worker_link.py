@@ -76,6 +76,7 @@ class WorkerLink:
         "task",
         "undelivered",
         "wbuf",
+        "weight_lowered",
         "wfd",
     )
 
@@ -107,6 +108,7 @@ class WorkerLink:
         self.ready = False
         self.doomed = False  # being killed at a deadline: it takes no further job
         self.burying = False  # killed; its cleanup waits for the spare (lifecycle.py)
+        self.weight_lowered = False
         self.closed = False
         self.fd = answers.fileno()
         # Held by the one thread reading the socket (re-entrant: a caller that reads an
@@ -224,14 +226,19 @@ class WorkerLink:
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
         if self.cgroup.mode == "v2":
             cgroups.kill(self.cgroup)
-        # Then the least CPU weight: the dying worker tears down its address space
-        # (milliseconds of CPU) in its cgroup, and at that weight yields to the spare
-        # serving the next job (see lifecycle._after_kill).
-        cgroups.lower_weight(self.cgroup)
+
+    def lower_weight(self) -> None:
+        """The least CPU weight for its cgroup, once: a killed worker tears down its
+        address space (milliseconds of CPU) in its cgroup, and at that weight yields to
+        the spare serving the next job (see lifecycle._after_kill)."""
+        if not self.weight_lowered:
+            self.weight_lowered = True
+            cgroups.lower_weight(self.cgroup)
 
     def kill_cgroup(self) -> None:
         """After the verdict is out: the cgroup's CPU weight to the minimum (the dying
         worker's teardown yields to the spare), and on v1 the cgroup kill."""
+        self.lower_weight()
         if self.cgroup.mode == "v1":
             leader = 0
             if self.pidfd is not None and not self.closed:
