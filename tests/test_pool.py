@@ -12,12 +12,10 @@ import functools
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -30,6 +28,7 @@ import pytest
 
 from guardpool import GuardPool, JobResult, Verdict
 from tests import waiting
+from tests.processes import gone
 
 # The workers import "tests.pool_guards" through the host's sys.path (the zygote gets a
 # copy); `pytest` puts only tests/ on it, so add the repository root.
@@ -49,13 +48,6 @@ def make_pool(**kw: Any) -> GuardPool:
 
 # This module's waits are bounded at 3 s (tests/waiting.py's default is 5 s).
 wait_for = functools.partial(waiting.wait_for, timeout=3.0)
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +75,18 @@ def test_submit_returns_value_and_times(pool: GuardPool) -> None:
 def test_large_input_round_trips(pool: GuardPool) -> None:
     payload = "x" * 900_000  # several socket buffers: exercises the pending-output path
     assert run(pool, "echo", payload).value == payload
+
+
+def test_large_inputs_queued_behind_busy_workers_are_written_by_the_manager(
+    pool: GuardPool,
+) -> None:
+    # Submitted at once, most wait for a worker, and the manager writes them: a frame
+    # larger than the socket buffer leaves the rest pending, and the jobs socket is
+    # watched for room (EPOLLOUT) until it is all out. Each job's answer is its own.
+    payloads = [chr(ord("a") + i) * 700_000 for i in range(6)]
+    futures = [pool.submit(G + "echo", p) for p in payloads]
+    assert [f.result(timeout=30).value for f in futures] == payloads
+    assert run(pool, "double", 21).value == 42  # nothing left half written
 
 
 # -- one test per misbehaviour -------------------------------------------------------------
@@ -178,15 +182,6 @@ def test_memory_bomb_hits_the_address_space_limit() -> None:
         assert result.outcome == "error"
         assert result.limit == "memory"
         assert p.submit(G + "double", 5).result(timeout=10).value == 10
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory the workers can write to: as root they run as an unprivileged uid."""
-    path = Path(tempfile.mkdtemp(prefix="guardpool-test-"))
-    path.chmod(0o777)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_bounded_fork_bomb_leaves_no_descendant(pool: GuardPool, shared_dir: Path) -> None:
