@@ -178,6 +178,15 @@ class ManualClock:
 
 
 @pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory the workers can write to: as root they run as an unprivileged uid."""
+    path = Path(tempfile.mkdtemp(prefix="guardpool-test-"))
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
 

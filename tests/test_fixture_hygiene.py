@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from .conftest import PostgresServer, RedisServer, sweep_stale_pg_dirs
+from .processes import running
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,15 +40,6 @@ time.sleep(600)
 """
 
 
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (an orphan is reaped by init once it exits)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 def _start_helper(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
     helper = subprocess.Popen(
         [sys.executable, "-c", HELPER, *args],
@@ -64,7 +56,7 @@ def _start_helper(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
 def _gone_within(pids: list[int], seconds: float) -> list[int]:
     """The pids still running after ``seconds`` (checked every 50 ms)."""
     deadline = time.monotonic() + seconds
-    while (left := [p for p in pids if _running(p)]) and time.monotonic() < deadline:
+    while (left := [p for p in pids if running(p)]) and time.monotonic() < deadline:
         time.sleep(0.05)
     return left
 
@@ -76,14 +68,14 @@ def test_a_redis_server_dies_with_the_process_that_started_it(
     helper, line = _start_helper("redis", str(tmp_path))
     pid = int(line[0])
     try:
-        assert _running(pid)
+        assert running(pid)
         helper.kill()  # SIGKILL: no fixture teardown, no atexit
         helper.wait(timeout=30)
         assert _gone_within([pid], 30) == [], "redis-server outlived its parent"
     finally:
         helper.kill()
         helper.wait(timeout=30)
-        if _running(pid):  # the server this test started, left over: stop it
+        if running(pid):  # the server this test started, left over: stop it
             os.kill(pid, signal.SIGKILL)
 
 
@@ -94,9 +86,9 @@ def test_a_postgres_server_dies_with_the_process_that_started_it_and_is_swept(
     helper, line = _start_helper("postgres")
     root, pids = Path(line[0]), [int(p) for p in line[1:]]
     try:
-        assert _running(pids[0])
+        assert running(pids[0])
         # the postmaster and its background processes (a backend may have left already)
-        pids = [p for p in pids if _running(p)]
+        pids = [p for p in pids if running(p)]
         assert len(pids) > 1
         assert str(helper.pid) in root.name
         helper.kill()
@@ -109,7 +101,7 @@ def test_a_postgres_server_dies_with_the_process_that_started_it_and_is_swept(
     finally:
         helper.kill()  # when an assertion above failed before the kill
         helper.wait(timeout=30)
-        if _running(pids[0]):
+        if running(pids[0]):
             os.kill(pids[0], signal.SIGQUIT)
             _gone_within(pids, 30)
         shutil.rmtree(root, ignore_errors=True)

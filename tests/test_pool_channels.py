@@ -9,11 +9,8 @@ returns on time; the worker sleeps in one ``recv`` per job.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +21,7 @@ from guardpool.runner import dispatch, lifecycle
 from guardpool.runner.manager import Manager
 from guardpool.runner.worker_link import WorkerLink
 from guardpool.worker import cgroups
+from tests.processes import gone
 from tests.waiting import wait_for
 
 G = "tests.pool_guards:"
@@ -43,23 +41,6 @@ def in_thread(fn: Any, limit: float = 30.0) -> JobResult:
     thread.join(limit)
     assert not thread.is_alive(), "the caller never woke up"
     return out[0]
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory the workers can write to: as root they run as an unprivileged uid."""
-    path = Path(tempfile.mkdtemp(prefix="guardpool-test-"))
-    path.chmod(0o777)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_wake_reader_wakes_a_thread_asleep_in_recv() -> None:

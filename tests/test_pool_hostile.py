@@ -20,11 +20,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from guardpool import GuardPool, PolicyError
 from guardpool.runner.results import PoolBroken
+from tests import processes
 from tests.waiting import wait_for
 
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -34,13 +34,6 @@ if ROOT not in sys.path:
 G = "tests.pool_guards:"
 PRELOAD = ["tests.pool_guards"]
 IS_ROOT = os.geteuid() == 0
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _pids_hierarchy() -> str:
@@ -172,7 +165,7 @@ def test_zygote_killed_mid_run_heals_and_serves() -> None:
         stats = pool.stats()
         assert stats.zygote_restarts == 1
         assert stats.state == "running"
-        assert wait_for(lambda: not any(alive(p) for p in old_workers))
+        assert wait_for(lambda: not any(processes.running(p) for p in old_workers))
         # The dead zygote's cgroups were removed by the host (none are left behind).
         old_dirs = [Path(mount) / f"guardpool-{old_zygote}" for mount in ("/sys/fs/cgroup/pids",)]
         if IS_ROOT and Path("/sys/fs/cgroup/pids/cgroup.procs").exists():
@@ -209,7 +202,7 @@ def test_fork_refused_with_eagain_heals() -> None:
         # No worker: a job is answered fail-closed by its own deadline.
         waiting = pool.submit(G + "double", 1, timeout_ms=200).result(timeout=10)
         assert (waiting.outcome, waiting.worker_pid) == ("timeout", 0)
-        assert alive(zygote)
+        assert processes.running(zygote)
         (cgroup / "pids.max").write_text("50")
         healed = pool.submit(G + "double", 2, timeout_ms=10_000).result(timeout=15)
         assert healed.value == 4

@@ -8,8 +8,8 @@ Data flow (manager thread only)::
         Ready ─► _on_ready: idle (the spare), start-up bookkeeping
         retire ─► _forget + _spawn (recycled: RSS, job count, MemoryError)
         violation ─► _protocol_violation: kill, crash verdict, replace
-  queued jobs + idle workers ─► _dispatch ─► _send (non-blocking; a dup'ed fd carries
-                     EPOLLOUT while a large job is still being written)
+  queued jobs + idle workers ─► _dispatch ─► _send (non-blocking; the jobs socket is
+                     watched for EPOLLOUT while a large job is still being written)
   deadline kill (any thread) ─► _after_kill: unwatched; SPAWN_DEFER_S later _bury
                      (v1 cgroup kill, close) and replace
   pidfd readable / EOF ─► _on_gone: last answers read, closed, replaced; the job's
@@ -86,7 +86,7 @@ class WorkerLifecycle:
 
     def _send(self, worker: WorkerLink, task: Task) -> None:
         """Manager thread: write non-blocking; the rest when the socket has room."""
-        if worker.gone or worker.wfd >= 0:
+        if worker.gone or worker.writing:
             return
         if worker.rlock.acquire(False):
             try:
@@ -96,17 +96,15 @@ class WorkerLifecycle:
         else:
             worker.missed = True  # its holder hands it back; we then watch it
         if worker.write(task.frame):
-            # A dup of the socket carries the EPOLLOUT interest, so the read interest
-            # (switched by waiting callers, see dispatch.py) is never disturbed.
-            worker.wfd = os.dup(worker.jfd)
-            self._register(worker.wfd, _OUT, "wsock", worker)
+            # The jobs socket is watched only while a frame is half written.
+            worker.writing = True
+            self._register(worker.jfd, _OUT, "wsock", worker)
 
     def _flush(self, worker: WorkerLink) -> None:
         if worker.gone or worker.flush():
             return
-        self._unregister(worker.wfd)
-        os.close(worker.wfd)
-        worker.wfd = -1
+        self._unregister(worker.jfd)
+        worker.writing = False
 
     def _read_worker(self, worker: WorkerLink) -> bool:
         """Read and handle what a worker sent, unless a caller is reading it right now.
@@ -182,6 +180,9 @@ class WorkerLifecycle:
         self._unregister(worker.fd)
         if worker.pidfd is not None:
             self._unregister(worker.pidfd)
+        if worker.writing:  # a half-written job: its dead peer makes the socket writable
+            self._unregister(worker.jfd)
+            worker.writing = False
         self.dying.append(worker)
         disp = self.disp
         if len(disp.idle) + disp.busy >= disp.n_workers:
@@ -316,8 +317,8 @@ class WorkerLifecycle:
         self._unregister(worker.fd)
         if worker.pidfd is not None:
             self._unregister(worker.pidfd)
-        if worker.wfd >= 0:
-            self._unregister(worker.wfd)
+        if worker.writing:
+            self._unregister(worker.jfd)
         self._close_fds(worker)
 
     def _close_fds(self, worker: WorkerLink) -> None:

@@ -77,7 +77,7 @@ class WorkerLink:
         "undelivered",
         "wbuf",
         "weight_lowered",
-        "wfd",
+        "writing",
     )
 
     def __init__(
@@ -115,7 +115,9 @@ class WorkerLink:
         # answer may hand the worker its next job and re-arm it in the same breath).
         self.rlock = threading.RLock()
         self.events = select.EPOLLIN  # the manager's epoll interest in ``fd``
-        self.wfd = -1  # a dup of ``jfd`` watched for EPOLLOUT while ``wbuf`` is pending
+        # ``jfd`` is in the manager's epoll set (EPOLLOUT) while ``wbuf`` is pending. Jobs
+        # have their own socket (nothing reads it on this side), so no dup is needed.
+        self.writing = False
         # The receive time limit (SO_RCVTIMEO, seconds) last set on ``sock``; 0: none.
         self.rcvtimeo = 0.0
         self.missed = False  # the manager found the socket readable while rlock was held
@@ -201,9 +203,6 @@ class WorkerLink:
         self.closed = True
         self.sock.close()
         self.jobs.close()
-        if self.wfd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self.wfd)
         if self.pidfd is not None:
             with contextlib.suppress(OSError):
                 os.close(self.pidfd)
