@@ -42,9 +42,8 @@ def test_short_jobs_cost_at_most_their_time_and_a_long_one_is_counted_exactly(
     pool: GuardPool,
 ) -> None:
     # Enough short jobs to pass several exact readings (every 15th job) and the
-    # estimated ones in between. (An estimate is the job's wall time in the worker,
-    # an exact reading also counts what the worker did between jobs: neither is
-    # bounded by the host's wall time, but neither is ever negative.)
+    # estimated ones in between (a short job is counted at its wall time in the
+    # worker, the exact reading included: never negative).
     pids = set()
     for i in range(40):
         result = pool.submit(G + "double", i).result(timeout=10)
@@ -58,6 +57,20 @@ def test_short_jobs_cost_at_most_their_time_and_a_long_one_is_counted_exactly(
     assert burnt.cpu_ms >= 80 - 15 * 0.2, burnt
     pids.add(burnt.worker_pid)
     assert len(pids) == 1  # one worker served them all: no crash, no recycling
+
+
+def test_the_short_job_that_takes_the_exact_reading_reports_its_own_time(
+    pool: GuardPool,
+) -> None:
+    # Every 15th short job reads getrusage; it used to report the whole reading since
+    # the last one minus the wall times of the short jobs in between, that is the
+    # worker's own work between those jobs (receiving, sending: ~140 us for 14 jobs),
+    # 30-100x its own time and more than its round trip. A job's CPU time in the
+    # worker never exceeds the wall time the host measured around it.
+    results = [pool.submit(G + "double", i).result(timeout=10) for i in range(120)]
+    assert all(r.outcome == "ok" for r in results)
+    over = [(i, r.cpu_ms, r.wall_ms) for i, r in enumerate(results) if r.cpu_ms > r.wall_ms]
+    assert over == [], over
 
 
 def test_memory_recycling_still_sees_growth_made_of_short_jobs() -> None:

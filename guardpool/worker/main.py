@@ -145,7 +145,9 @@ BIG_FRAME = 64 * 1024
 # (2-3.5 us, a system call) is a tenth of such a job's round trip. Every SYNC_EVERY-th
 # job, every longer one and every failed one reads ``getrusage`` as before, which puts
 # the CPU total (and the peak RSS that decides recycling) right again: the estimate
-# of the CPU total is off by at most the (wall - CPU) of the short jobs since.
+# of the CPU total is off by at most the (wall - CPU) of the short jobs since. The
+# worker's own work between short jobs (receiving, answering) is counted to none of
+# them; a longer job's reading may include it (at most SYNC_EVERY jobs' worth).
 FAST_JOB_MS = 0.2
 SYNC_EVERY = 15
 
@@ -410,7 +412,8 @@ class Worker:
                 # answer on the worker's channel (the host would see a second answer).
                 os._exit(0)
         wall = (time.monotonic() - woke) * 1000.0
-        if wall < FAST_JOB_MS and self.unsynced and error is None:
+        short = wall < FAST_JOB_MS and error is None
+        if short and self.unsynced:
             # A short job: its wall time bounds its CPU time (see FAST_JOB_MS).
             self.unsynced -= 1
             total = start + wall
@@ -422,9 +425,15 @@ class Worker:
             rss_kb = self.rss_kb = ru.ru_maxrss
             self.unsynced = SYNC_EVERY
         self.cpu_total = total
-        cpu = total - start
-        if cpu < 0.0:
-            cpu = 0.0  # the short jobs before it were counted at their wall time
+        if short:
+            # Also the short job that takes the exact reading: ``start`` added up the
+            # wall times of the short jobs before it, so ``total - start`` would give
+            # it what they over-counted (it read 0 ms at times), not its own time.
+            cpu = wall
+        else:
+            cpu = total - start
+            if cpu < 0.0:
+                cpu = 0.0  # the short jobs before it were counted at their wall time
         if self.fires_at - total < KEEP_ARMED_MS:
             signal.setitimer(signal.ITIMER_PROF, 0)
             self.armed_budget = -1
