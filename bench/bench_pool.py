@@ -5,6 +5,7 @@
     .venv/bin/python bench/bench_pool.py --ratios 5 # sections 1-2 only, 5 times: medians
     .venv/bin/python bench/bench_pool.py --tails    # sections 3-4 only (the p99 goals)
     .venv/bin/python bench/bench_pool.py --split 3  # section 1 only, each side's CPU per call
+    .venv/bin/python bench/bench_pool.py --placement 3  # section 1, both sides on one CPU / two
 
 1. one-at-a-time round trip, trivial function, 1 KB input: GuardPool vs a raw
    socketpair+msgspec floor (a forked child echoing length-framed messages), vs
@@ -495,6 +496,65 @@ def split_round_trip(times: int, n: int = 3000) -> int:
     return 0
 
 
+def placement_round_trip(times: int, n: int = 6000) -> int:
+    """Section 1 with the CPUs of both sides fixed, for the floor and GuardPool alike:
+    caller and answerer on one CPU, on two, and left to the scheduler ("free").
+
+    On a 2-vCPU VM the scheduler keeps a pair of processes on one CPU or spreads it
+    over two, and keeps doing so for a while; a message to a process on an idle vCPU
+    costs a wake-up of that vCPU, and the woken side then runs with cold caches. The
+    floor's pair and the pool's are not always placed alike, so the free ratio mixes
+    the code's cost with the placement's. Pinned, both meet the same conditions.
+    Needs 2 CPUs or more.
+    """
+    import threading
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        print("placement: needs two CPUs")
+        return 2
+    payload = b"x" * 1024
+    me = threading.get_native_id()
+    call, floor_pid, close = floor_echo(payload)
+    ratios: dict[str, list[float]] = {"one CPU": [], "two CPUs": [], "free": []}
+    try:
+        with GuardPool(workers=1, preload=[HERE], max_jobs_per_worker=1_000_000) as pool:
+
+            def gp() -> JobResult:
+                return pool.submit(f"{HERE}:echo", payload).result()
+
+            worker = gp().worker_pid
+            for i in range(times):
+                for mode, ratio in ratios.items():
+                    caller, answerer = {
+                        "one CPU": ({cpus[0]}, {cpus[0]}),
+                        "two CPUs": ({cpus[0]}, {cpus[1]}),
+                        "free": (set(cpus), set(cpus)),
+                    }[mode]
+                    os.sched_setaffinity(me, caller)
+                    for pid in (floor_pid, worker):
+                        os.sched_setaffinity(pid, answerer)
+                    res = interleaved(n, {"floor": call, "GuardPool": gp})
+                    f, g = statistics.median(res["floor"]), statistics.median(res["GuardPool"])
+                    ratio.append(g / f)
+                    print(
+                        f"run {i + 1} {mode:9} floor {f:6.1f} µs  GuardPool {g:6.1f} µs  "
+                        f"GuardPool/floor {g / f:.2f}x",
+                        flush=True,
+                    )
+                    if gp().worker_pid != worker:
+                        raise RuntimeError("the worker was replaced during the run")
+    finally:
+        os.sched_setaffinity(me, set(cpus))
+        close()
+    print(
+        f"medians of {times}: GuardPool/floor "
+        + ", ".join(f"{mode} {statistics.median(r):.2f}x" for mode, r in ratios.items())
+        + " (goal <= 1.5x)"
+    )
+    return 0
+
+
 def load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -544,8 +604,16 @@ def main() -> int:
         metavar="N",
         help="only section 1, N times, with each side's CPU time per call (where it goes)",
     )
+    parser.add_argument(
+        "--placement",
+        type=int,
+        metavar="N",
+        help="only section 1, N times, with both sides pinned to one CPU, to two, and free",
+    )
     args = parser.parse_args()
     print(f"[{load()} at the start]")
+    if args.placement:
+        return placement_round_trip(args.placement)
     if args.ratios:
         return repeated_ratios(args.ratios)
     if args.split:
