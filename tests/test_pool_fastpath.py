@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import psutil
 import pytest
 
 from guardpool import GuardPool, Verdict
@@ -71,6 +73,21 @@ def test_the_short_job_that_takes_the_exact_reading_reports_its_own_time(
     assert all(r.outcome == "ok" for r in results)
     over = [(i, r.cpu_ms, r.wall_ms) for i, r in enumerate(results) if r.cpu_ms > r.wall_ms]
     assert over == [], over
+
+
+def test_a_worker_stops_looking_for_work_soon_after_its_last_answer(pool: GuardPool) -> None:
+    # After each answer a worker polls for its next job for a few tens of microseconds
+    # (worker/main.py, IDLE_SPIN_S) before it sleeps. Idle for a second, it must use
+    # next to no CPU: a spin that never ended would use all of that second.
+    pids = {pool.submit(G + "pid", None).result(timeout=10).value for _ in range(200)}
+    assert len(pids) == 1
+    worker = psutil.Process(pids.pop())
+    time.sleep(0.2)
+    before = sum(worker.cpu_times()[:2])
+    time.sleep(1.0)
+    used = sum(worker.cpu_times()[:2]) - before
+    assert used < 0.05, f"an idle worker used {used * 1000:.0f} ms of CPU in a second"
+    assert pool.submit(G + "double", 4).result(timeout=10).value == 8
 
 
 def test_memory_recycling_still_sees_growth_made_of_short_jobs() -> None:
