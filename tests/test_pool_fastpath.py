@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from guardpool import GuardPool, Verdict
+from guardpool.policy.errors import PolicyError
 from guardpool.runner.dispatch import _guard_answer
 from guardpool.runner.worker_link import DECODER, GUARD_DECODER
 from guardpool.worker import protocol
@@ -88,6 +89,30 @@ def test_a_worker_stops_looking_for_work_soon_after_its_last_answer(pool: GuardP
     used = sum(worker.cpu_times()[:2]) - before
     assert used < 0.05, f"an idle worker used {used * 1000:.0f} ms of CPU in a second"
     assert pool.submit(G + "double", 4).result(timeout=10).value == 8
+
+
+@pytest.mark.parametrize("idle_poll_us", [0, 1000])
+def test_idle_poll_us_reaches_the_workers_and_either_end_of_it_serves(idle_poll_us: int) -> None:
+    # 0: a worker sleeps in recv at once; 1000 (the most): it looks for 1 ms, then
+    # sleeps all the same. Either way every job is answered by the same worker.
+    with GuardPool(workers=1, preload=PRELOAD, idle_poll_us=idle_poll_us) as p:
+        probe = p.submit("guardpool.worker.probe:probe", None).result(timeout=10).value
+        assert probe["idle_poll_us"] == idle_poll_us
+        results = [p.submit(G + "double", i).result(timeout=10) for i in range(100)]
+        assert [r.value for r in results] == [2 * i for i in range(100)]
+        assert len({r.worker_pid for r in results}) == 1
+        worker = psutil.Process(results[0].worker_pid)
+        time.sleep(0.2)
+        before = sum(worker.cpu_times()[:2])
+        time.sleep(1.0)
+        assert sum(worker.cpu_times()[:2]) - before < 0.05
+
+
+@pytest.mark.parametrize("bad", [-1, 1001, True])
+def test_idle_poll_us_out_of_bounds_is_refused_naming_it(bad: int) -> None:
+    with pytest.raises(PolicyError) as err:
+        GuardPool(workers=1, idle_poll_us=bad)
+    assert err.value.key == "pool.idle_poll_us"
 
 
 def test_memory_recycling_still_sees_growth_made_of_short_jobs() -> None:

@@ -22,6 +22,7 @@ FailMode = Literal["deny", "allow"]
 Workers = Annotated[int, msgspec.Meta(le=bounds.MAX_WORKERS)]
 JobMs = Annotated[int, msgspec.Meta(le=bounds.MAX_JOB_MS)]
 MemoryMb = Annotated[int, msgspec.Meta(le=bounds.MAX_MEMORY_MB)]
+IdlePollUs = Annotated[int, msgspec.Meta(le=bounds.MAX_IDLE_POLL_US)]
 JobsPerWorker = Annotated[int, msgspec.Meta(le=bounds.MAX_JOBS_PER_WORKER)]
 InputBytes = Annotated[int, msgspec.Meta(le=bounds.MAX_INPUT_BYTES)]
 RegexMem = Annotated[int, msgspec.Meta(le=bounds.MAX_REGEX_MEM)]
@@ -51,6 +52,8 @@ class PoolConfig(_Section):
     hardening: Literal["standard", "strict"] = "standard"
     user: str | int | None = None  # started as root, workers drop to this (default: nobody)
     pids_max: int = 64  # per-worker cgroup cap on processes and threads
+    # After answering, a worker looks for its next job this long (µs) before it sleeps.
+    idle_poll_us: IdlePollUs = 50
 
 
 class GuardDefaults(_Section):

@@ -71,6 +71,14 @@ def check_pool(pool: PoolConfig, *, machine: str | None = None) -> None:
                 f"must be at most {_AT_MOST[field]:_} (see docs/limits-and-inputs.md)",
                 key=f"pool.{field}",
             )
+    poll = pool.idle_poll_us
+    if isinstance(poll, bool) or not isinstance(poll, int) or poll < 0:
+        raise PolicyError(f"must be >= 0 (microseconds), not {poll!r}", key="pool.idle_poll_us")
+    if poll > bounds.MAX_IDLE_POLL_US:
+        raise PolicyError(
+            f"must be at most {bounds.MAX_IDLE_POLL_US:_} (see docs/limits-and-inputs.md)",
+            key="pool.idle_poll_us",
+        )
     if pool.max_rss_mb is not None and pool.max_rss_mb > pool.memory_mb:
         raise PolicyError(
             f"max_rss_mb ({pool.max_rss_mb}) is above memory_mb ({pool.memory_mb}): a worker "

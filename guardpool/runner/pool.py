@@ -72,6 +72,7 @@ class GuardPool:
         *,
         user: str | int | None = None,
         pids_max: int | None = None,
+        idle_poll_us: int | None = None,
         config: PoolConfig | None = None,
         import_path: Sequence[str] = (),
     ) -> None:
@@ -86,6 +87,7 @@ class GuardPool:
             "hardening": hardening,
             "user": user,
             "pids_max": pids_max,
+            "idle_poll_us": idle_poll_us,
         }
         base = config if config is not None else PoolConfig()
         cfg = msgspec.structs.replace(
@@ -176,6 +178,7 @@ class GuardPool:
             uid=uid,
             gid=gid,
             pids_max=self._config.pids_max,
+            idle_poll_us=self._config.idle_poll_us,
         )
 
     def _running(self) -> Manager:

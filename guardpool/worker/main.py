@@ -160,6 +160,7 @@ SYNC_EVERY = 15
 # CPUs of a 2-vCPU VM: 84 -> 25 us per round trip; on one CPU 15.3 -> 14.6 us (the
 # yield lets the caller run). Bounded: at most this much CPU per job, and none once
 # the worker sleeps. bench/bench_pool.py --placement measures it in the pool.
+# ``[pool] idle_poll_us`` sets it (setup_worker); 0: sleep at once.
 IDLE_SPIN_S = 50e-6
 
 _CallJob = protocol.CallJob
@@ -227,6 +228,8 @@ def setup_worker(
     tempfile.tempdir = workdir
     cgroups.join(cgroup)
     sandbox.apply_rlimits(setup.memory_mb)
+    global IDLE_SPIN_S
+    IDLE_SPIN_S = setup.idle_poll_us / 1e6  # [pool] idle_poll_us
     if not cgroup.cpu:
         # No CPU cgroup to weigh a fork bomb as one task: lower the priority instead, so
         # its many runnable processes cannot starve the manager thread that kills them
@@ -339,25 +342,27 @@ class Worker:
         clock = time.monotonic
         yield_cpu = os.sched_yield
         dontwait = socket.MSG_DONTWAIT
+        spin = IDLE_SPIN_S
         while True:
             if pending:
                 run(pending.popleft(), clock())
                 continue
             n = -1
-            spun = clock()
-            end = spun + IDLE_SPIN_S
-            while True:  # the next job may come at once (see IDLE_SPIN_S)
-                try:
-                    n = recv_into(buf, 0, dontwait)
-                    break
-                except BlockingIOError:
-                    if clock() >= end:
+            if spin:
+                spun = clock()
+                end = spun + spin
+                while True:  # the next job may come at once (see IDLE_SPIN_S)
+                    try:
+                        n = recv_into(buf, 0, dontwait)
                         break
-                    yield_cpu()
-            woke = clock()
-            # The spin's CPU time is at most its wall time: counted in the running
-            # total (not in the next job's), so the CPU timer is re-armed in time.
-            self.cpu_total += (woke - spun) * 1000.0
+                    except BlockingIOError:
+                        if clock() >= end:
+                            break
+                        yield_cpu()
+                woke = clock()
+                # The look's CPU time is at most its wall time: counted in the running
+                # total (not in the next job's), so the CPU timer is re-armed in time.
+                self.cpu_total += (woke - spun) * 1000.0
             if n < 0:
                 n = recv_into(buf)  # sleeps here until a job comes (see Channel)
                 woke = clock()  # the job's wall time counts from here (see FAST_JOB_MS)

@@ -86,6 +86,7 @@ def probe(_: Any = None) -> dict[str, Any]:
         name: resource.getrlimit(getattr(resource, f"RLIMIT_{name}"))[0]
         for name in ("AS", "NOFILE", "NPROC", "FSIZE", "CORE")
     }
+    from guardpool.worker import main as worker_main
     from guardpool.worker.main import IMPORT_DIR_FDS, _unreadable
 
     return {
@@ -101,6 +102,7 @@ def probe(_: Any = None) -> dict[str, Any]:
         "import_dir_fds": list(IMPORT_DIR_FDS),
         "cgroup": _cgroup_lines(),
         "pids_max": _pids_max(),
+        "idle_poll_us": round(worker_main.IDLE_SPIN_S * 1e6),
         "own_process_group": os.getpgid(0) == pid,
         "no_new_privs": _status_field("NoNewPrivs") == "1",
         "seccomp_mode": int(_status_field("Seccomp") or 0),
