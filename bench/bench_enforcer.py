@@ -213,13 +213,65 @@ def throughput(tmp: Path, n: int, rounds: int) -> None:
             )
 
 
+def idle_poll(tmp: Path, values: list[int], turns: int = 8, per: int = 250) -> None:
+    """check() latency with the latency policy at several ``[pool] idle_poll_us``, in turns.
+
+    check+settle pairs back to back (a check's job then comes 250-350 µs after the last,
+    past a short look for work, docs/pool.md "Seventh pass"); the host's CPU per pair.
+    """
+    runs: dict[int, tuple[Enforcer, Any]] = {}
+    for us in values:
+        cfg = policy(tmp / f"poll-{us}.db", "sqlite", [*BANKS, CALLABLE])
+        cfg["pool"]["idle_poll_us"] = us
+        e = Enforcer.from_config(cfg).start()
+        run = e.run("bench")
+        for _ in range(300):
+            run.settle(run.check(OP), Usage(tokens=90))
+        runs[us] = (e, run)
+    samples: dict[int, list[float]] = {us: [] for us in values}
+    cpu: dict[int, float] = dict.fromkeys(values, 0.0)
+    try:
+        for _ in range(turns):
+            for us, (_e, run) in runs.items():
+                c0 = time.process_time()
+                for _ in range(per):
+                    t = time.perf_counter()
+                    decision = run.check(OP)
+                    samples[us].append((time.perf_counter() - t) * 1e3)
+                    run.settle(decision, Usage(tokens=90))
+                cpu[us] += time.process_time() - c0
+    finally:
+        for e, _run in runs.values():
+            e.close()
+    print(f"check() with [pool] idle_poll_us, {turns} turns x {per} pairs each; {load()}")
+    for us in values:
+        s = samples[us]
+        print(
+            f"   idle_poll_us {us:5}: check p50 {statistics.median(s):.3f} ms, "
+            f"p99 {percentile(s, 0.99):.3f} ms; host CPU per pair "
+            f"{cpu[us] / (turns * per) * 1e6:.0f} µs"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer samples")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--idle-poll",
+        metavar="US,US,...",
+        help="only check() latency at these [pool] idle_poll_us values, e.g. 0,50,500",
+    )
     args = parser.parse_args()
     n = 200 if args.quick else 1000
     with tempfile.TemporaryDirectory() as d:
+        if args.idle_poll:
+            try:
+                values = [int(v) for v in args.idle_poll.split(",")]
+            except ValueError:
+                parser.error(f"--idle-poll: comma-separated integers, not {args.idle_poll!r}")
+            idle_poll(Path(d), values)
+            return
         latency(Path(d), n, args.rounds)
         throughput(Path(d), n, args.rounds)
 
