@@ -18,6 +18,7 @@ from guardpool.policy.config import PoolConfig
 from guardpool.policy.errors import PolicyError
 
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+# Integer settings, each > 0 except those in _ZERO_ALLOWED.
 _POSITIVE = (
     "workers",
     "job_timeout_ms",
@@ -27,7 +28,9 @@ _POSITIVE = (
     "max_jobs_per_worker",
     "max_input_bytes",
     "pids_max",
+    "idle_poll_us",
 )
+_ZERO_ALLOWED = frozenset({"idle_poll_us"})  # 0: the worker sleeps at once
 # Upper bounds (bounds.py says why). The config schema refuses larger values
 # while decoding; these hold for pools built from keyword arguments too.
 _AT_MOST = {
@@ -39,6 +42,7 @@ _AT_MOST = {
     "max_jobs_per_worker": bounds.MAX_JOBS_PER_WORKER,
     "max_input_bytes": bounds.MAX_INPUT_BYTES,
     "pids_max": bounds.MAX_PIDS,
+    "idle_poll_us": bounds.MAX_IDLE_POLL_US,
 }
 DEFAULT_USER = "nobody"
 NOBODY_ID = 65534  # nobody/nogroup on Linux when the account database has no entry
@@ -64,21 +68,16 @@ def check_pool(pool: PoolConfig, *, machine: str | None = None) -> None:
         value = getattr(pool, field)
         if value is None and field in ("workers", "max_rss_mb"):
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise PolicyError(f"must be > 0, not {value!r}", key=f"pool.{field}")
+        zero_ok = field in _ZERO_ALLOWED
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if zero_ok else 1):
+            raise PolicyError(
+                f"must be {'>= 0' if zero_ok else '> 0'}, not {value!r}", key=f"pool.{field}"
+            )
         if value > _AT_MOST[field]:
             raise PolicyError(
                 f"must be at most {_AT_MOST[field]:_} (see docs/limits-and-inputs.md)",
                 key=f"pool.{field}",
             )
-    poll = pool.idle_poll_us
-    if isinstance(poll, bool) or not isinstance(poll, int) or poll < 0:
-        raise PolicyError(f"must be >= 0 (microseconds), not {poll!r}", key="pool.idle_poll_us")
-    if poll > bounds.MAX_IDLE_POLL_US:
-        raise PolicyError(
-            f"must be at most {bounds.MAX_IDLE_POLL_US:_} (see docs/limits-and-inputs.md)",
-            key="pool.idle_poll_us",
-        )
     if pool.max_rss_mb is not None and pool.max_rss_mb > pool.memory_mb:
         raise PolicyError(
             f"max_rss_mb ({pool.max_rss_mb}) is above memory_mb ({pool.memory_mb}): a worker "
