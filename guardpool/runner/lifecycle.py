@@ -177,12 +177,7 @@ class WorkerLifecycle:
         worker.burying = True
         # Stop hearing from it now: its death would wake the level-triggered epoll
         # again and again until it is buried.
-        self._unregister(worker.fd)
-        if worker.pidfd is not None:
-            self._unregister(worker.pidfd)
-        if worker.writing:  # a half-written job: its dead peer makes the socket writable
-            self._unregister(worker.jfd)
-            worker.writing = False
+        self._unwatch(worker)
         self.dying.append(worker)
         disp = self.disp
         if len(disp.idle) + disp.busy >= disp.n_workers:
@@ -314,12 +309,17 @@ class WorkerLifecycle:
         if requeue is not None:
             self.sched.inbox.append(requeue)  # the manager keeps its deadline now
         self.live -= 1
+        self._unwatch(worker)
+        self._close_fds(worker)
+
+    def _unwatch(self, worker: WorkerLink) -> None:
+        """Take every descriptor of ``worker`` out of the epoll set (idempotent)."""
         self._unregister(worker.fd)
         if worker.pidfd is not None:
             self._unregister(worker.pidfd)
-        if worker.writing:
+        if worker.writing:  # a half-written job: its dead peer makes the socket writable
             self._unregister(worker.jfd)
-        self._close_fds(worker)
+            worker.writing = False
 
     def _close_fds(self, worker: WorkerLink) -> None:
         # Never while a caller polls them (it holds rlock): it sends "check" when done.
