@@ -516,7 +516,12 @@ def placement_round_trip(times: int, n: int = 6000) -> int:
     payload = b"x" * 1024
     me = threading.get_native_id()
     call, floor_pid, close = floor_echo(payload)
-    ratios: dict[str, list[float]] = {"one CPU": [], "two CPUs": [], "free": []}
+    placements = {  # mode: (the caller's CPUs, the answering process's CPUs)
+        "one CPU": ({cpus[0]}, {cpus[0]}),
+        "two CPUs": ({cpus[0]}, {cpus[1]}),
+        "free": (set(cpus), set(cpus)),
+    }
+    ratios: dict[str, list[float]] = {mode: [] for mode in placements}
     try:
         with GuardPool(workers=1, preload=[HERE], max_jobs_per_worker=1_000_000) as pool:
 
@@ -525,18 +530,13 @@ def placement_round_trip(times: int, n: int = 6000) -> int:
 
             worker = gp().worker_pid
             for i in range(times):
-                for mode, ratio in ratios.items():
-                    caller, answerer = {
-                        "one CPU": ({cpus[0]}, {cpus[0]}),
-                        "two CPUs": ({cpus[0]}, {cpus[1]}),
-                        "free": (set(cpus), set(cpus)),
-                    }[mode]
+                for mode, (caller, answerer) in placements.items():
                     os.sched_setaffinity(me, caller)
                     for pid in (floor_pid, worker):
                         os.sched_setaffinity(pid, answerer)
                     res = interleaved(n, {"floor": call, "GuardPool": gp})
                     f, g = statistics.median(res["floor"]), statistics.median(res["GuardPool"])
-                    ratio.append(g / f)
+                    ratios[mode].append(g / f)
                     print(
                         f"run {i + 1} {mode:9} floor {f:6.1f} µs  GuardPool {g:6.1f} µs  "
                         f"GuardPool/floor {g / f:.2f}x",

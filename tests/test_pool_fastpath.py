@@ -33,6 +33,15 @@ G = "tests.pool_guards:"
 PRELOAD = ["tests.pool_guards"]
 
 
+def idle_cpu_s(pid: int) -> float:
+    """CPU seconds process ``pid`` uses in one second, from 0.2 s after its last job."""
+    worker = psutil.Process(pid)
+    time.sleep(0.2)
+    before = sum(worker.cpu_times()[:2])
+    time.sleep(1.0)
+    return float(sum(worker.cpu_times()[:2]) - before)
+
+
 @pytest.fixture(scope="module")
 def pool() -> Iterator[GuardPool]:
     with GuardPool(
@@ -82,11 +91,7 @@ def test_a_worker_stops_looking_for_work_soon_after_its_last_answer(pool: GuardP
     # next to no CPU: a spin that never ended would use all of that second.
     pids = {pool.submit(G + "pid", None).result(timeout=10).value for _ in range(200)}
     assert len(pids) == 1
-    worker = psutil.Process(pids.pop())
-    time.sleep(0.2)
-    before = sum(worker.cpu_times()[:2])
-    time.sleep(1.0)
-    used = sum(worker.cpu_times()[:2]) - before
+    used = idle_cpu_s(pids.pop())
     assert used < 0.05, f"an idle worker used {used * 1000:.0f} ms of CPU in a second"
     assert pool.submit(G + "double", 4).result(timeout=10).value == 8
 
@@ -101,11 +106,7 @@ def test_idle_poll_us_reaches_the_workers_and_either_end_of_it_serves(idle_poll_
         results = [p.submit(G + "double", i).result(timeout=10) for i in range(100)]
         assert [r.value for r in results] == [2 * i for i in range(100)]
         assert len({r.worker_pid for r in results}) == 1
-        worker = psutil.Process(results[0].worker_pid)
-        time.sleep(0.2)
-        before = sum(worker.cpu_times()[:2])
-        time.sleep(1.0)
-        assert sum(worker.cpu_times()[:2]) - before < 0.05
+        assert idle_cpu_s(results[0].worker_pid) < 0.05
 
 
 @pytest.mark.parametrize("bad", [-1, 1001, True])

@@ -125,9 +125,9 @@ class ForwardingHandler(logging.Handler):
 # the next job re-arms it anyway, and the idle worker blocked in recv uses no CPU, so
 # the timer can only fire if the few microseconds of work between answering and
 # re-arming (send the answer, look for the next job for at most IDLE_SPIN_S, decode
-# it) grew to 100 ms. Below this the timer
-# is disarmed as before, so a job that used most of its budget cannot leave a timer
-# that fires while the worker waits for (or decodes) its next job.
+# it) grew to 100 ms. Below this the timer is disarmed as before, so a job that used
+# most of its budget cannot leave a timer that fires while the worker waits for (or
+# decodes) its next job.
 KEEP_ARMED_MS = 100.0
 
 # The timer is armed with the job's budget plus a slack (ARM_SLACK_MS, or a 32nd of a

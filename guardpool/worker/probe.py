@@ -87,7 +87,6 @@ def probe(_: Any = None) -> dict[str, Any]:
         for name in ("AS", "NOFILE", "NPROC", "FSIZE", "CORE")
     }
     from guardpool.worker import main as worker_main
-    from guardpool.worker.main import IMPORT_DIR_FDS, _unreadable
 
     return {
         "pid": pid,
@@ -98,8 +97,8 @@ def probe(_: Any = None) -> dict[str, Any]:
         "gid": os.getgid(),
         "groups": os.getgroups(),
         "cwd_owner": os.stat(".").st_uid,
-        "unreadable": _unreadable(),
-        "import_dir_fds": list(IMPORT_DIR_FDS),
+        "unreadable": worker_main._unreadable(),
+        "import_dir_fds": list(worker_main.IMPORT_DIR_FDS),
         "cgroup": _cgroup_lines(),
         "pids_max": _pids_max(),
         "idle_poll_us": round(worker_main.IDLE_SPIN_S * 1e6),
