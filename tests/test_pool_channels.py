@@ -182,3 +182,77 @@ def test_a_host_with_a_thousand_descriptors_open_still_meets_deadlines() -> None
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+class _CrossingEpoll:
+    """The manager's epoll, with one interleaving forced (see the test below).
+
+    When armed, the manager's switch-off of one socket (``modify(fd, 0)``, made
+    without the socket's lock because a caller holds it) waits until a caller thread
+    has switched the same socket on, and only then reaches the kernel: the two
+    writes cross, as two threads can order them on their own.
+    """
+
+    def __init__(self, ep: Any, manager_ident: int) -> None:
+        self.ep = ep
+        self.manager_ident = manager_ident
+        self.fd = -1  # armed for this socket
+        self.caller_switched_on = threading.Event()
+        self.crossed = threading.Event()
+
+    def modify(self, fd: int, events: int) -> None:
+        mine = threading.get_ident() == self.manager_ident
+        if fd == self.fd and mine and events == 0 and not self.crossed.is_set():
+            self.caller_switched_on.wait(5)
+            self.crossed.set()
+        self.ep.modify(fd, events)
+        if fd == self.fd and not mine and events:
+            self.caller_switched_on.set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ep, name)
+
+
+def test_the_manager_watches_a_socket_whose_switch_off_crossed_a_callers_switch_on() -> None:
+    # The manager, finding a socket readable while a caller holds its lock, switches
+    # its own interest off without the lock; the caller, handing the worker its next
+    # job (one somebody waits for by callback), switches it on. Crossed, the kernel
+    # kept "off" while both threads believed "on": the next answer was never read and
+    # its job timed out at the deadline (seen once in the suite: 8 threads x 40 jobs,
+    # every job after the stall a timeout).
+    with make_pool(job_timeout_ms=10_000) as p:
+        manager = p._running()
+        first = p.submit(G + "sleep", 0.3)
+        worker = first.worker  # type: ignore[attr-defined]
+        assert worker is not None
+        caller = threading.Thread(target=first.result, daemon=True)
+        caller.start()
+        # The caller holds the worker's lock while it waits in recv.
+        assert wait_for(lambda: not _acquired_and_released(worker.rlock))
+        second = p.submit(G + "sleep", 0.1)  # queued: the one worker is busy
+        # Its caller finds no worker to read and waits on the job's condition: the
+        # manager must read the answer for it.
+        got: list[JobResult] = []
+        waiter = threading.Thread(target=lambda: got.append(second.result()), daemon=True)
+        waiter.start()
+        assert wait_for(lambda: second.watched)  # type: ignore[attr-defined]
+        crossing = _CrossingEpoll(manager.ep, manager.disp.manager_ident)
+        manager.ep = manager.disp.ep = crossing  # type: ignore[assignment]
+        crossing.fd = worker.fd
+        # Watching the first job too sends the manager to the socket, which it finds
+        # locked: its switch-off then waits for the caller's switch-on, which comes
+        # when the caller hands the worker the second job.
+        first.add_done_callback(lambda f: None)
+        caller.join(10)
+        assert crossing.crossed.wait(5)
+        waiter.join(30)
+        assert got and got[0].outcome == "ok", got
+        # Read when it came, not found at the deadline (10 s; the job sleeps 0.1 s).
+        assert got[0].wall_ms < 5000, got
+
+
+def _acquired_and_released(lock: Any) -> bool:
+    if lock.acquire(False):
+        lock.release()
+        return True
+    return False

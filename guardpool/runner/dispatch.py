@@ -190,9 +190,12 @@ class Dispatcher:
         # Written here, read here: the manager need not watch for the answer.
         task.quiet = True
         if worker.events != (EPOLLIN if task.watched else 0):
-            with worker.rlock:
+            worker.rlock.acquire()
+            try:
                 if worker.events != (EPOLLIN if task.watched else 0):
                     self.set_read(worker, self.wanted(worker))
+            finally:
+                self.hand_back(worker)
         try:
             sent = worker.jobs.send(frame, MSG_NOSIGNAL)
         except BlockingIOError:
@@ -216,6 +219,18 @@ class Dispatcher:
         if task is None or (task.quiet and not task.watched):
             return 0
         return select.EPOLLIN
+
+    def hand_back(self, worker: WorkerLink) -> None:
+        """Let go of ``worker.rlock`` (any thread but the manager's).
+
+        The manager, finding the lock held, leaves a note (``missed``): it may have
+        switched its interest off, or left a dead worker's descriptors open. A notice
+        sends it back to the socket. Every holder but the manager lets go here: a holder
+        that let go without looking left the socket unwatched (a stall to the deadline).
+        """
+        worker.rlock.release()
+        if worker.missed or worker.gone:
+            self.post(("check", worker))
 
     def set_read(self, worker: WorkerLink, events: int) -> None:
         """Switch the manager's interest in the socket; hold ``worker.rlock``."""
@@ -283,9 +298,7 @@ class Dispatcher:
                 if killed is not None:
                     self.post(("killed", killed))
         finally:
-            rlock.release()
-            if worker.missed or worker.gone:
-                self.post(("check", worker))
+            self.hand_back(worker)
 
     def _read_until(self, worker: WorkerLink, task: Task, end: float) -> None:
         sock = worker.sock

@@ -88,17 +88,25 @@ class WorkerLifecycle:
         """Manager thread: write non-blocking; the rest when the socket has room."""
         if worker.gone or worker.writing:
             return
-        if worker.rlock.acquire(False):
+        if self._hold(worker):
             try:
                 self.disp.set_read(worker, _IN)
             finally:
                 worker.rlock.release()
-        else:
-            worker.missed = True  # its holder hands it back; we then watch it
         if worker.write(task.frame):
             # The jobs socket is watched only while a frame is half written.
             worker.writing = True
             self._register(worker.jfd, _OUT, "wsock", worker)
+
+    @staticmethod
+    def _hold(worker: WorkerLink) -> bool:
+        """Take ``worker.rlock`` or leave its holder a note (``missed``): the holder then
+        sends "check" when it lets go (``Dispatcher.hand_back``). Tried again after the
+        note, which a holder letting go meanwhile may not have seen."""
+        if worker.rlock.acquire(False):
+            return True
+        worker.missed = True
+        return worker.rlock.acquire(False)
 
     def _flush(self, worker: WorkerLink) -> None:
         if worker.gone or worker.flush():
@@ -126,7 +134,13 @@ class WorkerLifecycle:
                 return True
         alive = True
         try:
-            worker.missed = False
+            if worker.missed:
+                # A switch-off made without the lock (above) can cross the holder's
+                # switch-on: the kernel keeps "off" while ``events`` says "on", and an
+                # answer nobody else reads waits for the deadline. Written again, not
+                # trusted (test_pool_channels: ..._crossed_a_callers_switch_on).
+                worker.missed = False
+                worker.events = -1
             if worker.closed:
                 return True
             self.disp.set_read(worker, self.disp.wanted(worker))
@@ -323,7 +337,7 @@ class WorkerLifecycle:
 
     def _close_fds(self, worker: WorkerLink) -> None:
         # Never while a caller polls them (it holds rlock): it sends "check" when done.
-        if worker.rlock.acquire(False):
+        if self._hold(worker):
             try:
                 worker.close_fds()
             finally:
