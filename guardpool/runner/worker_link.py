@@ -114,13 +114,17 @@ class WorkerLink:
         # Held by the one thread reading the socket (re-entrant: a caller that reads an
         # answer may hand the worker its next job and re-arm it in the same breath).
         self.rlock = threading.RLock()
-        self.events = select.EPOLLIN  # the manager's epoll interest in ``fd``
+        # The manager's epoll interest in ``fd`` as last written (-1: unknown, to be
+        # written again; see lifecycle._read_worker).
+        self.events = select.EPOLLIN
         # ``jfd`` is in the manager's epoll set (EPOLLOUT) while ``wbuf`` is pending. Jobs
         # have their own socket (nothing reads it on this side), so no dup is needed.
         self.writing = False
         # The receive time limit (SO_RCVTIMEO, seconds) last set on ``sock``; 0: none.
         self.rcvtimeo = 0.0
-        self.missed = False  # the manager found the socket readable while rlock was held
+        # The manager found rlock held when it wanted the socket: the holder sends it a
+        # "check" notice when it lets go (dispatch.hand_back).
+        self.missed = False
         self.undelivered = False  # a job's frame could not be written at all (EPIPE)
         # Its /proc/PID/stat, opened now: read for the CPU time of a job killed at its
         # deadline, where opening the path of a dying process is slow (procfs.py).
