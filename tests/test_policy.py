@@ -179,8 +179,8 @@ KEY = {"name": "k", "deny_regex": ["AKIA[0-9A-Z]{16}"]}
         ({"pool": {"max_input_bytes": -1}}, "pool.max_input_bytes", "> 0"),
         ({"pool": {"idle_poll_us": -1}}, "pool.idle_poll_us", ">= 0"),
         ({"pool": {"idle_poll_us": 1001}}, "pool.idle_poll_us", "at most 1_000"),
-        ({"pool": {"idle_poll_us": True}}, "pool.idle_poll_us", "Expected `int`"),
-        ({"pool": {"idle_poll_us": 2.5}}, "pool.idle_poll_us", "Expected `int`"),
+        ({"pool": {"idle_poll_us": True}}, "pool.idle_poll_us", "Expected `int | null`"),
+        ({"pool": {"idle_poll_us": 2.5}}, "pool.idle_poll_us", "Expected `int | null`"),
         ({"colour": "blue"}, "colour", "unknown key 'colour'"),
     ],
 )

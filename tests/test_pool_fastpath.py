@@ -8,6 +8,7 @@ workers, real signals; no wall-clock bounds beyond generous ones.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -107,6 +108,29 @@ def test_idle_poll_us_reaches_the_workers_and_either_end_of_it_serves(idle_poll_
         assert [r.value for r in results] == [2 * i for i in range(100)]
         assert len({r.worker_pid for r in results}) == 1
         assert idle_cpu_s(results[0].worker_pid) < 0.05
+
+
+@pytest.mark.parametrize("given", [None, 50])
+def test_idle_poll_us_unset_is_off_for_a_worker_on_one_cpu_and_50_otherwise(
+    given: int | None,
+) -> None:
+    # On one CPU the caller the worker waits for runs on that same CPU: looking only
+    # takes turns with it. Unset, the worker decides from the CPUs it may run on
+    # (inherited from the thread that started the pool); a value given is kept.
+    cpus = sorted(os.sched_getaffinity(0))
+    try:
+        os.sched_setaffinity(0, cpus[:1])
+        with GuardPool(workers=1, preload=PRELOAD, idle_poll_us=given) as p:
+            one = p.submit("guardpool.worker.probe:probe", None).result(timeout=10).value
+            assert p.submit(G + "double", 4).result(timeout=10).value == 8
+    finally:
+        os.sched_setaffinity(0, cpus)
+    assert one["cpus"] == 1
+    assert one["idle_poll_us"] == (0 if given is None else given)
+    with GuardPool(workers=1, preload=PRELOAD, idle_poll_us=given) as p:
+        free = p.submit("guardpool.worker.probe:probe", None).result(timeout=10).value
+    assert free["cpus"] == len(cpus)
+    assert free["idle_poll_us"] == (50 if len(cpus) > 1 or given is not None else 0)
 
 
 @pytest.mark.parametrize("bad", [-1, 1001, True])

@@ -53,7 +53,8 @@ class PoolConfig(_Section):
     user: str | int | None = None  # started as root, workers drop to this (default: nobody)
     pids_max: int = 64  # per-worker cgroup cap on processes and threads
     # After answering, a worker looks for its next job this long (µs) before it sleeps.
-    idle_poll_us: IdlePollUs = 50
+    # Unset: 50, or 0 where the worker may run on one CPU only (worker/main.py idle_look_s).
+    idle_poll_us: IdlePollUs | None = None
 
 
 class GuardDefaults(_Section):

@@ -66,7 +66,7 @@ def check_pool(pool: PoolConfig, *, machine: str | None = None) -> None:
 
     for field in _POSITIVE:
         value = getattr(pool, field)
-        if value is None and field in ("workers", "max_rss_mb"):
+        if value is None and field in ("workers", "max_rss_mb", "idle_poll_us"):
             continue
         zero_ok = field in _ZERO_ALLOWED
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if zero_ok else 1):

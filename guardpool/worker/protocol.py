@@ -126,7 +126,9 @@ class Setup(msgspec.Struct, tag=True, array_like=True, frozen=True):
     uid: int  # workers drop to this uid/gid before any guard code; -1: keep (host not root)
     gid: int
     pids_max: int  # per-worker cgroup cap on processes (and threads)
-    idle_poll_us: int  # after answering, look for the next job this long before sleeping
+    # After answering, look for the next job this long before sleeping; None: the
+    # worker decides from the CPUs it may run on (worker/main.py idle_look_s).
+    idle_poll_us: int | None
 
 
 class Spawn(msgspec.Struct, tag=True, array_like=True, frozen=True):
