@@ -6,6 +6,7 @@
     .venv/bin/python bench/bench_pool.py --tails    # sections 3-4 only (the p99 goals)
     .venv/bin/python bench/bench_pool.py --split 3  # section 1 only, each side's CPU per call
     .venv/bin/python bench/bench_pool.py --placement 3  # section 1, both sides on one CPU / two
+    taskset -c 0 .venv/bin/python bench/bench_pool.py --look 3  # the worker's look off / on
 
 1. one-at-a-time round trip, trivial function, 1 KB input: GuardPool vs a raw
    socketpair+msgspec floor (a forked child echoing length-framed messages), vs
@@ -555,6 +556,36 @@ def placement_round_trip(times: int, n: int = 6000) -> int:
     return 0
 
 
+def look_round_trip(times: int, n: int = 12000) -> int:
+    """Section 1's GuardPool call with the worker's look for its next job off and on
+    (``idle_poll_us`` 0 and 50), two pools taking turns, on the CPUs this process may
+    use: run under ``taskset -c 0`` to see what an unset ``idle_poll_us`` saves a
+    worker on one CPU (it is then 0; docs/pool.md, "Eighth pass")."""
+    payload = b"x" * 1024
+    cpus = len(os.sched_getaffinity(0))
+    for i in range(times):
+        with (
+            GuardPool(workers=1, preload=[HERE], idle_poll_us=0) as off,
+            GuardPool(workers=1, preload=[HERE], idle_poll_us=50) as on,
+        ):
+            res = interleaved(
+                n,
+                {
+                    "look off": lambda: off.submit(f"{HERE}:echo", payload).result(),
+                    "look 50 µs": lambda: on.submit(f"{HERE}:echo", payload).result(),
+                },
+            )
+        print(
+            f"run {i + 1} ({cpus} CPU{'s' if cpus > 1 else ''}): "
+            + ", ".join(
+                f"{name} p50 {statistics.median(s):.1f} µs p99 {pct(s, 0.99):.1f} µs"
+                for name, s in res.items()
+            ),
+            flush=True,
+        )
+    return 0
+
+
 def load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -610,8 +641,17 @@ def main() -> int:
         metavar="N",
         help="only section 1, N times, with both sides pinned to one CPU, to two, and free",
     )
+    parser.add_argument(
+        "--look",
+        type=int,
+        metavar="N",
+        help="only the pool's round trip with the worker's look off and on, N times "
+        "(run under taskset -c 0 for one CPU)",
+    )
     args = parser.parse_args()
     print(f"[{load()} at the start]")
+    if args.look:
+        return look_round_trip(args.look)
     if args.placement:
         return placement_round_trip(args.placement)
     if args.ratios:
