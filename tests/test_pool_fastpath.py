@@ -111,26 +111,44 @@ def test_idle_poll_us_reaches_the_workers_and_either_end_of_it_serves(idle_poll_
 
 
 @pytest.mark.parametrize("given", [None, 50])
-def test_idle_poll_us_unset_is_off_for_a_worker_on_one_cpu_and_50_otherwise(
-    given: int | None,
-) -> None:
-    # On one CPU the caller the worker waits for runs on that same CPU: looking only
-    # takes turns with it. Unset, the worker decides from the CPUs it may run on
-    # (inherited from the thread that started the pool); a value given is kept.
+def test_idle_poll_us_unset_is_off_on_one_cpu_and_50_otherwise(given: int | None) -> None:
+    # On one CPU each side of the channel waits for the other on that same CPU: looking
+    # only takes turns with it. Unset, the worker decides from the CPUs it may run on
+    # (inherited from the thread that started the pool), the host's caller look from
+    # the host's; a value given is kept by both.
     cpus = sorted(os.sched_getaffinity(0))
     try:
         os.sched_setaffinity(0, cpus[:1])
         with GuardPool(workers=1, preload=PRELOAD, idle_poll_us=given) as p:
             one = p.submit("guardpool.worker.probe:probe", None).result(timeout=10).value
             assert p.submit(G + "double", 4).result(timeout=10).value == 8
+            one_host = p._running().disp.look_s
     finally:
         os.sched_setaffinity(0, cpus)
     assert one["cpus"] == 1
     assert one["idle_poll_us"] == (0 if given is None else given)
+    assert one_host == one["idle_poll_us"] / 1e6
     with GuardPool(workers=1, preload=PRELOAD, idle_poll_us=given) as p:
         free = p.submit("guardpool.worker.probe:probe", None).result(timeout=10).value
+        free_host = p._running().disp.look_s
     assert free["cpus"] == len(cpus)
     assert free["idle_poll_us"] == (50 if len(cpus) > 1 or given is not None else 0)
+    assert free_host == free["idle_poll_us"] / 1e6
+
+
+def test_a_caller_looks_for_its_answer_only_briefly_then_sleeps() -> None:
+    # The longest look (1 ms) before a 0.3 s answer: the caller's thread spends about
+    # that much CPU, then sleeps in recv. A look that did not end would spin 0.3 s.
+    with GuardPool(workers=1, preload=PRELOAD, idle_poll_us=1000) as p:
+        assert p._running().disp.look_s == 0.001
+        p.submit(G + "double", 1).result(timeout=10)
+        spent = []
+        for _ in range(3):
+            future = p.submit(G + "sleep", 0.3)
+            cpu = time.thread_time()
+            assert future.result(timeout=10).value == "slept"
+            spent.append(time.thread_time() - cpu)
+        assert min(spent) < 0.05, spent
 
 
 @pytest.mark.parametrize("bad", [-1, 1001, True])

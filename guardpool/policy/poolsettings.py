@@ -44,8 +44,27 @@ _AT_MOST = {
     "pids_max": bounds.MAX_PIDS,
     "idle_poll_us": bounds.MAX_IDLE_POLL_US,
 }
+DEFAULT_IDLE_POLL_US = 50
 DEFAULT_USER = "nobody"
 NOBODY_ID = 65534  # nobody/nogroup on Linux when the account database has no entry
+
+
+def idle_look_s(configured_us: int | None) -> float:
+    """How long one side of a worker's channel looks for the other's message before it
+    sleeps (``[pool] idle_poll_us``), in seconds: a worker for its next job, a lone
+    waiting caller for its answer.
+
+    On a VM, a process asleep on an idle vCPU is woken through the hypervisor (40-50 µs
+    a message here); one that is still looking is not. Unset: 50 µs, unless this
+    process may run on one CPU only (a container pinned to one, ``taskset``): the other
+    side then runs on that same CPU, so looking only takes turns with it and each turn
+    comes on top of the round trip (1 KB call p50 29 -> 37 µs there, against 78 -> 34
+    µs with two CPUs; docs/pool.md, "Eighth pass"). A value given is taken as it is.
+    """
+    if configured_us is None:
+        one_cpu = len(os.sched_getaffinity(0)) == 1
+        configured_us = 0 if one_cpu else DEFAULT_IDLE_POLL_US
+    return configured_us / 1e6
 
 
 def check_memory_floor(pool: PoolConfig) -> None:

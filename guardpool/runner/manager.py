@@ -45,7 +45,7 @@ from typing import Any
 
 import msgspec
 
-from guardpool.policy import inputs
+from guardpool.policy import inputs, poolsettings
 from guardpool.policy.config import PoolConfig
 from guardpool.runner.dispatch import Dispatcher, Notice
 from guardpool.runner.healing import ZygoteSupervision
@@ -84,7 +84,13 @@ class Manager(ZygoteSupervision, WorkerLifecycle):
         # and will look at the inbox and the notices before sleeping again.
         self.wake_at = 0.0
         self.disp = Dispatcher(
-            self.sched, workers, self.ep, self.post, max_rss_mb * 1024, config.max_jobs_per_worker
+            self.sched,
+            workers,
+            self.ep,
+            self.post,
+            max_rss_mb * 1024,
+            config.max_jobs_per_worker,
+            look_s=poolsettings.idle_look_s(config.idle_poll_us),
         )
         self.counts = self.disp.counts
         self.by_pid: dict[int, WorkerLink] = {}

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from guardpool.policy import inputs
+from guardpool.policy import inputs, poolsettings
 from guardpool.policy.verdict import normalize
 from guardpool.worker import cgroups, context, protocol, sandbox
 
@@ -160,24 +160,8 @@ SYNC_EVERY = 15
 # CPUs of a 2-vCPU VM: 84 -> 25 us per round trip; on one CPU 15.3 -> 14.6 us (the
 # yield lets the caller run). Bounded: at most this much CPU per job, and none once
 # the worker sleeps. bench/bench_pool.py --placement measures it in the pool.
-# ``[pool] idle_poll_us`` sets it (setup_worker, idle_look_s); 0: sleep at once.
+# ``[pool] idle_poll_us`` sets it (setup_worker, poolsettings.idle_look_s); 0: sleep at once.
 IDLE_SPIN_S = 50e-6
-DEFAULT_IDLE_POLL_US = 50
-
-
-def idle_look_s(configured_us: int | None) -> float:
-    """How long this worker looks for its next job (``[pool] idle_poll_us``), in seconds.
-
-    Unset: 50 µs, unless this process may run on one CPU only (a container pinned to
-    one, ``taskset``): the caller it waits for then runs on that same CPU, so the look
-    can only take turns with it, and each turn (a failed read, a yield) comes on top
-    of the round trip: 29 -> 37 µs p50 per 1 KB call there, against 78 -> 34 µs with
-    two CPUs (docs/pool.md, "Eighth pass"). An explicit value is taken as it is.
-    """
-    if configured_us is None:
-        one_cpu = len(os.sched_getaffinity(0)) == 1
-        configured_us = 0 if one_cpu else DEFAULT_IDLE_POLL_US
-    return configured_us / 1e6
 
 
 _CallJob = protocol.CallJob
@@ -246,7 +230,7 @@ def setup_worker(
     cgroups.join(cgroup)
     sandbox.apply_rlimits(setup.memory_mb)
     global IDLE_SPIN_S
-    IDLE_SPIN_S = idle_look_s(setup.idle_poll_us)
+    IDLE_SPIN_S = poolsettings.idle_look_s(setup.idle_poll_us)
     if not cgroup.cpu:
         # No CPU cgroup to weigh a fork bomb as one task: lower the priority instead, so
         # its many runnable processes cannot starve the manager thread that kills them
