@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import select
 import signal
 import socket
@@ -122,10 +123,12 @@ class Dispatcher:
         self.counts = collections.Counter[str]()
         self.manager_ident = 0  # the manager thread's ident, once it runs
         self.healing = False  # the zygote is being restarted (said in timeout reasons)
-        # How long a lone waiting caller looks for its answer before it sleeps in recv
-        # (``[pool] idle_poll_us``, see _read_until), and the threads reading answers now.
+        # How long a waiting caller looks for its answer before it sleeps in recv
+        # (``[pool] idle_poll_us``, see _read_until), the threads reading answers now,
+        # and the CPUs the lookers and the running jobs must fit in.
         self.look_s = look_s
         self.readers: set[int] = set()
+        self.cpus = len(os.sched_getaffinity(0))
 
     def count(self, name: str) -> None:
         with self.mutex:
@@ -295,7 +298,9 @@ class Dispatcher:
             ident = get_ident()
             readers.add(ident)  # set.add/discard: atomic, no lock on this path
             try:
-                self._read_until(worker, task, end, self.look_s if len(readers) == 1 else 0.0)
+                # Racy reads of the counts: they only decide whether to look.
+                spare = len(readers) + self.busy <= self.cpus
+                self._read_until(worker, task, end, self.look_s if spare else 0.0)
             finally:
                 readers.discard(ident)
                 if not worker.gone:
@@ -321,12 +326,13 @@ class Dispatcher:
         # took two. SO_RCVTIMEO is only a backstop should the manager never come: it
         # counts in ticks (5-11 ms late here), and is set only when the wait changes.
         # Waiting less (``result(timeout)``, ``wait``): poll, whose limit is exact.
-        # Before it sleeps, a caller that is the only one reading answers looks for its
-        # answer for ``look`` seconds (non-blocking reads, yielding the CPU between
-        # them), as the worker looks for its next job: on a VM an answer to a thread
-        # asleep on an idle vCPU waits for the hypervisor to wake that vCPU. Only when
-        # alone: with two callers looking on two CPUs, the workers lost their CPUs to
-        # them (8 threads: 9,677 -> 8,252 jobs/s; docs/pool.md, "Eighth pass").
+        # Before it sleeps, a caller looks for its answer for ``look`` seconds
+        # (non-blocking reads, yielding the CPU between them), as the worker looks for
+        # its next job: on a VM an answer to a thread asleep on an idle vCPU waits for
+        # the hypervisor to wake that vCPU. Only while the callers reading answers and
+        # the jobs running fit the CPUs (wait_direct): two callers looking beside two
+        # busy workers on two CPUs took the workers' CPUs (2 threads 33,384 -> 23,902
+        # jobs/s; docs/pool.md, "Eighth pass").
         blocking = end >= task.deadline
         poller: select.poll | None = None
         look_until = monotonic() + look if blocking and look else 0.0
