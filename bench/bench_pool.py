@@ -6,7 +6,7 @@
     .venv/bin/python bench/bench_pool.py --tails    # sections 3-4 only (the p99 goals)
     .venv/bin/python bench/bench_pool.py --split 3  # section 1 only, each side's CPU per call
     .venv/bin/python bench/bench_pool.py --placement 3  # section 1, both sides on one CPU / two
-    taskset -c 0 .venv/bin/python bench/bench_pool.py --look 3  # the worker's look off / on
+    taskset -c 0 .venv/bin/python bench/bench_pool.py --look 3  # idle_poll_us 0 / 50
 
 1. one-at-a-time round trip, trivial function, 1 KB input: GuardPool vs a raw
    socketpair+msgspec floor (a forked child echoing length-framed messages), vs
@@ -557,32 +557,59 @@ def placement_round_trip(times: int, n: int = 6000) -> int:
 
 
 def look_round_trip(times: int, n: int = 12000) -> int:
-    """Section 1's GuardPool call with the worker's look for its next job off and on
-    (``idle_poll_us`` 0 and 50), two pools taking turns, on the CPUs this process may
-    use: run under ``taskset -c 0`` to see what an unset ``idle_poll_us`` saves a
-    worker on one CPU (it is then 0; docs/pool.md, "Eighth pass")."""
+    """The pool with both looks off and on (``idle_poll_us`` 0 and 50: a worker looking
+    for its next job, a caller for its answer), two pools taking turns, on the CPUs this
+    process may use: the one-at-a-time round trip of section 1, then jobs/s from 1, 2
+    and 8 threads each calling one at a time. Run under ``taskset -c 0`` to see what an
+    unset ``idle_poll_us`` saves on one CPU (it is then 0; docs/pool.md, "Eighth pass")."""
+    import threading
+
     payload = b"x" * 1024
     cpus = len(os.sched_getaffinity(0))
+
+    def threaded(pool: GuardPool, threads: int, per: int) -> float:
+        def client() -> None:
+            for _ in range(per):
+                pool.submit(f"{HERE}:echo", payload).result()
+
+        workers = [threading.Thread(target=client) for _ in range(threads)]
+        t = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        return threads * per / (time.perf_counter() - t)
+
     for i in range(times):
         with (
-            GuardPool(workers=1, preload=[HERE], idle_poll_us=0) as off,
-            GuardPool(workers=1, preload=[HERE], idle_poll_us=50) as on,
+            GuardPool(workers=2, preload=[HERE], idle_poll_us=0) as off,
+            GuardPool(workers=2, preload=[HERE], idle_poll_us=50) as on,
         ):
+            pools = {"look off": off, "look 50 µs": on}
             res = interleaved(
                 n,
                 {
-                    "look off": lambda: off.submit(f"{HERE}:echo", payload).result(),
-                    "look 50 µs": lambda: on.submit(f"{HERE}:echo", payload).result(),
+                    name: lambda p=p: p.submit(f"{HERE}:echo", payload).result()
+                    for name, p in pools.items()
                 },
             )
-        print(
-            f"run {i + 1} ({cpus} CPU{'s' if cpus > 1 else ''}): "
-            + ", ".join(
-                f"{name} p50 {statistics.median(s):.1f} µs p99 {pct(s, 0.99):.1f} µs"
-                for name, s in res.items()
-            ),
-            flush=True,
-        )
+            rates: dict[tuple[str, int], list[float]] = {}
+            for _ in range(3):  # turns, as above
+                for threads in (1, 2, 8):
+                    for name, p in pools.items():
+                        rate = threaded(p, threads, 3000 // threads)
+                        rates.setdefault((name, threads), []).append(rate)
+        print(f"run {i + 1} ({cpus} CPU{'s' if cpus > 1 else ''})", flush=True)
+        for name, s in res.items():
+            jobs = ", ".join(
+                f"{t} thread{'s' if t > 1 else ''} {statistics.median(rates[name, t]):,.0f}"
+                for t in (1, 2, 8)
+            )
+            print(
+                f"   {name:10} round trip p50 {statistics.median(s):5.1f} µs "
+                f"p99 {pct(s, 0.99):6.1f} µs; jobs/s: {jobs}",
+                flush=True,
+            )
     return 0
 
 
@@ -645,7 +672,8 @@ def main() -> int:
         "--look",
         type=int,
         metavar="N",
-        help="only the pool's round trip with the worker's look off and on, N times "
+        help="only the pool with its looks (idle_poll_us) off and on, N times: round trip "
+        "and jobs/s from 1, 2, 8 threads "
         "(run under taskset -c 0 for one CPU)",
     )
     args = parser.parse_args()
