@@ -62,9 +62,14 @@ def idle_look_s(configured_us: int | None) -> float:
     µs with two CPUs; docs/pool.md, "Eighth pass"). A value given is taken as it is.
     """
     if configured_us is None:
-        one_cpu = len(os.sched_getaffinity(0)) == 1
-        configured_us = 0 if one_cpu else DEFAULT_IDLE_POLL_US
+        configured_us = 0 if usable_cpus() == 1 else DEFAULT_IDLE_POLL_US
     return configured_us / 1e6
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's count):
+    what the looks are decided on, here and in the caller's ``Dispatcher``."""
+    return len(os.sched_getaffinity(0))
 
 
 def check_memory_floor(pool: PoolConfig) -> None:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import os
 import select
 import signal
 import socket
@@ -53,6 +52,7 @@ from typing import Any
 
 import msgspec
 
+from guardpool.policy import poolsettings
 from guardpool.policy.verdict import Verdict
 from guardpool.runner.results import JobResult
 from guardpool.runner.scheduler import Scheduler, Task
@@ -128,7 +128,7 @@ class Dispatcher:
         # and the CPUs the lookers and the running jobs must fit in.
         self.look_s = look_s
         self.readers: set[int] = set()
-        self.cpus = len(os.sched_getaffinity(0))
+        self.cpus = poolsettings.usable_cpus()
 
     def count(self, name: str) -> None:
         with self.mutex:

@@ -12,6 +12,7 @@ import resource
 import socket
 from typing import Any
 
+from guardpool.policy import poolsettings
 from guardpool.worker import sandbox
 
 
@@ -102,7 +103,7 @@ def probe(_: Any = None) -> dict[str, Any]:
         "cgroup": _cgroup_lines(),
         "pids_max": _pids_max(),
         "idle_poll_us": round(worker_main.IDLE_SPIN_S * 1e6),
-        "cpus": len(os.sched_getaffinity(0)),  # what an unset idle_poll_us was decided on
+        "cpus": poolsettings.usable_cpus(),  # what an unset idle_poll_us was decided on
         "own_process_group": os.getpgid(0) == pid,
         "no_new_privs": _status_field("NoNewPrivs") == "1",
         "seccomp_mode": int(_status_field("Seccomp") or 0),
