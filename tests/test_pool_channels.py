@@ -216,10 +216,10 @@ class _CrossingEpoll:
 def test_the_manager_watches_a_socket_whose_switch_off_crossed_a_callers_switch_on() -> None:
     # The manager, finding a socket readable while a caller holds its lock, switches
     # its own interest off without the lock; the caller, handing the worker its next
-    # job (one somebody waits for by callback), switches it on. Crossed, the kernel
-    # kept "off" while both threads believed "on": the next answer was never read and
-    # its job timed out at the deadline (seen once in the suite: 8 threads x 40 jobs,
-    # every job after the stall a timeout).
+    # job (one whose own caller already waits on the job's condition), switches it on.
+    # Crossed, the kernel kept "off" while both threads believed "on": the next answer
+    # was never read and its job timed out at the deadline (seen once in the suite:
+    # 8 threads x 40 jobs, every job after the stall a timeout).
     with make_pool(job_timeout_ms=10_000) as p:
         manager = p._running()
         first = p.submit(G + "sleep", 0.3)

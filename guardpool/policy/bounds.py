@@ -74,8 +74,9 @@ MAX_MEMORY_MB = 1 << 20
 MIN_MEMORY_MB = 48
 #: Processes and threads per worker cgroup: Linux's own ceiling (PID_MAX_LIMIT).
 MAX_PIDS = 4_194_304
-#: How long a worker looks for its next job after answering (µs): a look is CPU spent
-#: while nothing runs, so it stays far below a job's cost; 1 ms is twenty wake-ups.
+#: How long a worker looks for its next job, and a caller for its answer (µs): a look
+#: is CPU spent while nothing runs, so it stays far below a job's cost; 1 ms is twenty
+#: wake-ups.
 MAX_IDLE_POLL_US = 1000
 #: Recycle a worker after at most this many jobs.
 MAX_JOBS_PER_WORKER = 10**9

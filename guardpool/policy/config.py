@@ -52,8 +52,8 @@ class PoolConfig(_Section):
     hardening: Literal["standard", "strict"] = "standard"
     user: str | int | None = None  # started as root, workers drop to this (default: nobody)
     pids_max: int = 64  # per-worker cgroup cap on processes and threads
-    # After answering, a worker looks for its next job this long (µs) before it sleeps.
-    # Unset: 50, or 0 where the worker may run on one CPU only (worker/main.py idle_look_s).
+    # How long (µs) a worker looks for its next job, and a waiting caller for its answer,
+    # before sleeping. Unset: 50, or 0 on one CPU only (poolsettings.idle_look_s).
     idle_poll_us: IdlePollUs | None = None
 
 

@@ -127,7 +127,7 @@ class Setup(msgspec.Struct, tag=True, array_like=True, frozen=True):
     gid: int
     pids_max: int  # per-worker cgroup cap on processes (and threads)
     # After answering, look for the next job this long before sleeping; None: the
-    # worker decides from the CPUs it may run on (worker/main.py idle_look_s).
+    # worker decides from the CPUs it may run on (poolsettings.idle_look_s).
     idle_poll_us: int | None
 
 
