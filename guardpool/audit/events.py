@@ -41,7 +41,7 @@ GENESIS_HASH: Final[str] = "0" * 64
 #: levels from a bare command line, fewer in a server thread. msgspec *encodes*
 #: a few levels deeper than it decodes, so a writer without this bound wrote
 #: events nobody could read back. Every writer refuses deeper events
-#: (``ledger.encode_events``), leaving any reader ~700 frames of its own.
+#: (``records.encode_events``), leaving any reader ~700 frames of its own.
 MAX_EVENT_DEPTH: Final[int] = 256
 
 

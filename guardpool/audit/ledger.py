@@ -30,31 +30,23 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal
 
-import msgspec
-
 from guardpool import sqlite_wal
 from guardpool.audit.chain import (
-    TOO_DEEP,
     canonical_bytes,
     chain_hash,
-    decode_event,
-    encode_event,
-    event_depth,
     input_record,
     linked_rows,
-    printable_event,
     summarize,
     walk,
 )
 from guardpool.audit.events import (
     GENESIS_HASH,
-    KINDS,
-    MAX_EVENT_DEPTH,
     AuditEvent,
     StoredEvent,
     Summary,
     VerifyReport,
 )
+from guardpool.audit.records import LedgerError, LedgerWriteError, encode_events, read_event
 
 __all__ = [
     "FORMAT",
@@ -97,35 +89,6 @@ _COLUMNS: Final[str] = "seq, ts, kind, run_id, payload, prev_hash, hash"
 Synchronous = Literal["NORMAL", "FULL"]
 
 
-def encode_events(events: Sequence[AuditEvent]) -> list[bytes]:
-    """A batch's payloads, checked: what every ledger writer (SQLite, PostgreSQL) appends.
-
-    Raises ``ValueError`` for an unknown kind (a programming error) and
-    ``LedgerWriteError`` for an event that cannot be encoded, or that nests more
-    deeply than ``MAX_EVENT_DEPTH``: written, it could not be read back.
-    """
-    payloads = []
-    for ev in events:  # one pass: checked, then encoded
-        if ev.kind not in KINDS:
-            raise ValueError(f"unknown audit event kind {ev.kind!r}")
-        # An empty detail (most events) cannot nest: no depth walk.
-        if ev.detail and event_depth(ev) > MAX_EVENT_DEPTH:
-            raise LedgerWriteError(
-                f"audit event {ev.kind!r} nests more than {MAX_EVENT_DEPTH} levels deep (in its "
-                "detail): `guardpool audit verify` and `show` could not read it back; not written"
-            )
-        try:
-            try:
-                payloads.append(encode_event(ev))
-            except UnicodeEncodeError:
-                # A guard's reason quoting hostile text with a lone surrogate: record it
-                # written out (a literal \udXXX), rather than fail the write and the check.
-                payloads.append(encode_event(printable_event(ev)))
-        except (TypeError, ValueError, RecursionError, msgspec.EncodeError) as exc:
-            raise LedgerWriteError(f"audit event cannot be encoded: {exc}") from exc
-    return payloads
-
-
 _HEAD_SQL: Final[str] = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
 
 # The chain's last event as (seq, hash).
@@ -159,28 +122,6 @@ def _insert_after(
         chunk = params[start : start + width]
         conn.execute(_insert_sql(len(chunk) // 7), chunk)
     return seq, digest
-
-
-class LedgerError(Exception):
-    """The ledger could not be opened or read (missing file, not a ledger, corrupt row)."""
-
-
-def read_event(payload: bytes, where: str) -> AuditEvent:
-    """A stored payload decoded; what every ledger reader (SQLite, PostgreSQL) does.
-
-    ``where`` names the row (``audit ledger X: event 7``). An event written by an
-    older guardpool (or by hand) past ``MAX_EVENT_DEPTH``, or a corrupt one, is a
-    one-line ``LedgerError``, not a traceback.
-    """
-    try:
-        return decode_event(payload)
-    except (msgspec.DecodeError, RecursionError) as exc:
-        why = TOO_DEEP if isinstance(exc, RecursionError) else str(exc)
-        raise LedgerError(f"{where} is unreadable ({why}); run `guardpool audit verify`") from None
-
-
-class LedgerWriteError(LedgerError):
-    """Events could not be recorded. The enforcer denies on it unless told otherwise."""
 
 
 class Ledger:

@@ -33,7 +33,7 @@ from psycopg import sql
 
 from guardpool.audit.chain import chain_hash, input_record, summarize, walk
 from guardpool.audit.events import AuditEvent, StoredEvent, Summary, VerifyReport
-from guardpool.audit.ledger import LedgerError, LedgerWriteError, encode_events, read_event
+from guardpool.audit.records import LedgerError, LedgerWriteError, encode_events, read_event
 from guardpool.pg.migrate import SchemaError, current_version, migrate, migrations
 from guardpool.pg.pool import DeadlineConnection, Pg, PgUnavailable
 
