@@ -32,7 +32,8 @@ from pathlib import Path
 
 from guardpool import sqlite_wal
 from guardpool.audit.ledger import Ledger, _insert_sql
-from guardpool.store.sqlite import SqliteStore, _select_counters, _upsert_reserved
+from guardpool.store.sqlite import SqliteStore
+from guardpool.store.sqlite_tx import select_counters, upsert_reserved
 
 _RESERVATION = (
     "INSERT INTO budget_reservations (id, state, deadline_ms, record) VALUES (?, ?, ?, ?)"
@@ -102,8 +103,8 @@ class SqlFloor:
         conn.execute("BEGIN IMMEDIATE")
         if self.joint:
             self.rid = os.urandom(16).hex()
-            conn.execute(_select_counters(len(self.keys)), self.keys).fetchall()
-            conn.execute(_upsert_reserved(len(self.counters)), self.reserve_params)
+            conn.execute(select_counters(len(self.keys)), self.keys).fetchall()
+            conn.execute(upsert_reserved(len(self.counters)), self.reserve_params)
             deadline = time.time_ns() // 1_000_000 + 60_000
             conn.execute(_RESERVATION, (self.rid, "live", deadline, self.record))
         conn.execute(_insert_sql(len(self.check_rows)), self._rows(self.check_rows))
@@ -114,7 +115,7 @@ class SqlFloor:
         conn.execute("BEGIN IMMEDIATE")
         if self.joint:
             conn.execute(_RECORD, (self.rid,)).fetchone()
-            conn.execute(_select_counters(len(self.keys)), self.keys).fetchall()
+            conn.execute(select_counters(len(self.keys)), self.keys).fetchall()
             conn.executemany(_CHARGE, self.charge_params)
             conn.execute(_STATE, ("settled", self.rid))
         conn.execute(_insert_sql(len(self.settle_rows)), self._rows(self.settle_rows))

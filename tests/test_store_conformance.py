@@ -258,11 +258,11 @@ def test_sixteen_threads_racing_get_exactly_the_limit(store: BudgetStore) -> Non
 def test_sqlite_forgets_finished_reservations_after_the_idempotency_window(
     tmp_path: Path,
 ) -> None:
-    from guardpool.store import sqlite
+    from guardpool.store import sqlite, sqlite_tx
 
     s = sqlite.SqliteStore(tmp_path / "prune.db")
     try:
-        s.reserve("old", [item(1)], -sqlite.KEEP_FINISHED_MS - 1000)  # long past its deadline
+        s.reserve("old", [item(1)], -sqlite_tx.KEEP_FINISHED_MS - 1000)  # long past its deadline
         first = s.reserve("live", [item(1)], 60_000)  # also expires and charges "old"
         s.reserve("done", [item(1)], 60_000)
         s.settle("done", {"calls": 1})
@@ -276,7 +276,7 @@ def test_sqlite_forgets_finished_reservations_after_the_idempotency_window(
 def test_sqlite_prunes_on_the_joint_path_too(tmp_path: Path) -> None:
     # Store and ledger in one file (the default) reserve through SqliteStore.joint,
     # which never pruned: one row per check, kept forever.
-    from guardpool.store import sqlite
+    from guardpool.store import sqlite, sqlite_tx
 
     now = [10**12]
     s = sqlite.SqliteStore(tmp_path / "joint.db", clock=lambda: now[0])
@@ -284,7 +284,7 @@ def test_sqlite_prunes_on_the_joint_path_too(tmp_path: Path) -> None:
         for i in range(10):
             s.joint(lambda j, i=i: j.reserve(f"old{i}", [item(1)], 1000, fresh=True))
             s.joint(lambda j, i=i: j.settle(f"old{i}", {"calls": 1}))
-        now[0] += sqlite.KEEP_FINISHED_MS + 10_000  # a day later: all ten are forgettable
+        now[0] += sqlite_tx.KEEP_FINISHED_MS + 10_000  # a day later: all ten are forgettable
         for i in range(sqlite._PRUNE_EVERY):
             s.joint(lambda j, i=i: j.reserve(f"new{i}", [item(1)], 60_000, fresh=True))
         rows = s._conn().execute("SELECT id FROM budget_reservations").fetchall()

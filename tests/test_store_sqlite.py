@@ -17,7 +17,8 @@ import pytest
 from guardpool.audit import AuditEvent, Ledger
 from guardpool.store.base import ReserveItem
 from guardpool.store.errors import StoreUnavailable
-from guardpool.store.sqlite import Joint, SqliteStore, _select_counters
+from guardpool.store.sqlite import Joint, SqliteStore
+from guardpool.store.sqlite_tx import select_counters
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -176,7 +177,7 @@ def test_counters_are_read_by_primary_key_search_not_a_table_scan(sqlite_path: P
         ]
         assert store.reserve(f"r{run}", items, 60_000).ok
     conn = sqlite3.connect(sqlite_path)
-    plan = conn.execute("EXPLAIN QUERY PLAN " + _select_counters(2), ("a", "b")).fetchall()
+    plan = conn.execute("EXPLAIN QUERY PLAN " + select_counters(2), ("a", "b")).fetchall()
     conn.close()
     details = " ".join(str(row[-1]) for row in plan)
     assert "SEARCH budget_counters USING PRIMARY KEY" in details and "SCAN" not in details
