@@ -462,7 +462,7 @@ def test_standard_hardening_measures_are_in_force(monkeypatch: pytest.MonkeyPatc
     assert info["open_fds"][:5] == [0, 1, 2, 3, 4]
     # 0-2, the worker's two sockets (jobs in, answers out), the listdir fd (+ O_PATH fds
     # for import directories the unprivileged uid could not reach otherwise, see
-    # worker/main.py)
+    # worker/startup.py)
     assert len(set(info["open_fds"]) - set(info["import_dir_fds"])) <= 6
     assert "guardpool-" in workdir
     assert not os.path.exists(workdir)  # private working directory removed

@@ -222,7 +222,7 @@ class WorkerLifecycle:
             and self.broken is None
         ):
             # Two socketpairs, one per direction, so that each side sleeps in a plain
-            # recv (see worker/main.py, Channel).
+            # recv (see worker/channel.py, Channel).
             jobs, child_jobs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             answers, child_answers = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             token = next(self.spawn_tokens)

@@ -1,6 +1,6 @@
 """The host's end of one worker: its sockets, buffers, pidfd, cgroup, and how to kill it.
 
-Two socketpairs per worker, one per direction (see worker/main.py, ``Channel``): the
+Two socketpairs per worker, one per direction (see worker/channel.py, ``Channel``): the
 host writes jobs to ``jobs`` (non-blocking) and reads answers from ``sock`` (a
 blocking descriptor: a waiting caller sleeps in ``recv`` on it; everyone else reads it
 with ``MSG_DONTWAIT``).

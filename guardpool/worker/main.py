@@ -22,15 +22,12 @@ is encoded into one buffer kept for the worker's life.
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import importlib
 import logging
 import os
 import resource
 import signal
 import socket
-import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -40,85 +37,11 @@ import msgspec
 
 from guardpool.policy import inputs, poolsettings
 from guardpool.policy.verdict import normalize
-from guardpool.worker import cgroups, context, protocol, sandbox
+from guardpool.worker import context, protocol, startup
+from guardpool.worker.channel import Channel, ForwardingHandler
 
 if TYPE_CHECKING:
     from guardpool.policy.guards import CompiledGuard
-
-
-class Channel:
-    """Blocking, length-framed reads and writes on the worker's two sockets.
-
-    Jobs come in on one socketpair and answers go out on another. With one pair for
-    both, the host reading an answer frees room in the worker's send buffer, and the
-    kernel wakes whoever sleeps in ``recv`` on that socket ("room to write"): the worker
-    had to sleep in ``poll`` (which filters that wake-up) and then ``recv``, two system
-    calls per job; and the host could not sleep in ``recv`` either, since the worker
-    reading a job woke it the same way. With two pairs each side sleeps in one
-    ``recv`` (see dispatch.py).
-    """
-
-    def __init__(self, jobs: socket.socket, answers: socket.socket) -> None:
-        self.sock = jobs
-        self.out = answers
-        self.reader = protocol.FrameReader()
-        # ext_hook: a job's input may carry text with a lone surrogate (policy/inputs.pack).
-        self.decoder = msgspec.msgpack.Decoder(protocol.HostMsg, ext_hook=inputs.unpack_ext)
-        self.pending: collections.deque[protocol.HostMsg] = collections.deque()
-        self.encoder = msgspec.msgpack.Encoder()
-        # One receive buffer for the worker's life: ``recv(256 KiB)`` would mmap, shrink
-        # and unmap a fresh bytes object on every job (three syscalls each time). Made on
-        # the first read, so what a worker needs to start up stays what it was.
-        self.rbuf = bytearray()
-        self.rview = memoryview(self.rbuf)
-
-    def send(self, msg: msgspec.Struct) -> None:
-        self.out.sendall(protocol.frame(self.encoder, msg))
-
-    def recv(self) -> protocol.HostMsg | None:
-        """The next job, or None at EOF (the host closed our pipe: stop)."""
-        while not self.pending:
-            if not self.rbuf:
-                self.rbuf = bytearray(1 << 18)
-                self.rview = memoryview(self.rbuf)
-            n = self.sock.recv_into(self.rbuf)
-            if not n:
-                return None
-            self.pending.extend(self.reader.decode_chunk(self.rview[:n], self.decoder))
-        return self.pending.popleft()
-
-
-class ForwardingHandler(logging.Handler):
-    """Sends every record to the host as a ``Log`` message over the worker's own pipe.
-
-    No lock is shared with any other process: a worker killed mid-record can at
-    worst truncate its own pipe, which the host then discards with the worker.
-    """
-
-    def __init__(self, channel: Channel) -> None:
-        super().__init__()
-        self.channel = channel
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            exc_text = ""
-            if record.exc_info:
-                exc_text = logging.Formatter().formatException(record.exc_info)
-            self.channel.send(
-                protocol.Log(
-                    name=record.name,
-                    level=record.levelno,
-                    msg=record.getMessage(),
-                    pathname=record.pathname,
-                    lineno=record.lineno,
-                    func=record.funcName or "",
-                    created=record.created,
-                    exc_text=exc_text,
-                    pid=os.getpid(),
-                )
-            )
-        except Exception:
-            self.handleError(record)
 
 
 # After a job, the CPU timer stays armed when at least this much of its budget is left:
@@ -160,7 +83,7 @@ SYNC_EVERY = 15
 # CPUs of a 2-vCPU VM: 84 -> 25 us per round trip; on one CPU 15.3 -> 14.6 us (the
 # yield lets the caller run). Bounded: at most this much CPU per job, and none once
 # the worker sleeps. bench/bench_pool.py --placement measures it in the pool.
-# ``[pool] idle_poll_us`` sets it (setup_worker, poolsettings.idle_look_s); 0: sleep at once.
+# ``[pool] idle_poll_us`` sets it (Worker, poolsettings.idle_look_s); 0: sleep at once.
 IDLE_SPIN_S = 50e-6
 
 
@@ -191,72 +114,6 @@ def _usage() -> tuple[float, int]:
     return (ru.ru_utime + ru.ru_stime) * 1000.0, ru.ru_maxrss
 
 
-def setup_worker(
-    fds: tuple[int, ...],
-    workdir: str,
-    setup: protocol.Setup,
-    seccomp: bool,
-    cgroup: cgroups.WorkerCgroup,
-) -> tuple[socket.socket, socket.socket]:
-    """Make this freshly forked process a sandboxed worker; returns its two sockets
-    (jobs in, answers out), from the host's ``fds``.
-
-    Everything that needs root (the cgroup, rlimits) happens first, then the privilege
-    drop, then the measures that must outlive it; no guard code has run yet.
-    """
-    zygote = os.getppid()
-    # Die with the zygote (and so with the host): no orphaned worker can outlive them.
-    sandbox.set_pdeathsig()
-    os.setpgid(0, 0)  # own process group: one killpg takes the worker and its children
-    for sig in (signal.SIGCHLD, signal.SIGPROF, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the host's to handle
-    signal.set_wakeup_fd(-1)
-    # Only fds 0-2 and the worker's two sockets survive: no zygote control socket, no
-    # neighbour's pipe (each worker's pipe reaches exactly one worker).
-    jobs_fd, answers_fd = fds
-    if answers_fd == 3:
-        answers_fd = os.dup(answers_fd)  # not overwritten by the first dup2
-    os.dup2(jobs_fd, 3)
-    os.dup2(answers_fd, 4)
-    os.closerange(5, 1 << 16)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    sandbox.set_workdir(workdir)
-    import tempfile
-
-    tempfile.tempdir = workdir
-    cgroups.join(cgroup)
-    sandbox.apply_rlimits(setup.memory_mb)
-    global IDLE_SPIN_S
-    IDLE_SPIN_S = poolsettings.idle_look_s(setup.idle_poll_us)
-    if not cgroup.cpu:
-        # No CPU cgroup to weigh a fork bomb as one task: lower the priority instead, so
-        # its many runnable processes cannot starve the manager thread that kills them
-        # (children inherit the nice value). With a CPU cgroup a guard keeps nice 0.
-        os.setpriority(os.PRIO_PROCESS, 0, sandbox.WORKER_NICE)
-    _EXISTING[:] = [p for p in sys.path if os.path.exists(p)]  # as root: what there is
-    if setup.uid >= 0:
-        dirs = _open_import_dirs()
-        sandbox.drop_privileges(setup.uid, setup.gid)
-        _reach_import_dirs(dirs)
-        sandbox.set_pdeathsig()  # a uid change cleared it
-        if os.getppid() != zygote:
-            raise SystemExit(1)  # the zygote died in between: the death signal came too late
-    sandbox.prctl(sandbox.PR_SET_NO_NEW_PRIVS, 1)
-    if seccomp:
-        try:
-            sandbox.install_seccomp()
-        except OSError as exc:  # reported by the doctor; the other measures still hold
-            sandbox.STATUS["seccomp"] = str(exc)
-    jobs = socket.socket(fileno=3)
-    jobs.setblocking(True)
-    answers = socket.socket(fileno=4)
-    answers.setblocking(True)
-    return jobs, answers
-
-
 class Worker:
     def __init__(
         self,
@@ -265,7 +122,10 @@ class Worker:
         guards: Mapping[str, CompiledGuard],
         regex_max_mem: int,
         log_level: int,
+        idle_poll_us: int | None,
     ) -> None:
+        global IDLE_SPIN_S
+        IDLE_SPIN_S = poolsettings.idle_look_s(idle_poll_us)
         self.channel = Channel(jobs, answers)
         self.pid = os.getpid()
         self.guards = guards
@@ -319,7 +179,9 @@ class Worker:
         try:
             self.cpu_total = _usage()[0]
             self.channel.send(
-                protocol.Ready(pid=self.pid, cpu_total_ms=self.cpu_total, unreadable=_unreadable())
+                protocol.Ready(
+                    pid=self.pid, cpu_total_ms=self.cpu_total, unreadable=startup.unreadable()
+                )
             )
             self._loop()
         except (BrokenPipeError, ConnectionResetError):
@@ -512,60 +374,6 @@ class Worker:
         # The reason may quote hostile input: a lone surrogate must not stop the answer.
         text = error.encode("utf-8", "backslashreplace").decode("utf-8")
         self.channel.send(protocol.Failed(job_id, text, kind, cpu, total, rss_kb))
-
-
-_EXISTING: list[str] = []  # sys.path entries that exist, seen before the privilege drop
-IMPORT_DIR_FDS: list[int] = []  # O_PATH fds standing in for unreachable sys.path entries
-
-
-def _open_import_dirs() -> dict[str, int]:
-    """An O_PATH fd for each import directory, opened while still root."""
-    fds: dict[str, int] = {}
-    for entry in sys.path:
-        if entry and entry not in fds:
-            with contextlib.suppress(OSError):  # absent, or a zip file: nothing to keep
-                fds[entry] = os.open(entry, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    return fds
-
-
-def _reach_import_dirs(fds: dict[str, int]) -> None:
-    """Swap sys.path entries the new uid cannot reach for ``/proc/self/fd/N``.
-
-    An interpreter installed below a private directory (pyenv under /root, mode 0700)
-    is unreachable for an unprivileged uid, so every import not already done in the
-    zygote would fail. The magic link jumps straight to the directory the fd holds;
-    only the directories below it are permission-checked, and those are the world-
-    readable library. Nothing else under the private directory becomes reachable.
-    """
-    used: set[int] = set()
-    for i, entry in enumerate(sys.path):
-        fd = fds.get(entry)
-        if fd is None:
-            continue
-        try:
-            os.stat(entry)
-        except PermissionError:
-            sys.path[i] = f"/proc/self/fd/{fd}"
-            used.add(fd)
-        except OSError:
-            pass
-    for fd in fds.values():
-        if fd not in used:
-            os.close(fd)
-    IMPORT_DIR_FDS[:] = sorted(used)
-
-
-def _unreadable() -> list[str]:
-    """Import path entries this (unprivileged) process cannot reach: imports from there fail."""
-    out: list[str] = []
-    for entry in (p for p in sys.path if p in _EXISTING or p.startswith("/proc/self/fd/")):
-        try:
-            os.stat(entry)
-        except PermissionError:
-            out.append(entry)
-        except OSError:
-            pass  # absent for root too (e.g. pythonXY.zip): nothing lost
-    return out
 
 
 class _BadReturn(Exception):

@@ -88,6 +88,7 @@ def probe(_: Any = None) -> dict[str, Any]:
         for name in ("AS", "NOFILE", "NPROC", "FSIZE", "CORE")
     }
     from guardpool.worker import main as worker_main
+    from guardpool.worker import startup
 
     return {
         "pid": pid,
@@ -98,8 +99,8 @@ def probe(_: Any = None) -> dict[str, Any]:
         "gid": os.getgid(),
         "groups": os.getgroups(),
         "cwd_owner": os.stat(".").st_uid,
-        "unreadable": worker_main._unreadable(),
-        "import_dir_fds": list(worker_main.IMPORT_DIR_FDS),
+        "unreadable": startup.unreadable(),
+        "import_dir_fds": list(startup.IMPORT_DIR_FDS),
         "cgroup": _cgroup_lines(),
         "pids_max": _pids_max(),
         "idle_poll_us": round(worker_main.IDLE_SPIN_S * 1e6),

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from guardpool.worker import cgroups, procfs, protocol, sandbox
+from guardpool.worker import cgroups, procfs, protocol, sandbox, startup
 from guardpool.worker import main as worker_main
 
 if TYPE_CHECKING:
@@ -230,11 +230,14 @@ class Zygote:
         if pid == 0:
             code = 0
             try:
-                jobs, answers = worker_main.setup_worker(
-                    fds, workdir, self.setup, self.seccomp, cgroup
-                )
+                jobs, answers = startup.setup_worker(fds, workdir, self.setup, self.seccomp, cgroup)
                 worker_main.Worker(
-                    jobs, answers, self.guards, self.regex_max_mem, self.setup.log_level
+                    jobs,
+                    answers,
+                    self.guards,
+                    self.regex_max_mem,
+                    self.setup.log_level,
+                    self.setup.idle_poll_us,
                 ).serve()
             except BaseException:
                 traceback.print_exc()
