@@ -1,4 +1,4 @@
-"""Two socketpairs per worker, and a caller asleep in ``recv`` (dispatch._read_until).
+"""Two socketpairs per worker, and a caller asleep in ``recv`` (caller_read._read_until).
 
 Real workers, real sockets and threads. What must hold: the caller wakes for the
 answer, for the manager's kill at the deadline, for the worker's death, and on its own
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from guardpool import GuardPool, JobResult
-from guardpool.runner import dispatch, lifecycle
+from guardpool.runner import caller_read, lifecycle
 from guardpool.runner.manager import Manager
 from guardpool.runner.worker_link import WorkerLink
 from guardpool.worker import cgroups
@@ -90,8 +90,8 @@ def test_a_killed_job_whose_grandchild_holds_the_socket_still_answers(
     # one); the manager's own cleanup and the caller's backstop are pushed far away.
     # The caller must still get its verdict (wake_reader, tested alone above).
     monkeypatch.setattr(lifecycle, "SPAWN_DEFER_S", 600.0)
-    monkeypatch.setattr(dispatch, "_BACKSTOP_S", 600.0)
-    monkeypatch.setattr(dispatch, "_BACKSTOP_MAX_S", 1200.0)
+    monkeypatch.setattr(caller_read, "_BACKSTOP_S", 600.0)
+    monkeypatch.setattr(caller_read, "_BACKSTOP_MAX_S", 1200.0)
     pidfile = shared_dir / "pid"
     with make_pool() as p:
         future = p.submit(G + "escaping_grandchild", str(pidfile), timeout_ms=500)
@@ -105,8 +105,8 @@ def test_a_killed_job_whose_grandchild_holds_the_socket_still_answers(
 def test_a_worker_that_dies_wakes_its_caller_with_a_crash(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(dispatch, "_BACKSTOP_S", 600.0)
-    monkeypatch.setattr(dispatch, "_BACKSTOP_MAX_S", 1200.0)
+    monkeypatch.setattr(caller_read, "_BACKSTOP_S", 600.0)
+    monkeypatch.setattr(caller_read, "_BACKSTOP_MAX_S", 1200.0)
     with make_pool() as p:
         # A deadline far away: the verdict must come from the death, not the deadline.
         future = p.submit(G + "segfault", None, timeout_ms=60_000)

@@ -236,7 +236,7 @@ class WorkerLifecycle:
                 child_jobs.close()
                 child_answers.close()
             jobs.setblocking(False)  # written with MSG_NOSIGNAL, never blocking
-            answers.setblocking(True)  # a waiting caller sleeps in recv (dispatch.py)
+            answers.setblocking(True)  # a waiting caller sleeps in recv (caller_read.py)
             self.pending_spawns[token] = (jobs, answers)
             self.live += 1
             self.disp.count("spawned")

@@ -7,7 +7,7 @@ Data flow::
   submit() ─► dispatch.place ─────────── frame ── socketpair ──────────► job loop
        └──► Scheduler.inbox ─(eventfd, only if the deadline is earlier
                                than the one the manager sleeps towards)
-  result() ─► reads its answer itself (dispatch.wait_direct) ◄────────── Done/Failed
+  result() ─► reads its answer itself (caller_read.wait_direct) ◄────────── Done/Failed
                               deadline ─► dispatch.expire: killpg, verdict
                               socket readable (nobody waiting) ─► answer ─► Future
                               pidfd readable ─► worker gone ◄── Exited(code|signal)

@@ -3,7 +3,8 @@
 This module is the public face; the machinery lives beside it:
 
 * ``manager.py``     the manager thread: epoll loop, deadlines, notices, start/stop
-* ``dispatch.py``    the hot path any thread runs: place a job, read its answer, kill
+* ``dispatch.py``    the hot path any thread runs: place a job, finish its answer, kill
+* ``caller_read.py`` the waiting caller's part of it: read its own job's answer
 * ``futures.py``     ``JobFuture``: ``result()`` reads the answer in the waiting thread
 * ``lifecycle.py``   each worker's socket, answers, birth and end (manager thread)
 * ``healing.py``     the zygote: start, loss, restart; broken; teardown

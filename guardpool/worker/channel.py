@@ -28,7 +28,7 @@ class Channel:
     had to sleep in ``poll`` (which filters that wake-up) and then ``recv``, two system
     calls per job; and the host could not sleep in ``recv`` either, since the worker
     reading a job woke it the same way. With two pairs each side sleeps in one
-    ``recv`` (see dispatch.py).
+    ``recv`` (see runner/caller_read.py).
     """
 
     def __init__(self, jobs: socket.socket, answers: socket.socket) -> None:
