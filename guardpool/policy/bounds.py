@@ -98,10 +98,6 @@ MAX_RESERVATION_TTL_MS = 7 * 86_400_000
 
 #: Run ids, principals and decision ids in HTTP bodies and the API.
 MAX_ID_CHARS = 256
-#: JSON nesting accepted in HTTP bodies and guard inputs. msgspec itself stops
-#: at ~1000; 64 levels is beyond any real tool input and keeps every consumer
-#: (Python's json, the ledger, audit show) far from Python's recursion limit.
-MAX_NESTING = 64
 
 
 def check_amount(value: object, what: str) -> int:

@@ -314,8 +314,7 @@ class Dispatcher(CallerRead):
                     self.busy -= 1
             if worker.gone or worker.doomed:
                 pass  # the manager is already ending it
-            elif retire:
-                worker.retiring = True
+            elif retire:  # out of the idle list until the manager ends it
                 action = "retire"
             elif sched.queue and self.busy < self.n_workers:
                 nxt = sched.next_queued()

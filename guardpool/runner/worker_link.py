@@ -68,7 +68,6 @@ class WorkerLink:
         "rcvtimeo",
         "reader",
         "ready",
-        "retiring",
         "rlock",
         "rview",
         "sock",
@@ -101,7 +100,6 @@ class WorkerLink:
         # The one job this worker is running. Never more than one: a job waiting in a
         # busy worker's pipe could wait behind a hang while another worker is free.
         self.task: Task | None = None
-        self.retiring = False
         self.jobs_done = 0
         self.cpu_base = 0.0
         self.gone = False  # ended (died, killed or recycled); set by the manager
