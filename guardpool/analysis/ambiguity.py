@@ -1,6 +1,7 @@
 """Degree of ambiguity of a pattern's NFA, and the attack strings that exploit it.
 
-Data flow: ``nfa.build`` -> strongly connected components of the state graph ->
+Data flow: ``nfa.build`` -> strongly connected components of the state graph
+(``nfagraph``) ->
 
 - **EDA** (exponential degree of ambiguity): a state ``p`` with two different
   paths ``p -> p`` on the same word ``w``. Found in the product automaton
@@ -30,6 +31,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 from guardpool.analysis.nfa import Nfa
+from guardpool.analysis.nfagraph import (
+    backward_of,
+    forward_of,
+    is_loop,
+    prefix_to,
+    reachable,
+    sccs,
+    shortest,
+)
 
 Kind = Literal["exponential", "polynomial"]
 _BUDGET = 400_000  # product-automaton steps per pattern before giving up on a check
@@ -74,116 +84,6 @@ class _Budget:
         if self.left < 0:
             self.exhausted = True
         return not self.exhausted
-
-
-def _reachable(nfa: Nfa) -> set[int]:
-    seen = {nfa.start}
-    todo = [nfa.start]
-    while todo:
-        s = todo.pop()
-        for t in nfa.edges[s]:
-            if t not in seen and nfa.label(s, t):
-                seen.add(t)
-                todo.append(t)
-    return seen
-
-
-def _sccs(nfa: Nfa, states: set[int]) -> list[list[int]]:
-    """Tarjan's algorithm, iterative; components in reverse topological order."""
-    index: dict[int, int] = {}
-    low: dict[int, int] = {}
-    stack: list[int] = []
-    on: set[int] = set()
-    out: list[list[int]] = []
-    counter = 0
-    for root in sorted(states):
-        if root in index:
-            continue
-        work = [(root, iter(sorted(nfa.edges[root])))]
-        index[root] = low[root] = counter
-        counter += 1
-        stack.append(root)
-        on.add(root)
-        while work:
-            v, it = work[-1]
-            advanced = False
-            for w in it:
-                if w not in states or not nfa.label(v, w):
-                    continue
-                if w not in index:
-                    index[w] = low[w] = counter
-                    counter += 1
-                    stack.append(w)
-                    on.add(w)
-                    work.append((w, iter(sorted(nfa.edges[w]))))
-                    advanced = True
-                    break
-                if w in on:
-                    low[v] = min(low[v], index[w])
-            if advanced:
-                continue
-            work.pop()
-            if work:
-                low[work[-1][0]] = min(low[work[-1][0]], low[v])
-            if low[v] == index[v]:
-                comp = []
-                while True:
-                    w = stack.pop()
-                    on.discard(w)
-                    comp.append(w)
-                    if w == v:
-                        break
-                out.append(comp)
-    return out
-
-
-def _is_loop(nfa: Nfa, comp: list[int]) -> bool:
-    members = set(comp)
-    return len(comp) > 1 or any(t in members for t in nfa.edges[comp[0]])
-
-
-def _pick(nfa: Nfa, mask: int, avoid: int = 0) -> str:
-    """A representative character of ``mask``, preferring ones outside ``avoid``."""
-    preferred = mask & ~avoid or mask
-    for i, ch in enumerate(nfa.alphabet):
-        if preferred >> i & 1:
-            return ch
-    raise ValueError("empty mask")
-
-
-def _shortest(nfa: Nfa, src: int, dst: int, allowed: set[int] | None) -> str | None:
-    """Shortest word from src to dst, through ``allowed`` states only (None: any)."""
-    if src == dst:
-        return ""
-    prev: dict[int, tuple[int, int]] = {src: (-1, 0)}
-    todo = deque([src])
-    while todo:
-        s = todo.popleft()
-        for t in nfa.edges[s]:
-            if t in prev or (allowed is not None and t not in allowed):
-                continue
-            lab = nfa.label(s, t)
-            if not lab:
-                continue
-            prev[t] = (s, lab)
-            if t == dst:
-                word = []
-                cur = t
-                while cur != src:
-                    p, m = prev[cur]
-                    word.append(_pick(nfa, m))
-                    cur = p
-                return "".join(reversed(word))
-            todo.append(t)
-    return None
-
-
-def _prefix(nfa: Nfa, target: int, reach: set[int]) -> str | None:
-    if target in nfa.loops:
-        return ""
-    without_loop = reach - set(nfa.loops)
-    word = _shortest(nfa, nfa.start, target, without_loop)
-    return word if word is not None else _shortest(nfa, nfa.start, target, reach)
 
 
 def _eda(nfa: Nfa, comp: list[int], budget: _Budget) -> tuple[int, tuple[int, ...]] | None:
@@ -349,15 +249,15 @@ def _failing(
 def analyse_nfa(nfa: Nfa) -> tuple[list[Ambiguity], bool]:
     """Ambiguities worth attacking, worst first, and whether the budget ran out."""
     budget = _Budget()
-    reach = _reachable(nfa)
-    comps = [c for c in _sccs(nfa, reach) if _is_loop(nfa, c)]
+    reach = reachable(nfa)
+    comps = [c for c in sccs(nfa, reach) if is_loop(nfa, c)]
     found: list[Ambiguity] = []
     for comp in comps:
         hit = _eda(nfa, comp, budget)
         if hit is None:
             continue
         p, masks = hit
-        prefix = _prefix(nfa, p, reach)
+        prefix = prefix_to(nfa, p, reach)
         if prefix is None:
             continue
         for variant in range(VARIANTS):
@@ -376,8 +276,8 @@ def _chains(nfa: Nfa, comps: list[list[int]], reach: set[int], budget: _Budget) 
     comp_of = {s: i for i, c in enumerate(comps) for s in c}
     # comps come in reverse topological order: successors have lower indices.
     order = list(reversed(range(len(comps))))
-    forward = {i: _forward(nfa, comps[i]) for i in order}
-    backward = {i: _backward(nfa, comps[i], reach) for i in order}
+    forward = {i: forward_of(nfa, comps[i]) for i in order}
+    backward = {i: backward_of(nfa, comps[i], reach) for i in order}
     best: dict[int, tuple[int, list[tuple[int, int, tuple[int, ...]]]]] = {
         i: (1, []) for i in order
     }
@@ -407,35 +307,6 @@ def _chains(nfa: Nfa, comps: list[list[int]], reach: set[int], budget: _Budget) 
     return out
 
 
-def _forward(nfa: Nfa, comp: list[int]) -> set[int]:
-    seen = set(comp)
-    todo = list(comp)
-    while todo:
-        s = todo.pop()
-        for t in nfa.edges[s]:
-            if t not in seen and nfa.label(s, t):
-                seen.add(t)
-                todo.append(t)
-    return seen
-
-
-def _backward(nfa: Nfa, comp: list[int], reach: set[int]) -> set[int]:
-    rev: dict[int, list[int]] = {}
-    for s in reach:
-        for t in nfa.edges[s]:
-            if nfa.label(s, t):
-                rev.setdefault(t, []).append(s)
-    seen = set(comp)
-    todo = list(comp)
-    while todo:
-        s = todo.pop()
-        for t in rev.get(s, []):
-            if t not in seen:
-                seen.add(t)
-                todo.append(t)
-    return seen
-
-
 def _chain_attack(
     nfa: Nfa,
     comps: list[list[int]],
@@ -443,7 +314,7 @@ def _chain_attack(
     reach: set[int],
     variant: int,
 ) -> Attack | None:
-    prefix = _prefix(nfa, links[0][0], reach)
+    prefix = prefix_to(nfa, links[0][0], reach)
     if prefix is None:
         return None
     from_loop = links[0][0] in nfa.loops
@@ -454,7 +325,7 @@ def _chain_attack(
         if k + 1 < len(links):
             nxt = links[k + 1][0]
             comp = next(c for c in comps if q in c)
-            found = _shortest(nfa, q, nxt, set(comp))
+            found = shortest(nfa, q, nxt, set(comp))
             if found is None:
                 return None
             connector = found

@@ -21,34 +21,21 @@ Flags are resolved from ``re.I | re.X``-style expressions, ``flags=`` and
 flag constants. Each use carries ``path``, line and column of the call that
 meets the engine, the call style (which decides ``search``/``match``/
 ``fullmatch`` semantics) and how the pattern got there. A module that cannot
-be read or parsed is a ``ScanProblem``, not an exception.
+be read or parsed is a ``ScanProblem``, not an exception. What the names
+hold (pass 1, and the folding of constants and flags) is ``astconst``'s.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib.util
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_ENGINES = {"re", "regex"}
-FUNCTIONS = {
-    "compile",
-    "match",
-    "search",
-    "fullmatch",
-    "findall",
-    "finditer",
-    "sub",
-    "subn",
-    "split",
-}
+from guardpool.analysis.astconst import FUNCTIONS, ConstFolder, Scope, dotted
+
 _METHODS = FUNCTIONS - {"compile"}
-_FLAG_WORDS = "A ASCII I IGNORECASE L LOCALE M MULTILINE S DOTALL X VERBOSE U UNICODE"
-_FLAG_NAMES = {name: int(getattr(re, name)) for name in _FLAG_WORDS.split(" ")}
-_MAX_DEPTH = 20
 
 
 @dataclass(frozen=True)
@@ -87,229 +74,16 @@ class _Compiled:
     methods: dict[str, int] = field(default_factory=dict)  # method -> first line used
 
 
-class _Scope:
-    def __init__(self, parent: _Scope | None) -> None:
-        self.parent = parent
-        self.values: dict[str, list[ast.expr]] = {}
-
-    def lookup(self, name: str) -> list[ast.expr] | None:
-        scope: _Scope | None = self
-        while scope is not None:
-            if name in scope.values:
-                return scope.values[name]
-            scope = scope.parent
-        return None
-
-
-class _Scanner:
+class _Scanner(ConstFolder):
     def __init__(self, tree: ast.Module, filename: str) -> None:
-        self.tree = tree
+        super().__init__(tree)
         self.file = filename
-        self.engines: set[str] = set()
-        self.functions: dict[str, str] = {}  # local name -> engine function
-        self.partials: set[str] = {"partial"}
-        self.functools: set[str] = set()
         self.uses: list[RegexUse] = []
         self.compiled: dict[str, list[_Compiled]] = {}  # name or attribute -> objects
-        self.defs: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}
-        self.scopes: dict[ast.AST, _Scope] = {}
-        self.scope_of: dict[ast.AST, _Scope] = {}
         self._inline_compiled: list[_Compiled] = []
         self._parents: dict[ast.AST, ast.AST] = {
             child: parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)
         }
-
-    # -- pass 1: imports, scopes and assignments
-
-    def collect(self) -> None:
-        module = _Scope(None)
-        self.scopes[self.tree] = module
-        self._collect_body(self.tree, module)
-
-    def _collect_body(self, node: ast.AST, scope: _Scope) -> None:
-        for child in ast.iter_child_nodes(node):
-            self.scope_of[child] = scope
-            if isinstance(child, ast.Import):
-                for alias in child.names:
-                    if alias.name in _ENGINES:
-                        self.engines.add(alias.asname or alias.name)
-                    if alias.name == "functools":
-                        self.functools.add(alias.asname or alias.name)
-            elif isinstance(child, ast.ImportFrom):
-                if child.module in _ENGINES:
-                    for alias in child.names:
-                        if alias.name in FUNCTIONS:
-                            self.functions[alias.asname or alias.name] = alias.name
-                elif child.module == "functools":
-                    for alias in child.names:
-                        if alias.name == "partial":
-                            self.partials.add(alias.asname or alias.name)
-            if isinstance(child, ast.Assign):
-                for target in child.targets:
-                    self._bind(target, child.value, scope)
-            elif isinstance(child, ast.AnnAssign) and child.value is not None:
-                self._bind(child.target, child.value, scope)
-            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
-                inner = _Scope(scope)
-                self.scopes[child] = inner
-                if not isinstance(child, ast.Lambda):
-                    self.defs.setdefault(child.name, child)
-                self._collect_body(child, inner)
-            elif isinstance(child, ast.ClassDef):
-                inner = _Scope(scope)
-                self.scopes[child] = inner
-                self._collect_body(child, inner)
-                # Class constants are also reachable as Class.NAME and self.NAME.
-                for name, values in inner.values.items():
-                    module_scope = self.scopes[self.tree]
-                    module_scope.values.setdefault(f"{child.name}.{name}", values)
-                    module_scope.values.setdefault(f"self.{name}", values)
-            else:
-                self._collect_body(child, scope)
-
-    def _bind(self, target: ast.expr, value: ast.expr, scope: _Scope) -> None:
-        if isinstance(target, ast.Name):
-            scope.values.setdefault(target.id, []).append(value)
-        elif (
-            isinstance(target, ast.Attribute)
-            and isinstance(target.value, ast.Name)
-            and target.value.id in ("self", "cls")
-        ):
-            root = self.scopes[self.tree]
-            root.values.setdefault(f"self.{target.attr}", []).append(value)
-        elif isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple):
-            for t, v in zip(target.elts, value.elts, strict=False):
-                self._bind(t, v, scope)
-
-    # -- constant folding
-
-    def const(self, node: ast.expr, scope: _Scope, depth: int = 0) -> list[str | bytes]:
-        """Every string/bytes value ``node`` can have, when all are known (else [])."""
-        if depth > _MAX_DEPTH:
-            return []
-        d = depth + 1
-        if isinstance(node, ast.Constant) and isinstance(node.value, str | bytes):
-            return [node.value]
-        if isinstance(node, ast.JoinedStr):
-            texts = [""]
-            for part in node.values:
-                if isinstance(part, ast.Constant) and isinstance(part.value, str):
-                    texts = [t + part.value for t in texts]
-                elif isinstance(part, ast.FormattedValue) and part.format_spec is None:
-                    inner = [v for v in self.const(part.value, scope, d) if isinstance(v, str)]
-                    if not inner or part.conversion not in (-1, ord("s")):
-                        return []
-                    texts = [t + v for t in texts for v in inner][:16]
-                else:
-                    return []
-            return list(texts)
-        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
-            left, right = self.const(node.left, scope, d), self.const(node.right, scope, d)
-            return [
-                a + b  # type: ignore[operator]  # same type checked below
-                for a in left
-                for b in right
-                if type(a) is type(b)
-            ][:16]
-        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod):
-            fmt = self.const(node.left, scope, d)
-            args = self._const_args(node.right, scope, d)
-            if args is None:
-                return []
-            out: list[str | bytes] = []
-            for f in fmt:
-                try:
-                    out.append(f % args)
-                except (TypeError, ValueError, KeyError):
-                    return []
-            return out
-        if isinstance(node, ast.Name | ast.Attribute):
-            key = _dotted(node)
-            values = scope.lookup(key) if key else None
-            if not values:
-                return []
-            result: list[str | bytes] = []
-            for v in values:
-                folded = self.const(v, self.scope_of.get(v, scope), d)
-                if not folded:
-                    return []
-                result.extend(folded)
-            return result[:16]
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-            return self._const_method(node, scope, d)
-        return []
-
-    def _const_args(self, node: ast.expr, scope: _Scope, depth: int) -> tuple[object, ...] | None:
-        items = node.elts if isinstance(node, ast.Tuple) else [node]
-        out: list[object] = []
-        for item in items:
-            values = self.const(item, scope, depth)
-            if len(values) != 1:
-                return None
-            out.append(values[0])
-        return tuple(out)
-
-    def _const_method(self, node: ast.Call, scope: _Scope, depth: int) -> list[str | bytes]:
-        assert isinstance(node.func, ast.Attribute)
-        owner = self.const(node.func.value, scope, depth)
-        if len(owner) != 1:
-            return []
-        if node.func.attr == "join" and len(node.args) == 1:
-            seq = node.args[0]
-            if not isinstance(seq, ast.List | ast.Tuple):
-                return []
-            parts = []
-            for elt in seq.elts:
-                values = self.const(elt, scope, depth)
-                if len(values) != 1:
-                    return []
-                parts.append(values[0])
-            try:
-                return [owner[0].join(parts)]  # type: ignore[arg-type]
-            except TypeError:
-                return []
-        if node.func.attr == "format" and isinstance(owner[0], str):
-            args = []
-            for a in node.args:
-                values = self.const(a, scope, depth)
-                if len(values) != 1:
-                    return []
-                args.append(values[0])
-            kwargs = {}
-            for kw in node.keywords:
-                values = self.const(kw.value, scope, depth) if kw.arg else []
-                if len(values) != 1 or kw.arg is None:
-                    return []
-                kwargs[kw.arg] = values[0]
-            try:
-                return [owner[0].format(*args, **kwargs)]
-            except (IndexError, KeyError, ValueError):
-                return []
-        return []
-
-    def flags(self, node: ast.expr | None, scope: _Scope, depth: int = 0) -> int:
-        if node is None or depth > _MAX_DEPTH:
-            return 0
-        if isinstance(node, ast.Constant) and isinstance(node.value, int):
-            return node.value
-        if isinstance(node, ast.Attribute) and _dotted(node.value) in self.engines:
-            if node.attr in _FLAG_NAMES:
-                return _FLAG_NAMES[node.attr]
-            if node.attr == "RegexFlag":
-                return 0
-        if isinstance(node, ast.Attribute) and node.attr in _FLAG_NAMES:
-            return _FLAG_NAMES[node.attr]  # re.RegexFlag.IGNORECASE
-        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr | ast.Add):
-            return self.flags(node.left, scope, depth + 1) | self.flags(
-                node.right, scope, depth + 1
-            )
-        if isinstance(node, ast.Name):
-            if node.id in _FLAG_NAMES and node.id in self.functions.values():
-                return _FLAG_NAMES[node.id]
-            values = scope.lookup(node.id)
-            if values and len(values) == 1:
-                return self.flags(values[0], self.scope_of.get(values[0], scope), depth + 1)
-        return 0
 
     # -- pass 2: calls
 
@@ -360,11 +134,11 @@ class _Scanner:
         for obj in self._inline_compiled:
             self._emit_compiled(obj)
 
-    def _scope_for(self, node: ast.AST) -> _Scope:
+    def _scope_for(self, node: ast.AST) -> Scope:
         scope = self.scope_of.get(node)
         return scope if scope is not None else self.scopes[self.tree]
 
-    def _engine_call(self, node: ast.Call, fn: str, scope: _Scope, call: str) -> None:
+    def _engine_call(self, node: ast.Call, fn: str, scope: Scope, call: str) -> None:
         pattern_node = node.args[0] if node.args else _keyword(node, "pattern")
         if pattern_node is None:
             return
@@ -419,7 +193,7 @@ class _Scanner:
             targets = parent.targets if isinstance(parent, ast.Assign) else [parent.target]
             names = []
             for target in targets:
-                key = _dotted(target)
+                key = dotted(target)
                 if key:
                     names.append(key)
                     if key.startswith(("self.", "cls.")):
@@ -427,8 +201,8 @@ class _Scanner:
             return list(dict.fromkeys(names))
         return []
 
-    def _compiled_for(self, node: ast.expr, scope: _Scope) -> list[_Compiled]:
-        key = _dotted(node)
+    def _compiled_for(self, node: ast.expr, scope: Scope) -> list[_Compiled]:
+        key = dotted(node)
         if not key:
             return []
         if key.startswith("cls."):
@@ -506,17 +280,8 @@ def _text(value: str | bytes) -> str:
     return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
-def _dotted(node: ast.expr) -> str:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        inner = _dotted(node.value)
-        return f"{inner}.{node.attr}" if inner else ""
-    return ""
-
-
 def _call_text(func: ast.expr) -> str:
-    return _dotted(func) or "<call>"
+    return dotted(func) or "<call>"
 
 
 def _keyword(node: ast.Call, name: str) -> ast.expr | None:
@@ -526,7 +291,7 @@ def _keyword(node: ast.Call, name: str) -> ast.expr | None:
 def _via(node: ast.expr) -> str:
     if isinstance(node, ast.Constant):
         return ""
-    name = _dotted(node)
+    name = dotted(node)
     if name:
         return f"pattern from {name}"
     kind = "f-string" if isinstance(node, ast.JoinedStr) else "constant expression"

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from guardpool.analysis.ambiguity import Ambiguity, Attack, analyse_nfa
-from guardpool.analysis.nfa import C, P, TooLarge, build
+from guardpool.analysis.nfa import build
+from guardpool.analysis.thompson import C, P, TooLarge
 
 __all__ = ["C", "P", "Attack", "Finding", "Report", "analyse", "inspect", "mode_of"]  # noqa: RUF022
 

@@ -3,9 +3,10 @@
     guardpool bench --config F [--seconds N] [--samples FILE] [--json] [--write OUT|-]
 
 Each guard runs in a fresh one-worker pool on realistic and adversarial
-inputs (see ``guardpool.analysis.benchmark`` for what is measured, the
-headroom, and why one worker per guard). The recommendation is verified with
-the policy's own worker count before it is shown or written.
+inputs (see ``guardpool.analysis.benchmark`` for what is measured and why one
+worker per guard, ``guardpool.analysis.recommend`` for the headroom). The
+recommendation is verified with the policy's own worker count before it is
+shown or written.
 
 stdout carries data: the report (default), JSON (``--json``) or the whole
 tuned config (``--write -``); progress, and the table when stdout carries
@@ -27,6 +28,7 @@ from rich.table import Table
 
 from guardpool.analysis import benchmark as bm
 from guardpool.analysis import limits_file
+from guardpool.analysis import recommend as rc
 from guardpool.cli import EXIT_OK, UsageError, in_range
 from guardpool.commands.reporting import Steps, check_output, console
 from guardpool.policy.bounds import MAX_JOB_MS, MAX_MEMORY_MB, MIN_MEMORY_MB
@@ -132,12 +134,12 @@ def main(args: argparse.Namespace) -> int:
             )
             run = runs[name]
             steps.done(f"{len(run.jobs)} jobs, {len(run.failed_samples())} inputs hit a limit")
-        rec = bm.recommend(policy, runs, floor, basis)
+        rec = rc.recommend(policy, runs, floor, basis)
         notes: list[str] = []
         verified = False
         if not args.no_verify and rec.guard_timeouts:
             steps.start("verifying the recommendation with the policy's worker count", 1)
-            rec, notes = bm.verify(policy, runs, rec)
+            rec, notes = rc.verify(policy, runs, rec)
             verified = not notes or not notes[-1].startswith("still failing")
             steps.done("every passing input passes" if verified else "see notes")
     report = _report(policy, args, runs, rec, notes, verified, basis)
@@ -150,7 +152,7 @@ def main(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _pool_values(rec: bm.Recommendation) -> dict[str, int]:
+def _pool_values(rec: rc.Recommendation) -> dict[str, int]:
     return {
         "job_timeout_ms": rec.job_timeout_ms,
         "job_cpu_ms": rec.job_cpu_ms,
@@ -159,7 +161,7 @@ def _pool_values(rec: bm.Recommendation) -> dict[str, int]:
 
 
 def _write(
-    policy: Policy, args: argparse.Namespace, rec: bm.Recommendation, report: dict[str, Any]
+    policy: Policy, args: argparse.Namespace, rec: rc.Recommendation, report: dict[str, Any]
 ) -> str:
     source = Path(args.config)
     try:
@@ -185,7 +187,7 @@ def _write(
 
 
 def _stats(values: list[float]) -> dict[str, float]:
-    s = bm.Stats.of(values)
+    s = rc.Stats.of(values)
     return {"n": s.n, "p50": round(s.p50, 3), "p99": round(s.p99, 3), "max": round(s.max, 3)}
 
 
@@ -193,7 +195,7 @@ def _report(
     policy: Policy,
     args: argparse.Namespace,
     runs: dict[str, bm.GuardRun],
-    rec: bm.Recommendation,
+    rec: rc.Recommendation,
     notes: list[str],
     verified: bool,
     basis: tuple[bm.InputSet, ...],
@@ -256,7 +258,7 @@ def _report(
         "basis": list(basis),
         "measuring_cap_ms": args.cap_ms,
         "start_floor_mb": rec.floor_mb,
-        "headroom": bm.HEADROOM,
+        "headroom": rc.HEADROOM,
         "pool": {
             key: {"current": current[key], "recommended": value, "why": rec.why[f"pool.{key}"]}
             for key, value in _pool_values(rec).items()
