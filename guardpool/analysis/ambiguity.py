@@ -273,14 +273,11 @@ def analyse_nfa(nfa: Nfa) -> tuple[list[Ambiguity], bool]:
 
 def _chains(nfa: Nfa, comps: list[list[int]], reach: set[int], budget: _Budget) -> list[Ambiguity]:
     """The longest IDA chain (degree >= 2) with a failing attack, if any."""
-    comp_of = {s: i for i, c in enumerate(comps) for s in c}
     # comps come in reverse topological order: successors have lower indices.
     order = list(reversed(range(len(comps))))
     forward = {i: forward_of(nfa, comps[i]) for i in order}
     backward = {i: backward_of(nfa, comps[i], reach) for i in order}
-    best: dict[int, tuple[int, list[tuple[int, int, tuple[int, ...]]]]] = {
-        i: (1, []) for i in order
-    }
+    best: dict[int, tuple[int, list[_Link]]] = {i: (1, []) for i in order}
     for i in order:
         for j in order:
             if j == i or comps[j][0] not in forward[i]:
@@ -291,7 +288,6 @@ def _chains(nfa: Nfa, comps: list[list[int]], reach: set[int], budget: _Budget) 
             link = _ida(nfa, comps[i], comps[j], between, budget)
             if link is not None:
                 best[j] = (best[i][0] + 1, [*best[i][1], link])
-    del comp_of
     out: list[Ambiguity] = []
     for _i, (degree, links) in sorted(best.items(), key=lambda kv: -kv[1][0]):
         if degree < 2:

@@ -2,7 +2,7 @@
 
 Data flow (``guardpool bench``)::
 
-    policy ──► floor(): smallest memory_mb at which a worker starts and can allocate 4 MiB
+    policy ──► start_floor_mb(): smallest memory_mb at which a worker starts and can allocate 4 MiB
            ──► for each guard: a fresh 1-worker pool under generous caps
                  realistic + adversarial inputs ──► submit_guard ──► wall, CPU
                                                 └─► probes.memory ─► VmPeak, VmHWM (same worker)
