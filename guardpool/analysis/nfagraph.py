@@ -15,15 +15,8 @@ from guardpool.analysis.nfa import Nfa
 
 
 def reachable(nfa: Nfa) -> set[int]:
-    seen = {nfa.start}
-    todo = [nfa.start]
-    while todo:
-        s = todo.pop()
-        for t in nfa.edges[s]:
-            if t not in seen and nfa.label(s, t):
-                seen.add(t)
-                todo.append(t)
-    return seen
+    """The states a word can reach from the start."""
+    return forward_of(nfa, [nfa.start])
 
 
 def sccs(nfa: Nfa, states: set[int]) -> list[list[int]]:
@@ -125,6 +118,7 @@ def prefix_to(nfa: Nfa, target: int, reach: set[int]) -> str | None:
 
 
 def forward_of(nfa: Nfa, comp: list[int]) -> set[int]:
+    """The states reachable from ``comp`` (``comp`` included)."""
     seen = set(comp)
     todo = list(comp)
     while todo:
