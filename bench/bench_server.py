@@ -1,6 +1,6 @@
 """HTTP check round trip against the in-process check(), measured in one run.
 
-    python bench/bench_server.py [--quick]
+    python bench/bench_server.py [--quick] [--callable]
 
 Starts ``guardpool serve`` on a free loopback port with a policy of 2 regex
 banks and 1 limit on the sqlite store, and measures p50/p99 and requests per
@@ -8,6 +8,10 @@ second at 1 and 16 concurrent clients (threads, each with a keep-alive
 http.client connection),
 beside ``run.check()`` called in-process on the same policy. Goal: HTTP p50
 <= 1 ms at 1 client.
+
+``--callable`` adds a callable guard (a pool job per check, 2 workers) and
+measures 1, 2, 4, 8 and 16 clients: whether more requests at once than workers
+lose throughput (the server runs each check in a thread of its own).
 """
 
 from __future__ import annotations
@@ -41,6 +45,13 @@ scope = "global"
 path = "{db}"
 [audit]
 path = "{db}"
+"""
+CALLABLE = """
+[[guard]]
+name = "callable"
+call = "examples.bench_guards:allow"
+[pool]
+workers = 2
 """
 BODY = {"labels": ["exe:llm:gpt-4o"], "input": "summarise this report " * 40, "run_id": "b"}
 
@@ -82,13 +93,31 @@ def http_load(url: str, clients: int, per_client: int) -> tuple[list[float], flo
     return samples, clients * per_client / (time.perf_counter() - start)
 
 
+def concurrency(policy: Path, n: int) -> None:
+    with Sidecar(policy) as server:
+        http_load(server.url, 1, 100)  # warm up
+        head = "policy with a callable guard, 2 workers"
+        print(f"{head:44}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}")
+        for clients in (1, 2, 4, 8, 16):
+            s, rps = http_load(server.url, clients, max(20, n // clients))
+            name = f"HTTP, {clients} client{'s' if clients > 1 else ''}"
+            print(f"{name:44}{statistics.median(s):9.3f}{pct(s, 0.99):9.3f}{rps:9.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
-    n = 300 if parser.parse_args().quick else 2000
+    parser.add_argument(
+        "--callable", action="store_true", help="add a callable guard; 1-16 clients"
+    )
+    args = parser.parse_args()
+    n = 300 if args.quick else 2000
     with tempfile.TemporaryDirectory() as d:
         policy = Path(d) / "p.toml"
-        policy.write_text(POLICY.format(db=Path(d) / "g.db"))
+        policy.write_text(POLICY.format(db=Path(d) / "g.db") + (CALLABLE if args.callable else ""))
+        if args.callable:
+            concurrency(policy, n)
+            return
         op = Operation(labels=tuple(BODY["labels"]), input=BODY["input"])
         with Enforcer.from_config(policy) as e:
             run = e.run("inproc")
