@@ -1,6 +1,6 @@
 """check() latency against a bare pool job, and check()+settle() throughput.
 
-    python bench/bench_enforcer.py [--quick] [--rounds N]
+    python bench/bench_enforcer.py [--quick] [--rounds N] [--idle-poll US,..] [--steps]
 
 Every figure is measured in this run, on this machine, and printed beside the
 baseline it is judged against (the machine may be shared: read the ratios).
@@ -289,6 +289,58 @@ def idle_poll(tmp: Path, values: list[int], turns: int = 8, per: int = 250) -> N
         )
 
 
+def steps(tmp: Path, n: int = 600) -> None:
+    """Where a check's time goes: each step of the latency policy's check timed alone.
+
+    Wrappers (``perf_counter``) around the snapshot read, the job's submission, the wait
+    for its answer, the guards phase (banks and job) and the joint transaction, on one
+    running enforcer (private attributes: a measuring tool, not an API).
+    """
+    times: dict[str, list[float]] = {}
+
+    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kw: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kw)
+            finally:
+                times.setdefault(name, []).append((time.perf_counter() - start) * 1e6)
+
+        return wrapper
+
+    with Enforcer.from_config(policy(tmp / "steps.db", "sqlite", [*BANKS, CALLABLE])) as e:
+        run = e.run("bench")
+        for _ in range(100):
+            run.settle(run.check(OP), Usage(tokens=90))
+        svc = e._services
+        assert svc.joint is not None
+        submit = svc.guards._submit
+
+        def submit_timed(*args: Any, **kw: Any) -> Any:
+            start = time.perf_counter()
+            future = submit(*args, **kw)
+            times.setdefault("submit the guard job", []).append((time.perf_counter() - start) * 1e6)
+            future.result = timed("wait for its answer", future.result)
+            return future
+
+        svc.store.states = timed("snapshot read", svc.store.states)  # type: ignore[method-assign]
+        svc.guards._submit = submit_timed  # type: ignore[method-assign]
+        svc.guards.run = timed("guards (banks + job)", svc.guards.run)  # type: ignore[method-assign]
+        joint = svc.joint.joint
+        checks: list[float] = []
+        for _ in range(n):
+            svc.joint.joint = timed("the check's transaction", joint)  # type: ignore[method-assign]
+            start = time.perf_counter()
+            decision = run.check(OP)
+            checks.append((time.perf_counter() - start) * 1e6)
+            svc.joint.joint = joint  # type: ignore[method-assign]
+            run.settle(decision, Usage(tokens=90))
+    print(f"check() step by step, n={n}, check+settle pairs back to back; {load()}")
+    print(f"   {'check(), whole':32} p50 {statistics.median(checks):6.0f} µs")
+    for name, s in times.items():
+        print(f"   {name:32} p50 {statistics.median(s):6.0f} µs")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer samples")
@@ -298,9 +350,15 @@ def main() -> None:
         metavar="US,US,...",
         help="only check() latency at these [pool] idle_poll_us values, e.g. 0,50,500",
     )
+    parser.add_argument(
+        "--steps", action="store_true", help="only where a check's time goes, step by step"
+    )
     args = parser.parse_args()
     n = 200 if args.quick else 1000
     with tempfile.TemporaryDirectory() as d:
+        if args.steps:
+            steps(Path(d))
+            return
         if args.idle_poll:
             try:
                 values = [int(v) for v in args.idle_poll.split(",")]
