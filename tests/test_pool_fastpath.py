@@ -23,7 +23,7 @@ import pytest
 from guardpool import GuardPool, Verdict
 from guardpool.policy.errors import PolicyError
 from guardpool.runner.dispatch import _guard_answer
-from guardpool.runner.worker_link import DECODER, GUARD_DECODER
+from guardpool.runner.worker_link import DECODER, GUARD_DECODER, WorkerLink
 from guardpool.worker import protocol
 
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -214,6 +214,30 @@ def test_a_timeout_on_the_direct_path_kills_and_the_next_call_is_served(
     assert stats.killed - before.killed == 3
     assert stats.timeouts - before.timeouts == 3
 
+
+
+def test_a_kill_is_counted_before_its_caller_has_the_verdict(
+    pool: GuardPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The killing thread answers the job, then does what can wait (waking a reader,
+    # lowering the dead worker's CPU weight: system calls that let other threads run).
+    # The count of kills was taken after those, so a caller could read pool.stats()
+    # with its own timeout in `timeouts` and not yet in `killed` (seen once in CI:
+    # test_a_timeout_on_the_direct_path_kills_and_the_next_call_is_served, 2 of 3).
+    # A slow aftermath stands in for the killing thread losing the CPU there.
+    lower = WorkerLink.lower_weight
+
+    def slow_lower_weight(self: WorkerLink) -> None:
+        time.sleep(0.3)
+        lower(self)
+
+    monkeypatch.setattr(WorkerLink, "lower_weight", slow_lower_weight)
+    before = pool.stats()
+    hung = pool.submit(G + "spin", None, timeout_ms=150).result(timeout=10)
+    assert (hung.outcome, hung.limit) == ("timeout", "wall"), hung
+    stats = pool.stats()
+    assert stats.timeouts - before.timeouts == 1
+    assert stats.killed - before.killed == 1
 
 GUARDS: dict[str, Any] = {
     "pool": {"workers": 1, "job_timeout_ms": 2000, "preload": PRELOAD},

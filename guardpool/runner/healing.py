@@ -196,7 +196,7 @@ class ZygoteSupervision:
         if task is None or task.answered:
             return
         if msg.signal == signal.SIGPROF:
-            answered = self.sched.resolve(
+            self.sched.resolve(
                 task,
                 "timeout",
                 error=f"CPU budget of {task.msg.cpu_ms} ms used up; worker {msg.pid} killed",
@@ -204,9 +204,8 @@ class ZygoteSupervision:
                 cpu_ms=float(task.msg.cpu_ms),
                 signal=msg.signal,
                 worker_pid=worker.pid,
+                count="timeouts",
             )
-            if answered:
-                self.disp.count("timeouts")
             return
         self.disp.count("crashed")
         how = f"signal {msg.signal}" if msg.signal is not None else f"exit code {msg.exit_code}"

@@ -64,6 +64,8 @@ class Scheduler:
         self.heap: list[tuple[float, int, Task]] = []
         self.compact_at = 1024
         self.completed = 0
+        # Pool events by name (timeouts, kills, spawns...), under ``mutex``: PoolStats.
+        self.counts = collections.Counter[str]()
 
     def take_inbox(self) -> None:
         """Manager thread: new tasks' deadlines into the heap (answered ones need none)."""
@@ -147,8 +149,13 @@ class Scheduler:
         exit_code: int | None = None,
         signal: int | None = None,
         worker_pid: int = 0,
+        count: str = "",
     ) -> bool:
-        """Answer ``task`` unless another thread did; True if this call answered it."""
+        """Answer ``task`` unless another thread did; True if this call answered it.
+
+        ``count``: a name in ``counts`` raised with the answer, under the same lock, so
+        a caller woken by the answer never reads stats that lack it.
+        """
         if task.answered:
             return False  # the usual loser of a race needs no result object
         result = JobResult(
@@ -166,6 +173,8 @@ class Scheduler:
             if task.answered:
                 return False
             finished = self.answer_locked(task, result)
+            if count:
+                self.counts[count] += 1
         self.deliver(task, result, finished)
         return True
 
