@@ -316,6 +316,8 @@ class Dispatcher(CallerRead):
                 pass  # the manager is already ending it
             elif retire:  # out of the idle list until the manager ends it
                 action = "retire"
+                # Counted here, with the answer: its caller may read stats() at once.
+                self.counts["recycled"] += 1
             elif sched.queue and self.busy < self.n_workers:
                 nxt = sched.next_queued()
                 if nxt is not None:

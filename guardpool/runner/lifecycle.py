@@ -161,8 +161,7 @@ class WorkerLifecycle:
             if isinstance(msg, protocol.Ready) and not worker.gone:
                 self._on_ready(worker, msg)
         elif action == "retire":
-            if not worker.gone:
-                self.disp.count("recycled")
+            if not worker.gone:  # (counted in Dispatcher._finish)
                 self._forget(worker)  # EOF on its pipe makes it exit cleanly
                 self._spawn()
         elif action.startswith("violation:"):
