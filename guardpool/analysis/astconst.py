@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Sequence
 
 _ENGINES = {"re", "regex"}
 FUNCTIONS = {
@@ -176,7 +177,12 @@ class ConstFolder:
         return []
 
     def _const_args(self, node: ast.expr, scope: Scope, depth: int) -> tuple[object, ...] | None:
-        items = node.elts if isinstance(node, ast.Tuple) else [node]
+        return self._const_each(node.elts if isinstance(node, ast.Tuple) else [node], scope, depth)
+
+    def _const_each(
+        self, items: Sequence[ast.expr], scope: Scope, depth: int
+    ) -> tuple[object, ...] | None:
+        """Each item's one constant value, or None if any has none or several."""
         out: list[object] = []
         for item in items:
             values = self.const(item, scope, depth)
@@ -194,23 +200,17 @@ class ConstFolder:
             seq = node.args[0]
             if not isinstance(seq, ast.List | ast.Tuple):
                 return []
-            parts = []
-            for elt in seq.elts:
-                values = self.const(elt, scope, depth)
-                if len(values) != 1:
-                    return []
-                parts.append(values[0])
+            parts = self._const_each(seq.elts, scope, depth)
+            if parts is None:
+                return []
             try:
                 return [owner[0].join(parts)]  # type: ignore[arg-type]
             except TypeError:
                 return []
         if node.func.attr == "format" and isinstance(owner[0], str):
-            args = []
-            for a in node.args:
-                values = self.const(a, scope, depth)
-                if len(values) != 1:
-                    return []
-                args.append(values[0])
+            args = self._const_each(node.args, scope, depth)
+            if args is None:
+                return []
             kwargs = {}
             for kw in node.keywords:
                 values = self.const(kw.value, scope, depth) if kw.arg else []
