@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import msgspec
 
 from guardpool.runner.scheduler import Task
-from guardpool.runner.worker_link import DECODER, GUARD_DECODER, WorkerLink
+from guardpool.runner.worker_link import DECODER, GUARD_DECODER, Notice, WorkerLink
 from guardpool.worker import protocol
 from guardpool.worker.protocol import HEADER, Done
 
@@ -51,7 +51,7 @@ class _Dispatcher(Protocol):
     busy: int
     cpus: int
     look_s: float
-    post: Callable[[tuple[str, WorkerLink]], None]
+    post: Callable[[Notice], None]
 
     def set_read(self, worker: WorkerLink, events: int) -> None: ...
 

@@ -55,18 +55,13 @@ from guardpool.policy.verdict import Verdict
 from guardpool.runner.caller_read import CallerRead
 from guardpool.runner.results import JobResult
 from guardpool.runner.scheduler import Scheduler, Task
-from guardpool.runner.worker_link import WorkerLink, reemit
+from guardpool.runner.worker_link import Notice, WorkerLink, reemit
 from guardpool.worker import procfs, protocol
-from guardpool.worker.protocol import HEADER, Done
+from guardpool.worker.protocol import Done
 
 # Frames up to this size are written by whichever thread dispatches them (they fit
 # an empty socket buffer); larger ones go through the manager's non-blocking writer.
 DIRECT_MAX = 64 * 1024
-
-# ("ready" | "retire" | "killed" | "check" | "send" | "violation:<what>", worker)
-Notice = tuple[str, WorkerLink]
-
-_frame_len = HEADER.unpack_from
 
 
 def _guard_answer(value: object, cpu_ms: float, wall_ms: float, pid: int) -> JobResult:

@@ -47,12 +47,12 @@ import msgspec
 
 from guardpool.policy import inputs, poolsettings
 from guardpool.policy.config import PoolConfig
-from guardpool.runner.dispatch import Dispatcher, Notice
+from guardpool.runner.dispatch import Dispatcher
 from guardpool.runner.healing import ZygoteSupervision
 from guardpool.runner.lifecycle import WorkerLifecycle
 from guardpool.runner.results import JobResult, LimitName, PoolBroken, PoolState, PoolStats
 from guardpool.runner.scheduler import Scheduler, Task, encode_input, resolved
-from guardpool.runner.worker_link import WorkerLink
+from guardpool.runner.worker_link import Notice, WorkerLink
 from guardpool.runner.zygote_link import Backoff, ZygoteLink
 from guardpool.worker import cgroups, protocol
 from guardpool.worker.protocol import HEADER

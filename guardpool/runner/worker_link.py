@@ -251,6 +251,11 @@ class WorkerLink:
             cgroups.kill(self.cgroup, leader)
 
 
+# What any thread asks of the manager about a worker:
+# ("ready" | "retire" | "killed" | "check" | "send" | "violation:<what>", worker)
+Notice = tuple[str, WorkerLink]
+
+
 def reemit(msg: protocol.Log) -> None:
     """A worker's log record, re-created in the host and handed to the host's handlers."""
     logger = logging.getLogger(msg.name)

@@ -84,7 +84,7 @@ SYNC_EVERY = 15
 # yield lets the caller run). Bounded: at most this much CPU per job, and none once
 # the worker sleeps. bench/bench_pool.py --placement measures it in the pool.
 # ``[pool] idle_poll_us`` sets it (Worker, poolsettings.idle_look_s); 0: sleep at once.
-IDLE_SPIN_S = 50e-6
+IDLE_SPIN_S = poolsettings.DEFAULT_IDLE_POLL_US / 1e6  # until Worker sets it
 
 
 _CallJob = protocol.CallJob
